@@ -1,0 +1,163 @@
+"""Model configuration: dataclasses for the language model, the vision encoder and the VLM, with named presets.
+
+A config round-trips through `config.json` in every model folder (`VLMConfig.to_dict` / `from_dict`).
+Vocabulary size and special-token ids come from the tokenizer (`VLMConfig.with_tokenizer_ids`), so a
+training config never states them twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class LMConfig:
+    """A Llama-style decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU."""
+
+    vocab_size: int = 2048
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    n_kv_heads: int = 2  # grouped-query attention: each kv head serves n_heads // n_kv_heads query heads
+    mlp_dim: int = 512  # SwiGLU hidden width
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attention_bias: bool = False  # Qwen2-style q/k/v biases
+    head_dim: int | None = None  # derived: dim // n_heads unless set
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"LM dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+
+@dataclass
+class VisionConfig:
+    """A SigLIP-style ViT: conv patches, learned absolute positions, pre-norm blocks, no CLS token."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_dim: int = 512
+    norm_eps: float = 1e-6
+    activation: Literal["gelu", "gelu_tanh"] = "gelu_tanh"
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"vision dim {self.dim} is not divisible by n_heads {self.n_heads}")
+
+
+@dataclass
+class VLMConfig:
+    """The whole model: vision encoder -> pixel shuffle + MLP projector -> language model."""
+
+    lm: LMConfig = field(default_factory=LMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    pixel_shuffle: int = 2  # r: each r x r block of patches becomes one image token
+    attention: Literal["causal", "prefix"] = "causal"
+    # Special-token ids, set from the tokenizer (see with_tokenizer_ids).
+    image_token_id: int = 0
+    pad_token_id: int = 1
+    eos_token_ids: list[int] = field(default_factory=lambda: [2])  # generation stops at any of these
+    # Image preprocessing travels with the weights so inference matches training.
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    resize: Literal["squash", "center_crop", "pad"] = "squash"
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lm, dict):
+            self.lm = LMConfig(**self.lm)
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if self.vision.grid_size % self.pixel_shuffle:
+            raise ValueError(
+                f"patch grid {self.vision.grid_size} is not divisible by pixel_shuffle {self.pixel_shuffle}"
+            )
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Image tokens the LM sees per image: (image_size / patch_size / pixel_shuffle)^2."""
+        return (self.vision.grid_size // self.pixel_shuffle) ** 2
+
+    def with_tokenizer_ids(
+        self, vocab_size: int, image_token_id: int, pad_token_id: int, eos_token_ids: list[int]
+    ) -> "VLMConfig":
+        """A copy whose vocabulary size and special ids are those of a tokenizer."""
+        config = copy.deepcopy(self)
+        config.lm.vocab_size = vocab_size
+        config.image_token_id = image_token_id
+        config.pad_token_id = pad_token_id
+        config.eos_token_ids = list(eos_token_ids)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VLMConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown keys in model config: {sorted(unknown)}")
+        lm = LMConfig(**data.pop("lm", {}))
+        vision = VisionConfig(**data.pop("vision", {}))
+        return cls(lm=lm, vision=vision, **data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "VLMConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        config = copy.deepcopy(PRESETS[name])
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return config
+
+
+PRESETS: dict[str, VLMConfig] = {
+    # A few million parameters: tests and the CPU demo on 64 px shapes scenes (16 image tokens).
+    "tiny": VLMConfig(
+        lm=LMConfig(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, mlp_dim=512, max_seq_len=512),
+        vision=VisionConfig(image_size=64, patch_size=8, dim=128, n_layers=4, n_heads=4, mlp_dim=512),
+        pixel_shuffle=2,
+        preset="tiny",
+    ),
+    # The shape of nanoVLM-222M: SigLIP ViT-B/16 at 224 px + a SmolLM2-135M-shaped LM, 49 image tokens.
+    "small": VLMConfig(
+        lm=LMConfig(
+            vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, mlp_dim=1536,
+            max_seq_len=2048, rope_theta=100000.0, tie_embeddings=True,
+        ),
+        vision=VisionConfig(image_size=224, patch_size=16, dim=768, n_layers=12, n_heads=12, mlp_dim=3072),
+        pixel_shuffle=2,
+        preset="small",
+    ),
+    # SigLIP ViT-B/16 at 384 px + a SmolLM2-360M-shaped LM, 144 image tokens.
+    "base": VLMConfig(
+        lm=LMConfig(
+            vocab_size=49152, dim=960, n_layers=32, n_heads=15, n_kv_heads=5, mlp_dim=2560,
+            max_seq_len=4096, rope_theta=100000.0, tie_embeddings=True,
+        ),
+        vision=VisionConfig(image_size=384, patch_size=16, dim=768, n_layers=12, n_heads=12, mlp_dim=3072),
+        pixel_shuffle=2,
+        preset="base",
+    ),
+}
