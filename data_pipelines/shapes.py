@@ -1,0 +1,327 @@
+"""The shapes dataset: procedurally drawn scenes of coloured shapes on a 3x3 grid, with captions and questions.
+
+Each scene holds 1-4 objects (shape x colour x size), one per grid cell, jittered inside its cell, on a lightly
+tinted background; it is drawn at 4x the output size and downsampled with LANCZOS so edges are anti-aliased.
+Every scene gives a caption naming each object and where it is (cells in reading order) and a multi-turn chat
+of short-answer questions (colour, shape at a cell, what is at a cell, counts, existence, spatial relation)
+whose answers are one or two words, so VQA scoring is exact.
+
+Splits: `train` and `val` never contain the HELD_OUT_PAIRS colour-shape combinations (not in images, not in
+questions); every `test_compositional` scene contains at least one of them. Everything is a function of
+(seed, split, index), so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from data_pipelines.writers import DEFAULT_MAXCOUNT, ShardWriter, WriteStats
+
+SHAPES = ("circle", "square", "triangle", "star", "diamond")
+COLOURS = {  # well separated in hue and brightness, readable on a light background
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 90, 220),
+    "yellow": (238, 200, 0),
+    "purple": (140, 60, 185),
+    "orange": (250, 127, 14),
+}
+SIZES = ("small", "large")
+CELLS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+CELL_PHRASES = {
+    "top left": "at the top left", "top": "at the top", "top right": "at the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
+}
+# One pair per shape and per colour (orange keeps all five), so train still shows every shape and colour.
+HELD_OUT_PAIRS = (("yellow", "circle"), ("purple", "square"), ("red", "triangle"), ("green", "star"),
+                  ("blue", "diamond"))
+ALL_PAIRS = tuple((colour, shape) for colour in COLOURS for shape in SHAPES)
+TRAIN_PAIRS = tuple(pair for pair in ALL_PAIRS if pair not in HELD_OUT_PAIRS)
+SPLITS = ("train", "val", "test_compositional")
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+QUESTION_TYPES = ("colour", "shape", "what", "count", "exists", "relation")
+QUESTIONS_PER_IMAGE = 4
+MAX_OBJECTS = 4
+SUPERSAMPLE = 4  # drawn at 4x, then downsampled: anti-aliased edges
+RADIUS = {"small": 0.24, "large": 0.38}  # object radius as a fraction of the cell side
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One object: what it is, its grid cell, and its centre in the image (fractions of the side)."""
+
+    shape: str
+    colour: str
+    size: str
+    cell: str
+    x: float
+    y: float
+
+    @property
+    def row(self) -> int:
+        return CELLS.index(self.cell) // 3
+
+    @property
+    def col(self) -> int:
+        return CELLS.index(self.cell) % 3
+
+    @property
+    def description(self) -> str:
+        return f"{self.size} {self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[ShapeObject, ...]  # in reading order of their cells
+    background: tuple[int, int, int]
+
+
+def scene_rng(seed: int, split: str, index: int) -> random.Random:
+    """The generator of one scene: a string seed is hashed with SHA-512, stable across runs and machines."""
+    return random.Random(f"mmllm-shapes/{seed}/{split}/{index}")
+
+
+def sample_scene(rng: random.Random, split: str) -> Scene:
+    """1-4 objects in distinct cells; train/val avoid HELD_OUT_PAIRS, test_compositional includes one."""
+    count = rng.randint(1, MAX_OBJECTS)
+    cells = sorted(rng.sample(range(len(CELLS)), count))
+    if split == "test_compositional":
+        pairs = [rng.choice(ALL_PAIRS) for _ in range(count)]
+        pairs[rng.randrange(count)] = rng.choice(HELD_OUT_PAIRS)
+    else:
+        pairs = [rng.choice(TRAIN_PAIRS) for _ in range(count)]
+    objects = []
+    for cell, (colour, shape) in zip(cells, pairs):
+        size = rng.choice(SIZES)
+        # jitter the centre so the object stays inside its cell (a small margin left)
+        slack = 0.5 - RADIUS[size] - 0.05
+        x = (cell % 3 + 0.5 + rng.uniform(-slack, slack)) / 3
+        y = (cell // 3 + 0.5 + rng.uniform(-slack, slack)) / 3
+        objects.append(ShapeObject(shape, colour, size, CELLS[cell], round(x, 4), round(y, 4)))
+    background = tuple(rng.randint(228, 255) for _ in range(3))
+    return Scene(tuple(objects), background)
+
+
+def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Polygon vertices of a shape of radius r centred at (cx, cy) (circles are drawn as ellipses)."""
+    if shape == "square":
+        h = r * 0.85
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + 0.75 * r, cy), (cx, cy + r), (cx - 0.75 * r, cy)]
+    if shape == "triangle":  # pointing up; the bounding box is centred on (cx, cy)
+        cy += 0.25 * r
+        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    if shape == "star":  # five points, inner radius half the outer one
+        return [(cx + (r if k % 2 == 0 else 0.5 * r) * math.cos(-math.pi / 2 + k * math.pi / 5),
+                 cy + (r if k % 2 == 0 else 0.5 * r) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render(scene: Scene, image_size: int) -> Image.Image:
+    """The scene as an RGB image of image_size x image_size pixels."""
+    side = image_size * SUPERSAMPLE
+    cell = side / 3
+    canvas = Image.new("RGB", (side, side), scene.background)
+    draw = ImageDraw.Draw(canvas)
+    for obj in scene.objects:
+        cx, cy, r = obj.x * side, obj.y * side, RADIUS[obj.size] * cell
+        fill = COLOURS[obj.colour]
+        if obj.shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.polygon(_outline(obj.shape, cx, cy, r), fill=fill)
+    return canvas.resize((image_size, image_size), Image.Resampling.LANCZOS)
+
+
+def caption(scene: Scene) -> str:
+    """"a large red circle at the top left, a small blue square in the center." (cells in reading order)."""
+    return ", ".join(f"a {obj.description} {CELL_PHRASES[obj.cell]}" for obj in scene.objects) + "."
+
+
+# -- questions: each asker returns (question, answer) or None when the scene cannot support its type --
+
+def _referring_names(scene: Scene) -> dict[ShapeObject, str]:
+    """Objects that a short phrase picks out unambiguously: "the star", else "the red star"."""
+    names = {}
+    for obj in scene.objects:
+        if sum(o.shape == obj.shape for o in scene.objects) == 1:
+            names[obj] = f"the {obj.shape}"
+        elif sum((o.colour, o.shape) == (obj.colour, obj.shape) for o in scene.objects) == 1:
+            names[obj] = f"the {obj.colour} {obj.shape}"
+    return names
+
+
+def _ask_colour(scene: Scene, rng: random.Random, pairs) -> tuple[str, str] | None:
+    candidates = []
+    for obj in scene.objects:
+        if sum(o.shape == obj.shape for o in scene.objects) == 1:
+            candidates.append((f"What colour is the {obj.shape}?", obj.colour))
+        elif sum((o.size, o.shape) == (obj.size, obj.shape) for o in scene.objects) == 1:
+            candidates.append((f"What colour is the {obj.size} {obj.shape}?", obj.colour))
+    return rng.choice(candidates) if candidates else None
+
+
+def _ask_shape(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
+    obj = rng.choice(scene.objects)
+    return f"What shape is {CELL_PHRASES[obj.cell]}?", obj.shape
+
+
+def _ask_what(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
+    empty = [cell for cell in CELLS if all(obj.cell != cell for obj in scene.objects)]
+    if empty and rng.random() < 0.3:
+        return f"What is {CELL_PHRASES[rng.choice(empty)]}?", "nothing"
+    obj = rng.choice(scene.objects)
+    return f"What is {CELL_PHRASES[obj.cell]}?", f"{obj.colour} {obj.shape}"
+
+
+def _ask_count(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
+    by_shape = rng.random() < 0.5
+    values = SHAPES if by_shape else tuple(COLOURS)
+    present = sorted({obj.shape if by_shape else obj.colour for obj in scene.objects}, key=values.index)
+    absent = [value for value in values if value not in present]
+    value = rng.choice(absent) if absent and rng.random() < 0.2 else rng.choice(present)
+    count = sum((obj.shape if by_shape else obj.colour) == value for obj in scene.objects)
+    question = f"How many {value}s are there?" if by_shape else f"How many {value} objects are there?"
+    return question, str(count)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _ask_exists(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
+    present = {(obj.colour, obj.shape) for obj in scene.objects}
+    absent = [pair for pair in pairs if pair not in present]
+    if rng.random() < 0.5 or not absent:
+        obj = rng.choice(scene.objects)
+        return f"Is there {_article(obj.colour)} {obj.colour} {obj.shape}?", "yes"
+    # half of the negatives share a colour or a shape with an object in the scene: binding, not presence
+    near = [pair for pair in absent if any(pair[0] == c or pair[1] == s for c, s in present)]
+    colour, shape = rng.choice(near if near and rng.random() < 0.5 else absent)
+    return f"Is there {_article(colour)} {colour} {shape}?", "no"
+
+
+def _relation_holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
+    return {"to the left of": a.col < b.col, "to the right of": a.col > b.col,
+            "above": a.row < b.row, "below": a.row > b.row}[relation]
+
+
+def _ask_relation(scene: Scene, rng: random.Random, pairs) -> tuple[str, str] | None:
+    names = _referring_names(scene)
+    referable = [obj for obj in scene.objects if obj in names]
+    if len(referable) < 2:
+        return None
+    by_answer: dict[bool, list[str]] = {True: [], False: []}  # every question this scene supports
+    for a in referable:
+        for b in referable:
+            if a is not b:
+                for relation in RELATIONS:
+                    by_answer[_relation_holds(a, relation, b)].append(f"Is {names[a]} {relation} {names[b]}?")
+    wanted = rng.random() < 0.5  # the answer is drawn first, so yes and no are balanced where possible
+    if not by_answer[wanted]:
+        wanted = not wanted
+    return rng.choice(by_answer[wanted]), "yes" if wanted else "no"
+
+
+ASKERS = {"colour": _ask_colour, "shape": _ask_shape, "what": _ask_what, "count": _ask_count,
+          "exists": _ask_exists, "relation": _ask_relation}
+
+
+def questions(scene: Scene, rng: random.Random, split: str, n: int = QUESTIONS_PER_IMAGE) -> list[dict]:
+    """Up to n distinct questions of distinct types, in random order: [{"question", "answer", "type"}]."""
+    pairs = ALL_PAIRS if split == "test_compositional" else TRAIN_PAIRS
+    asked = []
+    for kind in rng.sample(QUESTION_TYPES, len(QUESTION_TYPES)):
+        if len(asked) == n:
+            break
+        qa = ASKERS[kind](scene, rng, pairs)
+        if qa is not None:
+            asked.append({"question": qa[0], "answer": qa[1], "type": kind})
+    return asked
+
+
+def chat_turns(asked: list[dict]) -> list[dict]:
+    """The questions as one LLaVA conversation; the image marker leads the first question."""
+    turns = []
+    for i, qa in enumerate(asked):
+        turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa["question"]})
+        turns.append({"from": "gpt", "value": qa["answer"]})
+    return turns
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
+    """Everything about scene `index` of `split`: png bytes, caption, objects, questions, conversation."""
+    rng = scene_rng(seed, split, index)
+    scene = sample_scene(rng, split)
+    asked = questions(scene, rng, split)
+    return {
+        "png": _png(render(scene, image_size)),
+        "caption": caption(scene),
+        "objects": [{**asdict(obj), "row": obj.row, "col": obj.col} for obj in scene.objects],
+        "background": list(scene.background),
+        "questions": asked,
+        "conversations": chat_turns(asked),
+    }
+
+
+def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: int = 0, image_size: int = 64,
+                   maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, report=print) -> dict[str, WriteStats]:
+    """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl.
+
+    The same key names a scene in both kinds of shards and in scenes.jsonl.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    split_dir = Path(out_dir) / split
+    captions = ShardWriter(split_dir / "captions", maxcount=maxcount, overwrite=overwrite, report=report)
+    chats = ShardWriter(split_dir / "chat", maxcount=maxcount, overwrite=overwrite, report=report)
+    with captions, chats, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
+        for index in range(count):
+            example = make_example(seed, split, index, image_size)
+            key = f"{index:09d}"
+            captions.write({"png": example["png"], "txt": example["caption"],
+                            "json": {"objects": example["objects"]}}, key=key)
+            chats.write({"png": example["png"], "json": {
+                "conversations": example["conversations"], "questions": example["questions"],
+                "objects": example["objects"]}}, key=key)
+            record = {"key": key, "caption": example["caption"], "objects": example["objects"],
+                      "background": example["background"], "questions": example["questions"]}
+            scenes.write(json.dumps(record) + "\n")
+    return {"captions": captions.stats, "chat": chats.stats}
+
+
+def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int = 500, test: int = 500,
+                    image_size: int = 64, seed: int = 0, maxcount: int = DEFAULT_MAXCOUNT,
+                    overwrite: bool = False, report=print) -> dict[str, dict[str, WriteStats]]:
+    """All three splits plus out_dir/shapes.json (the settings and vocabulary, for evaluation and reuse)."""
+    if image_size < 16:
+        raise ValueError(f"image size must be at least 16 pixels, got {image_size}")
+    if min(train, val, test) < 0:
+        raise ValueError("split sizes must not be negative")
+    out = Path(out_dir)
+    stats = {split: generate_split(out, split, count, seed=seed, image_size=image_size, maxcount=maxcount,
+                                   overwrite=overwrite, report=report)
+             for split, count in zip(SPLITS, (train, val, test))}
+    settings = {
+        "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),
+        "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES), "cells": list(CELLS),
+        "held_out_pairs": [list(pair) for pair in HELD_OUT_PAIRS], "question_types": list(QUESTION_TYPES),
+    }
+    (out / "shapes.json").write_text(json.dumps(settings, indent=1) + "\n")
+    return stats
