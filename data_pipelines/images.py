@@ -1,0 +1,145 @@
+"""Images: decode anything a user or a shard gives into RGB, then resize and normalise into the model's tensor.
+
+`load_image` checks the pixel count from the header before decoding (PIL's `Image.open` is lazy), applies
+the EXIF orientation and converts every mode to RGB faithfully: transparency composited on white, 16-bit
+greys scaled (not clipped) to 8 bits. Failures raise `ImageTooLarge` or `BadImage` (both `ImageError`), so
+the loader can count and skip them and the command line can say which file is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 64_000_000
+ImageSource = bytes | str | Path | Image.Image
+ResizePolicy = Literal["squash", "center_crop", "pad"]
+RESIZE_POLICIES = ("squash", "center_crop", "pad")
+WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used as model input."""
+
+
+class BadImage(ImageError):
+    """Not an image, corrupt or truncated."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than max_pixels (a decompression bomb or a mistake); found before decoding."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: alpha over white, palette transparency honoured, 16/32-bit greys scaled to 8 bits."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey (Pillow opens 16-bit PNG/TIFF as I;16 or I): 0..65535 -> 0..255. PIL's own convert clips.
+        grey = np.asarray(image).astype(np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "F":
+        grey = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode in ("P", "L", "RGB") and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, RGBX, ...
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels decides
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                return Image.open(io.BytesIO(bytes(source)))
+            return Image.open(Path(source))
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"image too large: {error}") from error
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        raise BadImage(f"not a readable image: {error}") from error
+
+
+def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """bytes, a path or a PIL image -> a decoded RGB PIL image, upright per its EXIF orientation.
+
+    FileNotFoundError for a missing path; ImageTooLarge when width * height > max_pixels (None: no limit),
+    checked before decoding; BadImage for anything unreadable.
+    """
+    image = _open(source)
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
+    try:
+        image.load()  # decode now, so truncation shows up here and not later in a worker
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception:  # a malformed EXIF block: the pixels are fine, keep them as stored
+            upright = image
+        rgb = _to_rgb(upright if upright is not None else image)
+        return rgb.copy() if rgb is image and image is not source else rgb  # the opened file is closed below
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImage(f"corrupt or truncated image: {error}") from error
+    finally:
+        if image is not source:
+            image.close()
+
+
+class ImageTransform:
+    """RGB PIL image -> normalised FloatTensor (3, S, S).
+
+    resize: 'squash' stretches to S x S; 'center_crop' scales the short side to S and crops the middle;
+    'pad' scales the long side to S and pads to a square with the mean colour (0 after normalisation).
+    No flips or crops that could contradict a caption ("on the left") are ever applied.
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: ResizePolicy = "squash"):
+        if resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        self.image_size = image_size
+        self.resize = resize
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def _normalise(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+        return (pixels - self.mean) / self.std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB":
+            image = _to_rgb(image)
+        size = self.image_size
+        width, height = image.size
+        bicubic = Image.Resampling.BICUBIC
+        if self.resize == "squash":
+            return self._normalise(image.resize((size, size), bicubic))
+        if self.resize == "center_crop":
+            scale = size / min(width, height)
+            new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+            image = image.resize((new_w, new_h), bicubic)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            return self._normalise(image.crop((left, top, left + size, top + size)))
+        # pad: fit inside the square, centred; the rest is exactly the mean colour, i.e. zeros once normalised
+        scale = size / max(width, height)
+        new_w, new_h = min(size, max(1, round(width * scale))), min(size, max(1, round(height * scale)))
+        content = self._normalise(image.resize((new_w, new_h), bicubic))
+        canvas = torch.zeros(3, size, size)
+        left, top = (size - new_w) // 2, (size - new_h) // 2
+        canvas[:, top:top + new_h, left:left + new_w] = content
+        return canvas

@@ -1,0 +1,221 @@
+"""The processor: a user's images and text -> model inputs, by the same code in training and in `mmllm ask`.
+
+It holds the tokenizer, the chat template and the image transform. Training samples come out with labels
+(`encode_conversation`, `encode_caption`, `encode_text`, `encode_text_chunks`); inference prompts come out
+with the generation prompt appended (`encode_prompt`). Truncation to `max_length` never cuts an image's
+block of tokens: it drops whole trailing turns, or cuts the answer text, and drops the images it no longer
+shows. mmllm builds one from a model config: `Processor(tokenizer, image_size=..., tokens_per_image=...,
+image_mean=..., image_std=..., resize=..., max_length=...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+from data_pipelines.chat import (
+    IGNORE_INDEX,
+    ChatTemplate,
+    Conversation,
+    NoSupervisedTokens,
+    RenderedTurn,
+    caption_conversation,
+    question_conversation,
+)
+from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, ResizePolicy, load_image
+from data_pipelines.tokenizer import TokenIds, load_tokenizer, prepare_tokenizer
+
+
+@dataclass
+class EncodedSample:
+    """One sample's model inputs before batching."""
+
+    input_ids: list[int]
+    labels: list[int]  # aligned with input_ids; IGNORE_INDEX where not a target
+    pixel_values: torch.Tensor | None  # (N, 3, S, S), one per image block of input_ids in order; None if N == 0
+    prefix_length: int  # tokens before the first answer token (the prompt, for prefix attention)
+    kind: str  # "caption" | "chat" | "text": the sample's source, for per-source loss
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.pixel_values is None else self.pixel_values.shape[0]
+
+
+class Processor:
+    """Tokenizer + chat template + image transform; see the module docstring."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_size: int,
+        tokens_per_image: int,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        resize: ResizePolicy = "squash",
+        max_length: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        self.token_ids = TokenIds.from_tokenizer(tokenizer)  # ValueError if a special token is missing
+        prepare_tokenizer(tokenizer)  # adds nothing now; disables BOS post-processing and special-token parsing
+        self.tokenizer = tokenizer
+        self.template = ChatTemplate(tokenizer, self.token_ids, tokens_per_image)
+        self.transform = ImageTransform(image_size, image_mean, image_std, resize)
+        self.tokens_per_image = tokens_per_image
+        self.max_length = max_length
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_file(cls, tokenizer_path: str | Path, **fields: Any) -> "Processor":
+        """A processor over `tokenizer.json` at tokenizer_path (special tokens added if missing)."""
+        tokenizer, _ = load_tokenizer(tokenizer_path)
+        return cls(tokenizer, **fields)
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_ids.pad
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return self.token_ids.eos_ids
+
+    # --- images -----------------------------------------------------------------------------------------------
+
+    def pixel_values(self, images: Sequence[ImageSource]) -> torch.Tensor | None:
+        """Images (bytes, paths or PIL) -> (N, 3, S, S), or None for no image. Raises ImageError subclasses."""
+        if not images:
+            return None
+        return torch.stack([self.transform(load_image(image, self.max_pixels)) for image in images])
+
+    # --- training samples -------------------------------------------------------------------------------------
+
+    def encode_conversation(
+        self, conversation: Conversation, images: Sequence[ImageSource] = (), kind: str = "chat"
+    ) -> EncodedSample:
+        """A training conversation with its images (in marker order) -> ids, labels, pixels.
+
+        ValueError when markers and images disagree; NoSupervisedTokens when nothing is left to learn.
+        """
+        turns = self.template.render_turns(conversation, len(images))  # validates before any image is decoded
+        ids, labels = self._truncate(turns)
+        num_images = self._count_image_blocks(ids)
+        return EncodedSample(
+            input_ids=ids,
+            labels=labels,
+            pixel_values=self.pixel_values(list(images)[:num_images]),
+            prefix_length=next(i for i, label in enumerate(labels) if label != IGNORE_INDEX),
+            kind=kind,
+        )
+
+    def encode_caption(self, caption: str, image: ImageSource) -> EncodedSample:
+        return self.encode_conversation(caption_conversation(caption), [image], kind="caption")
+
+    def encode_text(self, text: str) -> EncodedSample:
+        """A text document + <|endoftext|>, every token supervised, truncated to max_length."""
+        ids = self.template.encode_text(text) + [self.token_ids.end_of_text]
+        if self.max_length is not None:
+            ids = ids[: self.max_length]
+        return self._text_sample(ids)
+
+    def encode_text_chunks(self, text: str) -> list[EncodedSample]:
+        """A long document + <|endoftext|> split into consecutive pieces of at most max_length tokens."""
+        ids = self.template.encode_text(text) + [self.token_ids.end_of_text]
+        size = self.max_length or len(ids)
+        chunks = [ids[start:start + size] for start in range(0, len(ids), size)]
+        # A one-token piece has no next-token target (a sample's first token is never predicted).
+        return [self._text_sample(chunk) for chunk in chunks if len(chunk) > 1] or [self._text_sample(ids)]
+
+    def encode_sample(self, sample: Any) -> EncodedSample:
+        """A formats.Sample (kind, conversation, text, images) -> EncodedSample; text is truncated."""
+        if sample.kind == "text":
+            return self.encode_text(sample.text)
+        return self.encode_conversation(sample.conversation, sample.images, kind=sample.kind)
+
+    # --- inference --------------------------------------------------------------------------------------------
+
+    def encode_prompt(self, conversation: Conversation, images: Sequence[ImageSource] = ()) -> EncodedSample:
+        """A conversation ending with a user turn -> the generation prompt (no targets). ValueError if too long.
+
+        prefix_length is, as in training, the tokens before the first answer: the whole prompt for a
+        single question, the part before the first assistant turn for a conversation with history.
+        """
+        ids = self.template.render_prompt(conversation, len(images))
+        if self.max_length is not None and len(ids) >= self.max_length:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens; the model takes {self.max_length}, leaving no room for an answer"
+            )
+        prefix_length = len(ids)
+        offset = 0
+        for turn in conversation:
+            if turn["role"] == "assistant":
+                prefix_length = offset + len(self.template.header("assistant"))
+                break
+            offset += len(self.template.render_turn(turn).ids)
+        return EncodedSample(ids, [IGNORE_INDEX] * len(ids), self.pixel_values(list(images)), prefix_length, "chat")
+
+    def encode_question(self, question: str, image: ImageSource | None = None) -> EncodedSample:
+        """The prompt of `mmllm ask` / VQA: one user turn with one image (if given) and the question."""
+        conversation = question_conversation(question, with_image=image is not None)
+        return self.encode_prompt(conversation, [image] if image is not None else [])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids -> text, special tokens (image, turn, role, padding) skipped."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # --- internals --------------------------------------------------------------------------------------------
+
+    def _text_sample(self, ids: list[int]) -> EncodedSample:
+        if len(ids) < 2:
+            raise NoSupervisedTokens("empty text: a one-token sample has no next-token target")
+        return EncodedSample(ids, list(ids), None, 0, "text")
+
+    def _image_blocks(self, ids: list[int]) -> list[tuple[int, int]]:
+        """(start, end) of each image's tokens; text never yields image ids, so runs split into whole blocks."""
+        blocks, position = [], 0
+        while position < len(ids):
+            if ids[position] == self.token_ids.image:
+                blocks.append((position, position + self.tokens_per_image))
+                position += self.tokens_per_image
+            else:
+                position += 1
+        return blocks
+
+    def _count_image_blocks(self, ids: list[int]) -> int:
+        return len(self._image_blocks(ids))
+
+    def _truncate(self, turns: list[RenderedTurn]) -> tuple[list[int], list[int]]:
+        """Fit rendered turns in max_length without cutting an image block.
+
+        First choice: the longest run of whole leading turns that fits and still ends with an assistant turn.
+        Otherwise cut at max_length (moved back to the start of an image block it would split); the sample
+        must keep at least one supervised token, else NoSupervisedTokens.
+        """
+        ids = [token for turn in turns for token in turn.ids]
+        labels = [label for turn in turns for label in turn.labels]
+        limit = self.max_length
+        if limit is None or len(ids) <= limit:
+            return ids, labels
+        length, whole_turns_end = 0, 0
+        for turn in turns:
+            length += len(turn.ids)
+            if length > limit:
+                break
+            if turn.role == "assistant":
+                whole_turns_end = length
+        if whole_turns_end:
+            return ids[:whole_turns_end], labels[:whole_turns_end]
+        cut = limit
+        for start, end in self._image_blocks(ids):
+            if start < cut < end:
+                cut = start
+        if all(label == IGNORE_INDEX for label in labels[:cut]):
+            raise NoSupervisedTokens(
+                f"sample is {len(ids)} tokens and its prompt alone does not fit in max_length {limit}"
+            )
+        return ids[:cut], labels[:cut]
