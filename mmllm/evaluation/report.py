@@ -1,0 +1,116 @@
+"""Evaluation reports: one JSON-ready dict per run, and the table `mmllm eval` prints from it.
+
+The dict is the record (written by `--out FILE.json`); the table is rendered from the dict alone, so a
+report loaded back from JSON prints the same. Shape:
+    {"task": "vqa" | "caption" | "text", "model": str | None, "data": str | None, "blind": bool,
+     "mmllm_version": str, "metrics": {...the scores' to_dict()...}, "samples": [...] (only when given)}
+Fractions stay fractions in the dict (accuracy 0.65); the table shows them as percentages. Non-finite
+numbers (the perplexity of a diverged model) become null so the JSON stays strict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import mmllm
+
+TASKS = ("vqa", "caption", "text")
+
+
+class Scores(Protocol):
+    """VQAScores, CaptionScores or TextScores."""
+
+    def to_dict(self) -> dict: ...
+
+
+def _finite_or_none(value):
+    """JSON-safe copy: inf and nan become None, containers are copied recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def build_report(
+    task: str,
+    scores: Scores,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    blind: bool = False,
+    samples: list[dict] | None = None,
+) -> dict:
+    """The report of one evaluation run; `samples` holds optional per-item records (prediction, references)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown evaluation task {task!r}; expected one of {', '.join(TASKS)}")
+    report = {
+        "task": task,
+        "model": model,
+        "data": data,
+        "blind": blind,
+        "mmllm_version": mmllm.__version__,
+        "metrics": _finite_or_none(scores.to_dict()),
+    }
+    if samples is not None:
+        report["samples"] = _finite_or_none(samples)
+    return report
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "inf" if value is None else f"{value:.{digits}f}"
+
+
+def _metric_rows(task: str, metrics: dict) -> list[tuple[str, str, str]]:
+    """(metric, value, count) rows of the table for one task."""
+    if task == "vqa":
+        rows = [("accuracy", _percent(metrics["accuracy"]), str(metrics["count"]))]
+        counts = metrics.get("count_per_question_type", {})
+        for question_type, accuracy in metrics.get("accuracy_per_question_type", {}).items():
+            rows.append((f"  {question_type}", _percent(accuracy), str(counts.get(question_type, ""))))
+        return rows
+    if task == "caption":
+        count = str(metrics["count"])
+        rows = [
+            ("BLEU-4", _number(metrics["bleu4"]), count),
+            ("CIDEr-D", _number(metrics["cider_d"]), count),
+            ("exact match", _percent(metrics["exact_match"]), count),
+        ]
+        for n, bleu in enumerate(metrics.get("bleu_1_to_4", [])[:3], start=1):
+            rows.append((f"  BLEU-{n}", _number(bleu), count))
+        return rows
+    count = str(metrics["tokens"])
+    return [
+        ("loss (nats/token)", _number(metrics["loss"]), count),
+        ("perplexity", _number(metrics["perplexity"], 3), count),
+        ("bits per byte", _number(metrics["bits_per_byte"]), str(metrics["bytes"])),
+    ]
+
+
+def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> str:
+    """Columns padded to their widest cell; the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells) -> str:
+        first, *rest = cells
+        return "  ".join([str(first).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(rest, widths[1:])])
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(headers), rule] + [line(row) for row in rows])
+
+
+def format_report(report: dict) -> str:
+    """The terminal view of a report: a title line, then metric / value / n (tokens and bytes for text)."""
+    details = [f"{name}: {report[name]}" for name in ("model", "data") if report.get(name)]
+    if report.get("blind"):
+        details.append("blind (every image blank)")
+    title = f"mmllm eval {report['task']}" + (f"  ({', '.join(details)})" if details else "")
+    table = format_table(_metric_rows(report["task"], report["metrics"]), headers=("metric", "value", "n"))
+    return f"{title}\n{table}"
