@@ -1,0 +1,95 @@
+"""Make a model folder from a preset, optionally with a pretrained Hugging Face LM and/or SigLIP vision tower.
+
+The vocabulary size and special-token ids come from the tokenizer. A pretrained part brings its own shapes
+(they replace the preset's LM or vision config) and weights; when the tokenizer has more tokens than the
+pretrained LM (the project's special tokens were added), the embedding grows and the new rows start at the
+mean of the pretrained ones. Everything else is freshly initialised. Training starts from the folder with
+`model.init_from: MODEL_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mmllm.config import PRESETS, VLMConfig
+from mmllm.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", required=True, help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json (special tokens are added)")
+    parser.add_argument("--lm", type=Path, help="Hugging Face Llama-family folder (config.json + safetensors)")
+    parser.add_argument("--vision", type=Path, help="Hugging Face SigLIP folder (config.json + safetensors)")
+    parser.add_argument("--out", required=True, type=Path, help="model folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
+    from mmllm import hf_import
+    from mmllm.model import VLM
+    from mmllm.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    taken = [name for name in MODEL_FOLDER_FILES if (args.out / name).exists()]
+    if taken:
+        raise UsageError(f"{args.out} already holds a model ({', '.join(taken)}); choose another --out or remove it")
+    try:
+        tokenizer, added = load_tokenizer(args.tokenizer)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    ids = TokenIds.from_tokenizer(tokenizer)
+
+    config = VLMConfig.from_preset(args.preset)
+    lm_weights: dict[str, torch.Tensor] = {}
+    vision_weights: dict[str, torch.Tensor] = {}
+    if args.lm is not None:
+        config.lm, lm_weights = hf_import.load_hf_lm(args.lm)
+        print(f"LM from {args.lm}: {config.lm.n_layers} layers, dim {config.lm.dim}, vocab {config.lm.vocab_size}")
+    if args.vision is not None:
+        config.vision, vision_weights = hf_import.load_hf_vision(args.vision)
+        normalization = hf_import.hf_image_normalization(args.vision)
+        if normalization is not None:
+            config.image_mean, config.image_std = normalization
+        print(f"vision from {args.vision}: {config.vision.image_size}px, patch {config.vision.patch_size}, "
+              f"{config.vision.n_layers} layers, dim {config.vision.dim}")
+    config = validated(config)
+
+    # The embedding needs a row for every tokenizer id; a pretrained LM may have more rows than that (padding).
+    rows = max(vocab_size(tokenizer), config.lm.vocab_size if lm_weights else 0)
+    config = config.with_tokenizer_ids(rows, ids.image, ids.pad, ids.eos_ids)
+    if added:
+        print(f"tokenizer: added special tokens {added}")
+
+    torch.manual_seed(args.seed)
+    model = VLM(config)
+    if lm_weights:
+        lm_weights = hf_import.resize_vocab(lm_weights, rows)
+        load_weights_strict(model.lm, strip_prefix(lm_weights, "lm."), str(args.lm))
+    if vision_weights:
+        load_weights_strict(model.vision, strip_prefix(vision_weights, "vision."), str(args.vision))
+
+    save_model_folder(model, tokenizer, args.out)
+    counts = model.num_parameters()
+    print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
+    print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def validated(config: VLMConfig) -> VLMConfig:
+    """Re-check a config whose parts were replaced (e.g. a vision grid the pixel shuffle must divide)."""
+    try:
+        return VLMConfig.from_dict(dataclasses.asdict(config))
+    except ValueError as error:
+        raise UsageError(f"the pretrained parts do not fit the preset: {error}") from error
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Names relative to a submodule: 'lm.norm.weight' -> 'norm.weight'."""
+    return {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
