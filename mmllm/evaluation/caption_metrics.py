@@ -12,7 +12,7 @@ pycocoevalcap's punctuation filter produce for plain captions:
   are tokens of their own.
 Known differences from the Java tokenizer, all outside plain captions: brackets are dropped here (PTB
 writes them as "-LRB-", which pycocoevalcap then fails to filter once lowercased), an abbreviation with one
-period such as "mr." loses it, and British spellings are not americanised.
+period such as "mr." loses it, a hashtag splits ("# sale"), and British spellings are not americanised.
 
 BLEU and CIDEr-D are corpus metrics: CIDEr-D's n-gram weights come from document frequencies over all
 references passed in one call, so score the whole evaluation set at once (one image alone scores 0).
@@ -26,7 +26,7 @@ from typing import Hashable, Mapping, Sequence
 
 from mmllm.errors import UsageError
 
-# "(?<=\w)" keeps a leading apostrophe ("'twas") attached; "n't" takes the "n" from the word before it
+# a clitic splits off only after a word character; "n't" takes the "n" of the word before it ("do n't")
 _CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _TOKEN = re.compile(
     r"""
