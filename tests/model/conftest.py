@@ -1,0 +1,68 @@
+"""Fixtures: a VLM with a handful of dimensions and sharp random weights, prompts with image placeholders.
+
+The fixtures return the factory functions, so a test builds exactly the model variant it needs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmllm.config import LMConfig, VisionConfig, VLMConfig
+from mmllm.model import VLM
+
+IMAGE_TOKEN, PAD, EOS = 3, 0, 1
+
+
+def tiny_config(attention: str = "causal", **lm_overrides) -> VLMConfig:
+    """4 image tokens per 32 px image (8 px patches, pixel shuffle 2), 2-layer GQA LM of width 32."""
+    lm = dict(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64, max_seq_len=96)
+    return VLMConfig(
+        lm=LMConfig(**{**lm, **lm_overrides}),
+        vision=VisionConfig(image_size=32, patch_size=8, dim=24, n_layers=2, n_heads=2, mlp_dim=48),
+        pixel_shuffle=2,
+        attention=attention,
+        image_token_id=IMAGE_TOKEN,
+        pad_token_id=PAD,
+        eos_token_ids=[EOS],
+    )
+
+
+def tiny_model(attention: str = "causal", seed: int = 0, **lm_overrides) -> VLM:
+    """Weights far larger than the 0.02 init, so logits are sharp and differ from token to token."""
+    torch.manual_seed(seed)
+    model = VLM(tiny_config(attention, **lm_overrides)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0, 0.3)
+    return model
+
+
+def prompt(model: VLM, n_text: int, n_images: int = 0, seed: int = 0) -> torch.Tensor:
+    """(n_images * tokens_per_image + n_text,) ids: the image blocks first, then random text tokens."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(4, model.config.lm.vocab_size, (n_text,), generator=g)
+    images = torch.full((n_images * model.config.tokens_per_image,), IMAGE_TOKEN)
+    return torch.cat([images, text])
+
+
+def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def make_model():
+    return tiny_model
+
+
+@pytest.fixture
+def make_prompt():
+    return prompt
+
+
+@pytest.fixture
+def make_images():
+    return images
