@@ -150,7 +150,9 @@ def lm_config_from_hf(hf: dict[str, Any]) -> LMConfig:
         raise UsageError("LM MLP biases (mlp_bias: true) are not supported")
     if model_type != "qwen2" and hf.get("attention_bias"):
         # Llama's attention_bias puts a bias on o_proj as well; our attention has q/k/v biases only (Qwen2's).
-        raise UsageError("Llama attention_bias (biases on q, k, v and o_proj) is not supported; only Qwen2-style q/k/v biases are")
+        raise UsageError(
+            "Llama attention_bias (biases on q, k, v and o_proj) is not supported; only Qwen2-style q/k/v biases are"
+        )
     if hf.get("use_sliding_window") or (model_type == "mistral" and hf.get("sliding_window") is not None):
         raise UsageError("sliding-window attention is not supported")
     # transformers >= 5 keeps rope_theta and the scaling type in rope_parameters; older configs use
@@ -174,7 +176,7 @@ def lm_config_from_hf(hf: dict[str, Any]) -> LMConfig:
         max_seq_len=hf.get("max_position_embeddings", 2048),
         rope_theta=float(rope_theta),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", model_type != "mistral")),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # transformers' default when not stated
         # Qwen2 always has q/k/v biases and does not state it.
         attention_bias=model_type == "qwen2",
         head_dim=hf.get("head_dim") or dim // n_heads,
@@ -197,7 +199,9 @@ def vision_config_from_hf(hf: dict[str, Any]) -> VisionConfig:
     # Fields left out of a SigLIP config take SiglipVisionConfig's defaults.
     activation = vision.get("hidden_act", "gelu_pytorch_tanh")
     if activation not in VISION_ACTIVATIONS:
-        raise UsageError(f"vision activation {activation!r} is not supported; expected one of {list(VISION_ACTIVATIONS)}")
+        raise UsageError(
+            f"vision activation {activation!r} is not supported; expected one of {list(VISION_ACTIVATIONS)}"
+        )
     if vision.get("num_channels", 3) != 3:
         raise UsageError(f"vision tower expects {vision['num_channels']} image channels; only RGB (3) is supported")
     return VisionConfig(
@@ -264,13 +268,16 @@ def siglip_weight_table(config: VisionConfig) -> dict[str, tuple[str, tuple[int,
     for i in range(config.n_layers):
         for suffix in SIGLIP_LAYER_WEIGHTS:
             # Every bias and LayerNorm parameter not listed above is a (dim,) vector.
-            table[f"vision.encoder.layers.{i}.{suffix}"] = (f"encoder.layers.{i}.{suffix}", layer_shapes.get(suffix, (dim,)))
+            shape = layer_shapes.get(suffix, (dim,))
+            table[f"vision.encoder.layers.{i}.{suffix}"] = (f"encoder.layers.{i}.{suffix}", shape)
     table["vision.post_layernorm.weight"] = ("post_layernorm.weight", (dim,))
     table["vision.post_layernorm.bias"] = ("post_layernorm.bias", (dim,))
     return table
 
 
-def check_nothing_left_over(names: list[str], imported: set[str], prefix: str, ignored: tuple[str, ...], folder: Path) -> None:
+def check_nothing_left_over(
+    names: list[str], imported: set[str], prefix: str, ignored: tuple[str, ...], folder: Path
+) -> None:
     """Refuse a checkpoint holding tensors under `prefix` that no table entry reads (e.g. an o_proj bias we lack).
 
     Without this check, a weight the model has no place for would be dropped and the import silently wrong.
@@ -290,7 +297,9 @@ def rename_and_check(
     """Read the table's tensors under our names, checking that each exists and has the shape its config implies."""
     missing = [prefix + theirs for theirs, _ in table.values() if prefix + theirs not in files]
     if missing:
-        raise UsageError(f"{folder}: checkpoint lacks {len(missing)} tensors its config.json implies, e.g. {missing[:3]}")
+        raise UsageError(
+            f"{folder}: checkpoint lacks {len(missing)} tensors its config.json implies, e.g. {missing[:3]}"
+        )
     tensors = read_tensors(files, [prefix + theirs for theirs, _ in table.values()])
     renamed = {}
     for ours, (theirs, shape) in table.items():

@@ -36,7 +36,8 @@ def is_model_folder(path: str | Path) -> bool:
 
 def _storage_key(tensor: torch.Tensor) -> tuple:
     """Identifies the memory a tensor views: two state-dict entries with equal keys are one tied weight."""
-    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+    storage = tensor.untyped_storage()
+    return (tensor.device, storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
 
 
 def tied_aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -129,7 +130,9 @@ def read_model_config(path: str | Path) -> VLMConfig:
     if not isinstance(data, dict):
         raise UsageError(f"{config_path} does not hold a JSON object")
     if "format_version" not in data:
-        hint = " (it looks like a Hugging Face model; import it with `mmllm build --lm/--vision`)" if "model_type" in data else ""
+        hint = ""
+        if "model_type" in data:
+            hint = " (it looks like a Hugging Face model; import it with `mmllm build --lm/--vision`)"
         raise UsageError(f"{config_path} is not an mmllm model config{hint}")
     version = data.pop("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from mmllm.config import PRESETS, VLMConfig
 from mmllm.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
     from mmllm import hf_import
     from mmllm.model import VLM

@@ -55,7 +55,9 @@ def test_llama_import_left_padded_batch_matches_transformers(tmp_path):
     torch.testing.assert_close(actual[real], expected[real], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("full_model, hidden_act", [(False, "gelu_pytorch_tanh"), (True, "gelu_pytorch_tanh"), (False, "gelu")])
+@pytest.mark.parametrize(
+    "full_model, hidden_act", [(False, "gelu_pytorch_tanh"), (True, "gelu_pytorch_tanh"), (False, "gelu")]
+)
 def test_siglip_import_hidden_states_match_transformers(tmp_path, full_model, hidden_act):
     hf_model = save_hf_siglip(tmp_path, full_model=full_model, hidden_act=hidden_act)
     vision_config, weights = hf_import.load_hf_vision(tmp_path)
