@@ -6,7 +6,7 @@ signature (`handler(exn) -> True`, meaning "continue"), so it also serves as `ha
 
 How counts reach the trainer: a handler lives in each dataloader worker (each process has its own copy).
 The batching stage attaches the handler's counts since the worker's previous batch to the batch as
-`batch["skipped"]` (a `Counter` of reason -> samples). In the main process a `BadSampleCounter` pops that
+`batch["skipped"]` (a dict of reason -> samples). In the main process a `BadSampleCounter` pops that
 key from every batch (`counter.absorb(batch)`, before the batch reaches the model) and keeps the totals
 for logging. Counts of samples skipped after a worker's last batch of an epoch are not reported (the
 stream stops at the epoch's last batch, so there are none).

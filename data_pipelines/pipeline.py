@@ -281,7 +281,7 @@ def source_stream(source: ShardSet, kind: str, slot: Slot, options: StreamOption
 def batch_samples(items: Iterable, batch_size: int, collate_fn: Callable[[list], dict],
                   handler: BadSampleHandler) -> Iterator[dict]:
     """Group items into batches (the last one may be smaller); each batch carries the skipped-sample counts
-    of this worker since its previous batch as `batch["skipped"]`."""
+    of this worker since its previous batch as `batch["skipped"]` ({reason: samples})."""
     batch: list = []
     for item in items:
         batch.append(item)
@@ -316,5 +316,6 @@ def pack_batches(items: Iterable, batch_size: int, max_length: int, pack_fn: Cal
 
 
 def _with_skipped(batch: dict, handler: BadSampleHandler) -> dict:
-    batch[SKIPPED_KEY] = handler.take_unreported()
+    # a plain dict: torch's default_convert copies a Counter with Counter.update, which would double it
+    batch[SKIPPED_KEY] = dict(handler.take_unreported())
     return batch

@@ -27,11 +27,13 @@ def jpeg_bytes(colour=(30, 200, 30), size: int = 8) -> bytes:
     return buffer.getvalue()
 
 
-def huge_png_header(width: int = 30000, height: int = 30000) -> bytes:
+def huge_png_header(width: int = 9000, height: int = 9000) -> bytes:
     """A PNG whose header claims width x height pixels (no pixel data): must be refused before decoding."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + header
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def caption_sample(index: int) -> dict:
