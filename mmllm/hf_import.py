@@ -73,6 +73,8 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{folder / 'config.json'} not found: {folder} is not a Hugging Face model folder")
     return read_json(folder / "config.json")
 
 
@@ -329,11 +331,10 @@ def load_hf_lm(folder: str | Path) -> tuple[LMConfig, dict[str, torch.Tensor]]:
         list(files), {prefix + theirs for theirs, _ in table.values()}, prefix, ("rotary_emb.", "lm_head."), folder
     )
     if not config.tie_embeddings:
-        # lm_head sits next to the decoder ('lm_head.weight' beside 'model.*'), not inside it.
-        head_prefix = prefix[: -len("model.")] if prefix.endswith("model.") else prefix
-        head_name, head_shape = table.pop("lm.lm_head.weight")
+        # The head sits at the top level of a *ForCausalLM ('lm_head.weight' beside 'model.*'), not in the decoder.
+        head = {"lm.lm_head.weight": table.pop("lm.lm_head.weight")}
         tensors = rename_and_check(files, table, prefix, folder)
-        tensors.update(rename_and_check(files, {"lm.lm_head.weight": (head_name, head_shape)}, head_prefix, folder))
+        tensors.update(rename_and_check(files, head, "", folder))
         return config, tensors
     # Tied: an 'lm_head.weight' some savers still write is the embedding again and is not read.
     return config, rename_and_check(files, table, prefix, folder)

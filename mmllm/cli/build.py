@@ -22,11 +22,14 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help=f"model preset: {', '.join(PRESETS)}")
-    parser.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json (special tokens are added)")
-    parser.add_argument("--lm", type=Path, help="Hugging Face Llama-family folder (config.json + safetensors)")
-    parser.add_argument("--vision", type=Path, help="Hugging Face SigLIP folder (config.json + safetensors)")
-    parser.add_argument("--out", required=True, type=Path, help="model folder to write")
+    parser.add_argument("--preset", required=True, metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--tokenizer", required=True, type=Path, metavar="FILE",
+                        help="tokenizer.json (the project's special tokens are added when missing)")
+    parser.add_argument("--lm", type=Path, metavar="HF_DIR",
+                        help="Hugging Face Llama-family folder (config.json + safetensors)")
+    parser.add_argument("--vision", type=Path, metavar="HF_DIR",
+                        help="Hugging Face SigLIP folder (config.json + safetensors)")
+    parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
 
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     counts = model.num_parameters()
     print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
     print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (train from it with --model.init_from {args.out})")
     return 0
 
 
