@@ -116,8 +116,21 @@ class Processor:
     def encode_caption(self, caption: str, image: ImageSource) -> EncodedSample:
         return self.encode_conversation(caption_conversation(caption), [image], kind="caption")
 
-    def encode_text(self, text: str) -> EncodedSample:
-        """A text document + <|endoftext|>, every token supervised, truncated to max_length."""
+    def encode_text(self, text: str, add_end_of_text: bool = True) -> EncodedSample:
+        """A text document + <|endoftext|>, every token supervised, truncated to max_length.
+
+        add_end_of_text=False gives a plain-text generation prompt (`mmllm generate`) instead: the same
+        tokens without the end, no targets, and ValueError if it is empty or leaves no room to generate.
+        """
+        if not add_end_of_text:
+            ids = self.template.encode_text(text)
+            if not ids:
+                raise ValueError("empty prompt")
+            if self.max_length is not None and len(ids) >= self.max_length:
+                raise ValueError(
+                    f"prompt is {len(ids)} tokens; the model takes {self.max_length}, leaving no room for an answer"
+                )
+            return EncodedSample(ids, [IGNORE_INDEX] * len(ids), None, 0, "text")
         ids = self.template.encode_text(text) + [self.token_ids.end_of_text]
         if self.max_length is not None:
             ids = ids[: self.max_length]

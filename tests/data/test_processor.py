@@ -142,6 +142,17 @@ def test_text_sample_supervises_every_token_and_ends_with_end_of_text(tokenizer)
         processor.encode_text("")
 
 
+def test_text_generation_prompt_is_the_training_text_without_its_end(tokenizer):
+    processor = Processor(tokenizer, **FIELDS, max_length=8)
+    prompt = processor.encode_text("plain text", add_end_of_text=False)
+    assert prompt.input_ids == processor.encode_text("plain text").input_ids[:-1]
+    assert set(prompt.labels) == {IGNORE_INDEX} and prompt.prefix_length == 0
+    with pytest.raises(ValueError, match="empty prompt"):
+        processor.encode_text("", add_end_of_text=False)
+    with pytest.raises(ValueError, match="no room for an answer"):
+        processor.encode_text("plain text about shapes " * 5, add_end_of_text=False)
+
+
 def test_text_chunks_cover_the_document_within_max_length(tokenizer):
     processor = Processor(tokenizer, **FIELDS, max_length=7)
     text = "plain text about shapes, " * 6
