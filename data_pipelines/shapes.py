@@ -16,9 +16,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import os
 import random
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -140,7 +143,8 @@ def render(scene: Scene, image_size: int) -> Image.Image:
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         else:
             draw.polygon(_outline(obj.shape, cx, cy, r), fill=fill)
-    return canvas.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    # reducing_gap=2: a 2x box reduction first, then LANCZOS for the last 2x; twice as fast as LANCZOS from 4x
+    return canvas.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 
 def caption(scene: Scene) -> str:
@@ -212,8 +216,14 @@ def _ask_exists(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
 
 
 def _relation_holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
-    return {"to the left of": a.col < b.col, "to the right of": a.col > b.col,
-            "above": a.row < b.row, "below": a.row > b.row}[relation]
+    """Relations compare grid cells: objects in the same column are neither left nor right of each other."""
+    if relation == "to the left of":
+        return a.col < b.col
+    if relation == "to the right of":
+        return a.col > b.col
+    if relation == "above":
+        return a.row < b.row
+    return a.row > b.row
 
 
 def _ask_relation(scene: Scene, rng: random.Random, pairs) -> tuple[str, str] | None:
@@ -265,6 +275,12 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def object_record(obj: ShapeObject) -> dict:
+    """The json form of an object, as stored in shards and scenes.jsonl."""
+    return {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "cell": obj.cell,
+            "row": obj.row, "col": obj.col, "x": obj.x, "y": obj.y}
+
+
 def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
     """Everything about scene `index` of `split`: png bytes, caption, objects, questions, conversation."""
     rng = scene_rng(seed, split, index)
@@ -273,7 +289,7 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
     return {
         "png": _png(render(scene, image_size)),
         "caption": caption(scene),
-        "objects": [{**asdict(obj), "row": obj.row, "col": obj.col} for obj in scene.objects],
+        "objects": [object_record(obj) for obj in scene.objects],
         "background": list(scene.background),
         "questions": asked,
         "conversations": chat_turns(asked),
@@ -281,19 +297,24 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
 
 
 def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: int = 0, image_size: int = 64,
-                   maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, report=print) -> dict[str, WriteStats]:
+                   maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, workers: int = 1,
+                   report=print) -> dict[str, WriteStats]:
     """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl.
 
-    The same key names a scene in both kinds of shards and in scenes.jsonl.
+    The same key names a scene in both kinds of shards and in scenes.jsonl. With workers > 1 scenes are
+    drawn in worker processes; each scene depends only on (seed, split, index), so the bytes are the same.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     split_dir = Path(out_dir) / split
     captions = ShardWriter(split_dir / "captions", maxcount=maxcount, overwrite=overwrite, report=report)
     chats = ShardWriter(split_dir / "chat", maxcount=maxcount, overwrite=overwrite, report=report)
-    with captions, chats, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
-        for index in range(count):
-            example = make_example(seed, split, index, image_size)
+    draw = partial(make_example, seed, split, image_size=image_size)
+    parallel = workers > 1 and count > 1
+    pool = multiprocessing.get_context("fork").Pool(workers) if parallel else nullcontext()
+    with pool, captions, chats, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
+        examples = pool.imap(draw, range(count), chunksize=64) if parallel else map(draw, range(count))
+        for index, example in enumerate(examples):
             key = f"{index:09d}"
             captions.write({"png": example["png"], "txt": example["caption"],
                             "json": {"objects": example["objects"]}}, key=key)
@@ -308,7 +329,7 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
 
 def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int = 500, test: int = 500,
                     image_size: int = 64, seed: int = 0, maxcount: int = DEFAULT_MAXCOUNT,
-                    overwrite: bool = False, report=print) -> dict[str, dict[str, WriteStats]]:
+                    overwrite: bool = False, workers: int = 1, report=print) -> dict[str, dict[str, WriteStats]]:
     """All three splits plus out_dir/shapes.json (the settings and vocabulary, for evaluation and reuse)."""
     if image_size < 16:
         raise ValueError(f"image size must be at least 16 pixels, got {image_size}")
@@ -316,7 +337,7 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
         raise ValueError("split sizes must not be negative")
     out = Path(out_dir)
     stats = {split: generate_split(out, split, count, seed=seed, image_size=image_size, maxcount=maxcount,
-                                   overwrite=overwrite, report=report)
+                                   overwrite=overwrite, workers=workers, report=report)
              for split, count in zip(SPLITS, (train, val, test))}
     settings = {
         "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),

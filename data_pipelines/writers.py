@@ -201,8 +201,9 @@ class ShardWriter:
 
     def _start_shard(self) -> None:
         partial = self._shard_path(len(self.sizes)).with_suffix(".tar.partial")
-        # encoder=False: members are bytes already; mtime fixed so the same samples give the same bytes
-        self._tar = wds.TarWriter(str(partial), encoder=False, mtime=0.0)
+        # encoder=False: members are bytes already. mtime is a fixed int: the same samples give the same bytes,
+        # and an int keeps tarfile from adding a PAX header (1 KiB) to every member
+        self._tar = wds.TarWriter(str(partial), encoder=False, mtime=0)
         self._shard_count = 0
         self._shard_bytes = 0
 

@@ -1,0 +1,33 @@
+"""Convert plain text files (or folders of .txt/.md files) into text shards of documents.
+
+Blank-line-separated paragraphs are grouped into documents of about --doc-chars characters (or one
+document per file with --per-file). Invalid UTF-8 bytes are replaced and the files counted.
+"""
+
+from __future__ import annotations
+
+from data_pipelines.from_text import DEFAULT_DOC_CHARS, convert_text
+from data_pipelines.writers import DEFAULT_MAXCOUNT
+from mmllm.errors import UsageError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="text files or folders of them")
+    parser.add_argument("--out", required=True, help="output folder of text shards")
+    parser.add_argument("--doc-chars", type=int, default=DEFAULT_DOC_CHARS,
+                        help=f"target document length in characters (default {DEFAULT_DOC_CHARS})")
+    parser.add_argument("--per-file", action="store_true", help="one document per file")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_MAXCOUNT,
+                        help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+
+
+def run(args) -> int:
+    try:
+        convert_text(args.files, args.out, doc_chars=args.doc_chars, per_file=args.per_file,
+                     maxcount=args.shard_size, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise UsageError(f"{error} (pass --overwrite)") from None
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    return 0
