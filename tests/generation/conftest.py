@@ -7,4 +7,5 @@ _spec = importlib.util.spec_from_file_location("tiny_vlm_fixtures", Path(__file_
 _fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fixtures)
 
-make_model, make_prompt, make_images = _fixtures.make_model, _fixtures.make_prompt, _fixtures.make_images
+one_thread, make_model = _fixtures.one_thread, _fixtures.make_model
+make_prompt, make_images = _fixtures.make_prompt, _fixtures.make_images

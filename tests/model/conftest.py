@@ -53,6 +53,15 @@ def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small run fastest on one thread; more threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_model():
     return tiny_model
