@@ -8,8 +8,10 @@ to open. Weight names must match the model exactly; tied weights are stored once
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -96,14 +98,30 @@ def save_model_folder(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> 
     """Write `config.json`, `model.safetensors` and `tokenizer.json` for a VLM and its tokenizer into `out_dir`.
 
     The model's dtype is kept; tied weights are stored once. `tokenizer` is a `tokenizers.Tokenizer`.
+    Each file is written under a temporary name and renamed, config.json last, so an interrupted save never
+    leaves a half-written file under a final name.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config: VLMConfig = model.config
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config_to_json(config), indent=2) + "\n", encoding="utf-8")
-    save_file(unique_state_dict(model), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    with _written(out_dir / TOKENIZER_FILE) as path:
+        tokenizer.save(str(path))
+    with _written(out_dir / WEIGHTS_FILE) as path:
+        save_file(unique_state_dict(model), str(path), metadata={"format": "pt"})
+    with _written(out_dir / CONFIG_FILE) as path:
+        path.write_text(json.dumps(config_to_json(config), indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+@contextmanager
+def _written(final_path: Path) -> Iterator[Path]:
+    """A temporary path next to `final_path`, renamed onto it once the body has written it."""
+    temporary = final_path.with_name(final_path.name + ".partial")
+    try:
+        yield temporary
+        os.replace(temporary, final_path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def config_to_json(config: VLMConfig) -> dict[str, Any]:

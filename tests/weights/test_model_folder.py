@@ -59,8 +59,9 @@ def test_round_trip_gives_identical_state_dict_and_logits(tmp_path, tokenizer, t
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_tied_head_is_stored_once_and_untied_head_separately(tmp_path, tokenizer, tie):
+def test_folder_holds_three_files_and_tied_head_is_stored_once(tmp_path, tokenizer, tie):
     save_model_folder(tiny_model(tokenizer, tie=tie), tokenizer, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as file:
         names = set(file.keys())
     assert "lm.embed_tokens.weight" in names
