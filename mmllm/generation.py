@@ -191,12 +191,22 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None,
     image_counts: torch.Tensor | None = None,
-    **options,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_ids: Sequence[int] | None = None,
+    seed: int | None = None,
 ) -> list[list[int]]:
-    """The new tokens of each row (stop token removed). Options as in `stream`."""
-    stop = set(model.config.eos_token_ids if options.get("stop_ids") is None else options["stop_ids"])
+    """The new tokens of each row, without the stop token that ended it. Arguments as in `stream`."""
+    stop = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
+    steps = stream(
+        model, input_ids, attention_mask, pixel_values, image_counts, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids, seed=seed,
+    )
     new_tokens: list[list[int]] = [[] for _ in range(input_ids.size(0))]
-    for step in stream(model, input_ids, attention_mask, pixel_values, image_counts, **options):
+    for step in steps:
         for row, token in step.items():
             new_tokens[row].append(token)
     return [tokens[:-1] if tokens and tokens[-1] in stop else tokens for tokens in new_tokens]

@@ -100,7 +100,14 @@ class VLM(nn.Module):
         labels: torch.Tensor | None = None,
         sources: list[str] | None = None,  # part of the batch; the trainer groups token_losses by it
     ) -> ModelOutput:
-        """Full-sequence forward (training, evaluation, reference for generation). See DESIGN/contracts."""
+        """Full-sequence forward (training, evaluation; generation's reference). Shapes:
+
+        input_ids (B, T); pixel_values (N, 3, H, W), every image of the batch in reading order; image_counts
+        (B,) images per sample (checked against the placeholders when given); attention_mask (B, T) 1 on real
+        tokens; position_ids (B, T), default from segment_ids or attention_mask; segment_ids (B, T) 1..k per
+        packed sample, 0 on padding; prefix_mask (B, T) bidirectional prompt, used only in prefix mode;
+        labels (B, T), -100 where unsupervised, shifted here (logits[:, t] predicts labels[:, t + 1]).
+        """
         embeds = self.embed(input_ids, pixel_values, image_counts)
         if position_ids is None:
             position_ids = default_position_ids(input_ids, attention_mask, segment_ids)

@@ -157,3 +157,12 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens():
     assert abs(share_of_best - 0.4 / 0.7) < 0.05  # renormalised over the nucleus
     everything = sample_next_token(logits, 1.0, generator=generator)
     assert set(everything.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_images_are_encoded_once_in_prefill(make_model, make_prompt, make_images):
+    model = make_model()
+    calls = []
+    hook = model.vision.register_forward_hook(lambda module, args, out: calls.append(out.size(0)))
+    generate(model, make_prompt(model, 4, 2)[None], pixel_values=make_images(2), max_new_tokens=8, stop_ids=[])
+    hook.remove()
+    assert calls == [2]
