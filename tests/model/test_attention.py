@@ -83,8 +83,9 @@ def test_packed_sample_gives_the_same_logits_as_alone(make_model, make_prompt, m
         prefixes = [torch.arange(len(s)) < len(s) // 2 for s in samples]
         packed = torch.cat(samples + [torch.zeros(3, dtype=torch.long)])[None]  # 3 trailing pads
         segment_ids = torch.cat([torch.full((len(s),), i + 1) for i, s in enumerate(samples)] + [torch.zeros(3)])
+        packed_prefix = torch.cat(prefixes + [torch.zeros(3, dtype=torch.bool)])[None]
         out = logits(model, packed, pixel_values=pixel_values, image_counts=torch.tensor([3]),
-                     segment_ids=segment_ids.long()[None], prefix_mask=torch.cat(prefixes + [torch.zeros(3, dtype=torch.bool)])[None])
+                     segment_ids=segment_ids.long()[None], prefix_mask=packed_prefix)
         start = 0
         for sample, images, prefix in zip(samples, image_batches, prefixes):
             alone = logits(model, sample[None], pixel_values=images, prefix_mask=prefix[None])

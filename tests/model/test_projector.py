@@ -18,7 +18,8 @@ def test_pixel_shuffle_concatenates_each_2x2_block_of_patches():
     for token, (row, col) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):  # output grid in reading order
         expected = [row * g + col, row * g + col + 1, (row + 1) * g + col, (row + 1) * g + col + 1]
         assert tokens[0, token].view(4, d)[:, 0].tolist() == expected
-        assert (tokens[0, token].view(4, d) == tokens[0, token].view(4, d)[:, :1]).all()  # channels stay with their patch
+        per_patch = tokens[0, token].view(4, d)
+        assert (per_patch == per_patch[:, :1]).all()  # a patch's channels stay together
 
 
 def test_pixel_shuffle_factor_3_matches_a_loop_over_blocks():
