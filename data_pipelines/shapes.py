@@ -124,9 +124,10 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "triangle":  # pointing up; the bounding box is centred on (cx, cy)
         cy += 0.25 * r
         return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-    if shape == "star":  # five points, inner radius half the outer one
-        return [(cx + (r if k % 2 == 0 else 0.5 * r) * math.cos(-math.pi / 2 + k * math.pi / 5),
-                 cy + (r if k % 2 == 0 else 0.5 * r) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
+    if shape == "star":  # five points: ten vertices alternating between radius r and r / 2, first one up
+        radii = [r if k % 2 == 0 else 0.5 * r for k in range(10)]
+        angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]
+        return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for radius, a in zip(radii, angles)]
     raise ValueError(f"unknown shape {shape!r}")
 
 

@@ -226,9 +226,9 @@ def mmllm(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_converters_write_shards_and_print_counts(tmp_path):
     image_file(tmp_path / "imgs" / "a.png")
-    (tmp_path / "chat.json").write_text(json.dumps([
-        {"id": "1", "image": "a.png", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
-        {"id": "2", "image": "b.png", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}]))
+    turns = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]
+    (tmp_path / "chat.json").write_text(json.dumps([{"id": "1", "image": "a.png", "conversations": turns},
+                                                    {"id": "2", "image": "b.png", "conversations": turns}]))
     result = mmllm("data", "from-llava", str(tmp_path / "chat.json"), "--images", str(tmp_path / "imgs"),
                    "--out", str(tmp_path / "chat"))
     assert result.returncode == 0, result.stderr

@@ -121,7 +121,8 @@ def test_webdataset_reads_back_every_kind_grouped_by_key(tmp_path):
 def test_summary_counts_skips_by_reason_most_common_first():
     stats = WriteStats(written=1200, shards=3)
     stats.skipped.update({"unreadable image": 1, "missing image": 3})
-    assert stats.summary("out") == "wrote 1200 samples in 3 shards to out; skipped 4: missing image 3, unreadable image 1"
+    assert stats.summary("out") == ("wrote 1200 samples in 3 shards to out; "
+                                    "skipped 4: missing image 3, unreadable image 1")
     stats.warnings["files with invalid UTF-8 (replaced)"] = 2
     assert stats.summary("out").endswith("; warnings: files with invalid UTF-8 (replaced) 2")
     assert WriteStats(written=5, shards=1).summary("d") == "wrote 5 samples in 1 shards to d"
