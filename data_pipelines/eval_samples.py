@@ -1,0 +1,84 @@
+"""Read a source once, in order, for evaluation: VQA questions, caption references and text documents.
+
+`mmllm eval` and the trainer's validation VQA both take their questions from here, so a question is asked
+the same way in both: one human turn (its image marker removed) with the chat's image, answered alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from PIL import Image
+
+from data_pipelines.bad_samples import BadSampleHandler
+from data_pipelines.formats import Sample
+from data_pipelines.pipeline import decode_samples, parse_samples, tar_samples
+from data_pipelines.shard_lists import expand_shards
+from data_pipelines.special_tokens import IMAGE_MARKER
+
+
+@dataclass
+class VQAQuestion:
+    """One human -> gpt pair of a chat sample, asked as a single-turn question."""
+
+    key: str
+    image: Image.Image | None
+    question: str
+    answer: str
+    question_type: str | None = None
+
+
+@dataclass
+class CaptionItem:
+    key: str
+    image: Image.Image
+    references: list[str]
+
+
+def read_samples(path: str | list, kind: str, handler: BadSampleHandler | None = None) -> Iterator[Sample]:
+    """Every good sample of a source exactly once, in shard order, images decoded; bad ones go to the handler."""
+    handler = handler or BadSampleHandler()
+    shards = expand_shards(path)
+    return decode_samples(parse_samples(tar_samples(shards, handler), kind, handler), handler)
+
+
+def vqa_questions(path: str | list, limit: int | None = None,
+                  handler: BadSampleHandler | None = None) -> list[VQAQuestion]:
+    """The questions of chat shards: each user turn followed by an assistant turn is one question."""
+    return list(itertools.islice(_questions(read_samples(path, "chat", handler)), limit))
+
+
+def _questions(samples: Iterator[Sample]) -> Iterator[VQAQuestion]:
+    for sample in samples:
+        types = _question_types(sample.meta)
+        image = sample.images[0] if sample.images else None
+        turns = sample.conversation
+        for turn, reply in zip(turns, turns[1:]):
+            if turn["role"] != "user" or reply["role"] != "assistant":
+                continue
+            question = turn["content"].replace(IMAGE_MARKER, "").strip()
+            yield VQAQuestion(sample.key, image, question, reply["content"].strip(), types.get(question))
+
+
+def _question_types(meta: dict[str, Any]) -> dict[str, str]:
+    """question text -> type, from a `questions` list in the sample's json (the shapes data records one)."""
+    questions = meta.get("questions")
+    if not isinstance(questions, list):
+        return {}
+    return {q["question"].strip(): q["type"] for q in questions
+            if isinstance(q, dict) and isinstance(q.get("question"), str) and isinstance(q.get("type"), str)}
+
+
+def caption_items(path: str | list, limit: int | None = None,
+                  handler: BadSampleHandler | None = None) -> list[CaptionItem]:
+    """Images of caption shards with every reference caption (json `captions`, else the txt caption)."""
+    items = (CaptionItem(s.key, s.images[0], list(s.meta["references"]))
+             for s in read_samples(path, "caption", handler))
+    return list(itertools.islice(items, limit))
+
+
+def text_documents(path: str | list, limit: int | None = None,
+                   handler: BadSampleHandler | None = None) -> list[str]:
+    return [s.text for s in itertools.islice(read_samples(path, "text", handler), limit)]

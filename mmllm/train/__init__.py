@@ -1,0 +1,1 @@
+"""Training with Lightning: the LightningModule, the LightningDataModule, callbacks and the CLI."""

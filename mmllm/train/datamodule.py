@@ -1,0 +1,126 @@
+"""The LightningDataModule: where training and validation batches come from (a weighted mixture of shards).
+
+Its tokenizer fixes the vocabulary size and special-token ids; `model_inputs` hands them (and the image
+size) to the model through a LightningCLI link. The processor is built from the model's config, so the
+image size, normalisation and image-token count the data uses are exactly the model's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+
+from data_pipelines.bad_samples import BadSampleCounter
+from data_pipelines.eval_samples import VQAQuestion, vqa_questions
+from data_pipelines.mixture import Source, make_loader
+from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
+from mmllm.processing import processor_for
+
+
+class VLMDataModule(L.LightningDataModule):
+    """Batches from caption, chat and text shards.
+
+    Args:
+        tokenizer: a tokenizer.json (trained with `mmllm tokenizer train`, or any other; the project's special
+            tokens are added when missing).
+        sources: the training mixture: `[{kind: caption|chat|text, path: folder or brace pattern, weight: 1.0}]`.
+        val_sources: validation sources (weights ignored); chat sources also give the validation VQA questions.
+        batch_size: samples per batch (per device; the Trainer's accumulate_grad_batches multiplies it).
+        num_workers: DataLoader worker processes for training batches.
+        image_size: image side in pixels for a model built from a preset (default: the preset's).
+        max_length: tokens per sample (default: the model's context length); longer samples are truncated
+            without cutting an image.
+        packing: pack several samples per row (attention never crosses samples); `max_length` is the row length.
+        resampled: draw shards with replacement, endlessly (multi-node training); else epochs over the data.
+        shuffle_buffer: samples held for shuffling (compressed bytes).
+        seed: seed of shard order, shuffling and source choice.
+        val_vqa_questions: questions answered by generation at each validation (0: none).
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        sources: list[Source],
+        val_sources: Optional[list[Source]] = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        image_size: Optional[int] = None,
+        max_length: Optional[int] = None,
+        packing: bool = False,
+        resampled: bool = False,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        val_vqa_questions: int = 64,
+    ) -> None:
+        super().__init__()
+        self.tokenizer_path = tokenizer
+        self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
+        self.token_ids = TokenIds.from_tokenizer(self.tokenizer)
+        self.sources = [Source.of(s) for s in sources]
+        self.val_sources = [Source.of(s) for s in (val_sources or [])]
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.max_length = max_length
+        self.packing = packing
+        self.resampled = resampled
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.val_vqa_questions = val_vqa_questions
+        self.bad_samples = BadSampleCounter()
+        self.processor = None
+        self._vqa_questions: list[VQAQuestion] | None = None
+
+    @property
+    def model_inputs(self) -> dict[str, Any]:
+        """What the model config takes from the data: linked to `model.model_inputs` by the CLI."""
+        return {
+            "vocab_size": vocab_size(self.tokenizer),
+            "image_token_id": self.token_ids.image,
+            "pad_token_id": self.token_ids.pad,
+            "eos_token_ids": self.token_ids.eos_ids,
+            "image_size": self.image_size,
+            "tokenizer_path": self.tokenizer_path,
+        }
+
+    def setup(self, stage: str) -> None:
+        config = self.trainer.lightning_module.config
+        self.processor = processor_for(config, self.tokenizer, self.max_length)
+
+    def _loader(self, sources: list[Source], train: bool):
+        return make_loader(
+            sources, self.processor, self.batch_size,
+            num_workers=self.num_workers if train else 0,
+            seed=self.seed,
+            resampled=self.resampled and train,
+            shuffle=train,
+            shuffle_buffer=self.shuffle_buffer,
+            packing=self.packing and train,
+            max_length=self.max_length or self.processor.max_length,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
+
+    def train_dataloader(self):
+        loader = self._loader(self.sources, train=True)
+        loader.set_epoch(self.trainer.current_epoch)  # a resumed run continues with the next epoch's order
+        return loader
+
+    def val_dataloader(self):
+        return self._loader(self.val_sources, train=False) if self.val_sources else []
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        return self.bad_samples.absorb(batch)  # the skipped-sample counts ride along each batch
+
+    def vqa_examples(self) -> list[VQAQuestion]:
+        """The first `val_vqa_questions` questions of the chat validation sources (read once)."""
+        if self._vqa_questions is None:
+            chats = [s.path for s in self.val_sources if s.kind == "chat"]
+            self._vqa_questions = (
+                vqa_questions(chats, limit=self.val_vqa_questions) if chats and self.val_vqa_questions else []
+            )
+        return self._vqa_questions

@@ -1,0 +1,216 @@
+"""The LightningModule: what one training step of a VLM is, with per-module learning rates and freezing.
+
+The Trainer owns devices, precision, accumulation, clipping and checkpoints; this module only says how to
+compute the loss of a batch, which parameters train at which rate, and what to log.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+from mmllm.config import VLMConfig
+from mmllm.model import VLM
+
+PARTS = ("vision", "projector", "lm")
+
+
+class VLMModule(L.LightningModule):
+    """Trains a VLM built from a preset, or continues from a model folder (`init_from`).
+
+    Args:
+        preset: named model shape (`tiny`, `small`, `base`) used when `init_from` is not given.
+        init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage) to start from.
+        attention: `causal`, or `prefix` (bidirectional over image + prompt, causal over the answer).
+        freeze: parts not trained in this stage, any of `vision`, `projector`, `lm`.
+        lr: peak learning rate of every part without its own rate.
+        lr_vision: peak learning rate of the vision encoder (default: lr).
+        lr_projector: peak learning rate of the projector (default: lr).
+        lr_lm: peak learning rate of the language model (default: lr).
+        weight_decay: AdamW decoupled weight decay (not applied to norms, biases and embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warmup from 0 to the peak rate.
+        min_lr_ratio: the cosine schedule ends at this fraction of the peak rate.
+        model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        init_from: Optional[str] = None,
+        attention: Optional[str] = None,
+        freeze: Optional[list[str]] = None,
+        lr: float = 1e-3,
+        lr_vision: Optional[float] = None,
+        lr_projector: Optional[float] = None,
+        lr_lm: Optional[float] = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        model_inputs: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        freeze = list(freeze or [])
+        unknown = sorted(set(freeze) - set(PARTS))
+        if unknown:
+            raise ValueError(f"model.freeze names unknown parts {unknown}; choose from {list(PARTS)}")
+        self.freeze = freeze
+        self.learning_rates = {
+            "vision": lr if lr_vision is None else lr_vision,
+            "projector": lr if lr_projector is None else lr_projector,
+            "lm": lr if lr_lm is None else lr_lm,
+        }
+        self.model, self.tokenizer = _build_model(preset, init_from, attention, model_inputs or {})
+        self.config: VLMConfig = self.model.config
+        for part in self.freeze:
+            getattr(self.model, part).requires_grad_(False)
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, batch: dict[str, Any]):
+        return self.model(**batch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        output = self.model(**batch)
+        loss = output.loss
+        if not torch.isfinite(loss):
+            sources = sorted(set(batch.get("sources") or []))
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step} "
+                f"(batch {batch_idx}, sources {sources}); lower the learning rate or check the data"
+            )
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self._log_per_source("train", output.token_losses, batch, on_step=True)
+        self._log_skipped(batch)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        output = self.model(**batch)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("val/loss", output.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self._log_per_source("val", output.token_losses, batch, on_step=False)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        output = self.model(**batch)
+        self.log("test/loss", output.loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        self._log_per_source("test", output.token_losses, batch, on_step=False)
+
+    def on_validation_epoch_end(self) -> None:
+        """Generation-based VQA accuracy on a few validation questions (the number the user cares about)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        questions = datamodule.vqa_examples() if datamodule is not None else []
+        if not questions or self.trainer.sanity_checking:
+            return
+        from mmllm.evaluation.vqa_metric import vqa_accuracy
+        from mmllm.inference import VisionLanguageModel
+
+        vlm = VisionLanguageModel(self.model, self.tokenizer)
+        was_training = self.model.training
+        answers = vlm.ask_many([q.image for q in questions], [q.question for q in questions], max_new_tokens=8)
+        self.model.train(was_training)
+        accuracy = sum(vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)) / len(questions)
+        self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)
+
+    def _log_per_source(self, stage: str, token_losses: torch.Tensor, batch: dict[str, Any], on_step: bool):
+        """Mean loss of supervised tokens for each source kind in the batch (caption, chat, text)."""
+        sources = batch.get("sources")
+        if not sources or token_losses is None:
+            return
+        supervised = (batch["labels"][:, 1:] != -100).float()  # (B, T-1), aligned with token_losses
+        for kind in sorted(set(sources)):
+            rows = torch.tensor([s == kind for s in sources], device=supervised.device)
+            count = supervised[rows].sum()
+            if count > 0:
+                loss = token_losses[rows].sum() / count
+                self.log(f"{stage}/loss_{kind}", loss, on_step=on_step, on_epoch=not on_step,
+                         batch_size=int(rows.sum()), sync_dist=not on_step)
+
+    def _log_skipped(self, batch: dict[str, Any]) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        counter = getattr(datamodule, "bad_samples", None)  # filled by the data module from each batch
+        if counter is not None:
+            self.log("train/skipped_samples", float(counter.total), on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        groups = []
+        for part in PARTS:
+            if part in self.freeze:
+                continue
+            decay, no_decay = [], []
+            for name, param in getattr(self.model, part).named_parameters():
+                if not param.requires_grad:
+                    continue
+                # Matrices decay; norms, biases, embeddings and position tables do not.
+                (decay if param.ndim >= 2 and "embed" not in name else no_decay).append(param)
+            rate = self.learning_rates[part]
+            groups.append({"params": decay, "lr": rate, "weight_decay": self.hparams.weight_decay, "name": part})
+            groups.append({"params": no_decay, "lr": rate, "weight_decay": 0.0, "name": f"{part}_no_decay"})
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError(f"model.freeze={self.freeze} leaves nothing to train")
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, betas=tuple(self.hparams.betas), fused=fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The config and tokenizer travel inside the checkpoint, so `mmllm export` needs nothing else.
+        checkpoint["mmllm_config"] = self.config.to_dict()
+        checkpoint["mmllm_tokenizer"] = self.tokenizer.to_str()
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Multiplier of the peak rate at each step: linear warmup, then cosine decay to `min_ratio`."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def _build_model(preset: str, init_from: Optional[str], attention: Optional[str], model_inputs: dict[str, Any]):
+    """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
+    from data_pipelines.tokenizer import load_tokenizer
+
+    if init_from:
+        from mmllm.model_folder import load_model_folder
+
+        model, tokenizer, config = load_model_folder(init_from)
+        vocab = model_inputs.get("vocab_size")
+        if vocab is not None and vocab != config.lm.vocab_size:
+            raise ValueError(
+                f"the data tokenizer has {vocab} tokens but the model in {init_from} has {config.lm.vocab_size}; "
+                f"train with data.tokenizer={init_from}/tokenizer.json"
+            )
+        if attention:
+            config.attention = attention
+        return model, tokenizer
+    if not model_inputs:
+        raise ValueError("model_inputs (tokenizer ids and image size) must come from the data module")
+    config = VLMConfig.from_preset(preset)
+    config = config.with_tokenizer_ids(
+        vocab_size=model_inputs["vocab_size"],
+        image_token_id=model_inputs["image_token_id"],
+        pad_token_id=model_inputs["pad_token_id"],
+        eos_token_ids=model_inputs["eos_token_ids"],
+    )
+    if model_inputs.get("image_size"):
+        config.vision.image_size = int(model_inputs["image_size"])
+        config.__post_init__()  # re-check the patch grid against the pixel shuffle
+    if attention:
+        config.attention = attention
+    tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
+    return VLM(config), tokenizer
