@@ -1,28 +1,31 @@
-"""The Python API of a trained model: caption images, ask questions, chat, continue text.
+"""The Python API of a trained model: caption images, ask questions, chat, continue text, score text.
 
     import mmllm
     vlm = mmllm.load("models/shapes-tiny")
-    vlm.caption(["a.png", "b.png"])           # -> ["a small red circle at the top left.", ...]
+    vlm.caption("a.png")                       # -> "a small red circle at the top left."
+    vlm.caption(["a.png", "b.png"])            # a list in, a list out (batched)
     vlm.ask("a.png", "What colour is the circle?")
     vlm.chat([{"role": "user", "content": "<image>\\nWhat is this?"}], images=["a.png"])
     vlm.generate("Once upon a time")
 
-Prompts go through the same processor (chat template, image preprocessing) as training, so what the model
-sees in `ask` is exactly what it saw in training.
+Images are paths, PIL images or (3, H, W) tensors with values in [0, 1]. Every prompt goes through
+data_pipelines' Processor (chat template, image preprocessing), the code that made the training batches,
+so what the model sees in `ask` is exactly what it saw in training. A user's mistake (missing or unreadable
+image, prompt too long, markers that do not match the images) raises `UsageError` with one clear line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 from PIL import Image
 
-from data_pipelines.chat import question_conversation
+from data_pipelines.chat import NoSupervisedTokens, normalise_conversation, question_conversation
 from data_pipelines.collate import collate
-from data_pipelines.images import load_image
+from data_pipelines.images import ImageError, load_image
 from data_pipelines.special_tokens import CAPTION_INSTRUCTION
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
@@ -30,6 +33,7 @@ from mmllm.generation import generate, stream
 from mmllm.processing import processor_for
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
+Progress = Callable[[int, int], None]  # progress(done, total), called after each batch
 
 
 @dataclass
@@ -42,113 +46,237 @@ class SamplingOptions:
     top_p: float | None = None
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UsageError(f"temperature must not be negative, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+
 
 class VisionLanguageModel:
-    """A model with its tokenizer and processor, ready to answer."""
+    """A model with its tokenizer and processor, ready to answer. Built by `load`."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, device: str | torch.device | None = None):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, source: str | None = None):
+        self.model = model.eval()
         self.tokenizer = tokenizer
         self.config: VLMConfig = model.config
         self.processor = processor_for(self.config, tokenizer)
-        if device is not None:
-            self.model.to(device)
+        self.source = source  # the folder or checkpoint it was loaded from, for reports
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    # --------------------------------------------------------------------------------- tasks
-    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16, **sampling) -> list[str]:
-        """One caption per image, asked with the same instruction the caption data was trained with."""
-        images = _as_list(images)
-        return self.ask_many(images, [CAPTION_INSTRUCTION] * len(images), batch_size=batch_size, **sampling)
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
-    def ask(self, image: ImageLike | None, question: str, **sampling) -> str:
-        """The answer to one question about one image (or none)."""
-        return self.ask_many([image], [question], **sampling)[0]
+    # --------------------------------------------------------------------------------- tasks
+    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16,
+                progress: Progress | None = None, **sampling) -> str | list[str]:
+        """A caption per image, asked with the instruction the caption data was trained with.
+
+        One image in, one caption out; a list in, a list out.
+        """
+        many = _is_batch(images)
+        image_list = list(images) if many else [images]
+        captions = self.ask_many(image_list, [CAPTION_INSTRUCTION] * len(image_list), batch_size=batch_size,
+                                 progress=progress, **sampling)
+        return captions if many else captions[0]
+
+    def stream_caption(self, image: ImageLike, **sampling) -> Iterator[str]:
+        """`caption` of one image as text pieces, yielded as tokens are produced."""
+        return self.stream_ask(image, CAPTION_INSTRUCTION, **sampling)
+
+    def ask(self, image: ImageLike | None | Sequence[ImageLike | None], question: str | Sequence[str],
+            batch_size: int = 16, **sampling) -> str | list[str]:
+        """The answer to a question about an image (None: no image); lists of both give a list of answers."""
+        if isinstance(question, str):
+            if _is_batch(image):
+                raise ValueError("ask: a list of images needs a list of questions of the same length")
+            return self.ask_many([image], [question], **sampling)[0]
+        images = list(image) if _is_batch(image) else [image] * len(question)
+        return self.ask_many(images, list(question), batch_size=batch_size, **sampling)
 
     def ask_many(self, images: Sequence[ImageLike | None], questions: Sequence[str], batch_size: int = 16,
-                 **sampling) -> list[str]:
-        """Answers to single-turn questions, one image each, batched."""
+                 progress: Progress | None = None, **sampling) -> list[str]:
+        """Answers to single-turn questions, one image (or None) each, batched with left padding."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         conversations = [question_conversation(q, with_image=im is not None) for im, q in zip(images, questions)]
         image_lists = [[im] if im is not None else [] for im in images]
-        return self._answer_batches(conversations, image_lists, batch_size, sampling)
+        return self._answer_batches(conversations, image_lists, batch_size, SamplingOptions(**sampling), progress)
 
-    def chat(self, messages: list[dict[str, str]], images: Sequence[ImageLike] = (), **sampling) -> str:
-        """The assistant's next turn; `<image>` markers in user turns take `images` in order."""
-        return self._answer_batches([messages], [list(images)], 1, sampling)[0]
+    def chat(self, messages: list[dict], images: Sequence[ImageLike] = (), **sampling) -> str:
+        """The assistant's next turn of a conversation ending with a user turn.
 
-    def stream_chat(self, messages: list[dict[str, str]], images: Sequence[ImageLike] = (),
-                    **sampling) -> Iterator[str]:
-        """The assistant's next turn as text pieces, yielded as tokens are produced."""
-        batch = self._prompt_batch([messages], [list(images)])
-        yield from self._stream_text(batch, sampling)
+        messages: `{"role", "content"}` (or LLaVA `{"from", "value"}`) rows; each `<image>` marker in them
+        takes the next of `images`.
+        """
+        return self._answer_batches([_conversation(messages)], [list(images)], 1, SamplingOptions(**sampling))[0]
 
-    def generate(self, prompt: str, **sampling) -> str:
-        """Plain-text continuation of `prompt` (no chat template), for language-model checks."""
-        return "".join(self.stream_generate(prompt, **sampling))
+    def stream_chat(self, messages: list[dict], images: Sequence[ImageLike] = (), **sampling) -> Iterator[str]:
+        """`chat` as text pieces, yielded as tokens are produced; their concatenation equals `chat`'s answer."""
+        batch = self._prompt_batch([_conversation(messages)], [list(images)])
+        yield from self._stream_text(batch, SamplingOptions(**sampling), strip=True)
+
+    def generate(self, prompt: str | Sequence[str], batch_size: int = 16, **sampling) -> str | list[str]:
+        """Plain-text continuation of a prompt (no chat template), exactly as decoded (not stripped)."""
+        many = not isinstance(prompt, str)
+        prompts = list(prompt) if many else [prompt]
+        options = SamplingOptions(**sampling)
+        continuations: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            encoded = [self._encode_text_prompt(p) for p in prompts[start:start + batch_size]]
+            batch = collate(encoded, pad_id=self.config.pad_token_id, padding_side="left")
+            continuations.extend(self.processor.decode(row) for row in self._generate(batch, options))
+        return continuations if many else continuations[0]
 
     def stream_generate(self, prompt: str, **sampling) -> Iterator[str]:
-        encoded = self.processor.encode_text(prompt, add_end_of_text=False)
-        batch = collate([encoded], pad_id=self.config.pad_token_id, padding_side="left")
-        yield from self._stream_text(batch, sampling)
+        """`generate` as text pieces; their concatenation equals `generate(prompt)`."""
+        batch = collate([self._encode_text_prompt(prompt)], pad_id=self.config.pad_token_id, padding_side="left")
+        yield from self._stream_text(batch, SamplingOptions(**sampling), strip=False)
+
+    def stream_ask(self, image: ImageLike | None, question: str, **sampling) -> Iterator[str]:
+        """`ask` for one image as text pieces; their concatenation equals `ask(image, question)`."""
+        conversation = question_conversation(question, with_image=image is not None)
+        batch = self._prompt_batch([conversation], [[image] if image is not None else []])
+        yield from self._stream_text(batch, SamplingOptions(**sampling), strip=True)
+
+    @torch.inference_mode()
+    def text_nll(self, texts: Sequence[str], batch_size: int = 16,
+                 progress: Progress | None = None) -> list[tuple[float, int] | None]:
+        """Per text: (NLL in nats summed over its scored tokens, tokens scored), None for an empty text.
+
+        Each text + <|endoftext|> is cut into pieces of at most max_seq_len tokens by the processor
+        (`encode_text_chunks`, the training encoding); every token of a piece but its first is predicted
+        from the tokens before it in that piece. Pieces of all texts are batched with right padding.
+        """
+        pieces: list[tuple[int, Any]] = []  # (text index, EncodedSample)
+        for index, text in enumerate(texts):
+            try:
+                pieces.extend((index, piece) for piece in self.processor.encode_text_chunks(text))
+            except NoSupervisedTokens:
+                continue  # an empty text has no token to predict
+        totals: list[tuple[float, int] | None] = [None] * len(texts)
+        for start in range(0, len(pieces), batch_size):
+            part = pieces[start:start + batch_size]
+            batch = collate([piece for _, piece in part], pad_id=self.config.pad_token_id, padding_side="right")
+            labels = batch["labels"].to(self.device)
+            output = self.model(input_ids=batch["input_ids"].to(self.device),
+                                attention_mask=batch["attention_mask"].to(self.device), labels=labels)
+            nll = output.token_losses.double().sum(dim=1).tolist()  # (b,): 0 on unsupervised positions
+            scored = (labels[:, 1:] != -100).sum(dim=1).tolist()
+            for (index, _), piece_nll, piece_tokens in zip(part, nll, scored):
+                before = totals[index] or (0.0, 0)
+                totals[index] = (before[0] + piece_nll, before[1] + piece_tokens)
+            if progress is not None:
+                progress(min(start + batch_size, len(pieces)), len(pieces))
+        return totals
+
+    def blank_image(self) -> Image.Image:
+        """An image of the normalisation mean colour (all zeros once normalised): `--blind` evaluation."""
+        size = self.config.vision.image_size
+        return Image.new("RGB", (size, size), tuple(round(255 * m) for m in self.config.image_mean))
+
+    def prompt_length(self, messages: list[dict], num_images: int) -> int:
+        """Tokens of the generation prompt for a conversation (no image decoded); `max_length` is the limit."""
+        try:
+            return len(self.processor.template.render_prompt(_conversation(messages), num_images))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+
+    @property
+    def max_length(self) -> int:
+        """Prompt and answer together must fit in this many tokens (the LM's max_seq_len)."""
+        return self.config.lm.max_seq_len
 
     # ------------------------------------------------------------------------------- plumbing
+    def _encode_text_prompt(self, prompt: str):
+        try:
+            return self.processor.encode_text(prompt, add_end_of_text=False)
+        except ValueError as error:  # empty, or too long to leave room for an answer
+            raise UsageError(str(error)) from None
+
     def _prompt_batch(self, conversations: list[list[dict]], image_lists: list[list[ImageLike]]) -> dict:
-        encoded = [
-            self.processor.encode_prompt(conversation, [_to_pil(im) for im in images])
-            for conversation, images in zip(conversations, image_lists)
-        ]
+        encoded = []
+        for conversation, images in zip(conversations, image_lists):
+            pictures = [to_pil(image) for image in images]
+            try:
+                encoded.append(self.processor.encode_prompt(conversation, pictures))
+            except ImageError as error:
+                raise UsageError(f"unusable image: {error}") from None
+            except ValueError as error:  # too long, or <image> markers and images disagree
+                raise UsageError(str(error)) from None
         return collate(encoded, pad_id=self.config.pad_token_id, padding_side="left")
 
-    def _answer_batches(self, conversations, image_lists, batch_size: int, sampling: dict) -> list[str]:
-        options = SamplingOptions(**sampling)
+    def _answer_batches(self, conversations, image_lists, batch_size: int, options: SamplingOptions,
+                        progress: Progress | None = None) -> list[str]:
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
         answers: list[str] = []
         for start in range(0, len(conversations), batch_size):
-            batch = self._prompt_batch(conversations[start:start + batch_size], image_lists[start:start + batch_size])
-            new_tokens = self._generate(batch, options)
-            answers.extend(self.processor.decode(row).strip() for row in new_tokens)
+            end = start + batch_size
+            batch = self._prompt_batch(conversations[start:end], image_lists[start:end])
+            answers.extend(self.processor.decode(row).strip() for row in self._generate(batch, options))
+            if progress is not None:
+                progress(len(answers), len(conversations))
         return answers
 
     @torch.inference_mode()
     def _generate(self, batch: dict, options: SamplingOptions) -> list[list[int]]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            tokens = generate(self.model, **self._model_inputs(batch), **vars(options))
-        finally:
-            self.model.train(was_training)
-        return tokens
+        return generate(self.model, **self._model_inputs(batch), **asdict(options))
 
-    def _stream_text(self, batch: dict, sampling: dict) -> Iterator[str]:
-        """Decode incrementally: yield only the text that the newest token completed."""
-        options = SamplingOptions(**sampling)
-        self.model.eval()
-        ids: list[int] = []
-        shown = ""
-        with torch.inference_mode():
-            for step_tokens in stream(self.model, **self._model_inputs(batch), **vars(options)):
-                ids.append(step_tokens[0])  # {row: token}: one prompt, row 0
-                text = self.processor.decode(ids)
-                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                    continue
-                yield text[len(shown):]
-                shown = text
+    def _stream_text(self, batch: dict, options: SamplingOptions, strip: bool) -> Iterator[str]:
+        tokens = (step[0] for step in stream(self.model, **self._model_inputs(batch), **asdict(options)))
+        yield from decode_incrementally(self.processor.decode, tokens, strip=strip)
 
     def _model_inputs(self, batch: dict) -> dict:
-        device = self.device
         keys = ("input_ids", "attention_mask", "pixel_values", "image_counts")
-        inputs = {k: batch[k].to(device) for k in keys if batch.get(k) is not None}
+        inputs = {k: batch[k].to(self.device) for k in keys if batch.get(k) is not None}
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(next(self.model.parameters()).dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 
 
+def decode_incrementally(decode: Callable[[list[int]], str], tokens: Iterable[int], strip: bool) -> Iterator[str]:
+    """Text pieces whose concatenation is `decode(all tokens)` (`.strip()`-ed when strip), as tokens arrive.
+
+    Each new token's text is yielded once it is whole: a token ending inside a multi-byte character waits
+    for the rest. With strip, leading whitespace is dropped and trailing whitespace is held back until
+    more text follows it, so nothing has to be taken back at the end.
+    """
+    ids: list[int] = []
+    shown = ""  # text yielded so far, as a prefix of decode(ids)
+    text = ""
+    for token in tokens:
+        ids.append(token)
+        text = decode(ids)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            continue
+        ready = text.strip() if strip else text  # grows only at its end as tokens arrive
+        piece = ready[len(shown):]
+        if piece:
+            yield piece
+            shown += piece
+    final = text.strip() if strip else text
+    if len(final) > len(shown):
+        yield final[len(shown):]
+
+
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> VisionLanguageModel:
-    """Load an exported model folder (safetensors + JSON, nothing unpickled) or a Lightning checkpoint."""
+    """A model ready to use, from an exported model folder or a Lightning checkpoint (`.ckpt`).
+
+    A model folder (config.json, model.safetensors, tokenizer.json) is read as JSON and safetensors: nothing
+    is unpickled, so a folder from a stranger cannot run code. A Lightning checkpoint is a pickle, and
+    unpickling it can run code: load only checkpoints you trust (`mmllm export` turns one into a folder).
+    device: "auto" (default: CUDA when available), "cpu", "cuda"; dtype: "auto" (fp32 on CPU, bf16 on CUDA),
+    "float32", "bfloat16" or a torch dtype.
+    """
     path = Path(path)
     if not path.exists():
         raise UsageError(f"model {path} does not exist")
@@ -159,19 +287,35 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     else:
         from mmllm.checkpoint_export import model_from_checkpoint
 
-        model, tokenizer, _ = model_from_checkpoint(path)
+        try:
+            model, tokenizer, _ = model_from_checkpoint(path)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a checkpoint dict that is not whole
+            raise UsageError(f"checkpoint {path} does not hold a usable model ({type(error).__name__}: {error})") \
+                from None
     device = resolve_device(device)
     model.to(device=device, dtype=resolve_dtype(dtype, device))
-    model.eval()
-    return VisionLanguageModel(model, tokenizer)
+    try:
+        return VisionLanguageModel(model, tokenizer, source=str(path))
+    except ValueError as error:  # the tokenizer lacks the project's special tokens
+        raise UsageError(f"model {path}: {error}") from None
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto"/None -> CUDA when available, else the CPU; a CUDA device asked for without CUDA is a UsageError."""
+    if isinstance(device, torch.device):
+        return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for, but no CUDA device is available")
-    return torch.device(device)
+        raise UsageError(f"device {device} asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"unknown device {device!r}: {error}") from None
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -180,25 +324,39 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise UsageError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
-    return names[dtype]
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
-def _as_list(images) -> list:
-    return list(images) if isinstance(images, (list, tuple)) else [images]
-
-
-def _to_pil(image: ImageLike) -> Image.Image:
-    """Paths and PIL images go through the data pipeline's loader; a (3, H, W) tensor in [0, 1] is converted."""
+def to_pil(image: ImageLike) -> Image.Image:
+    """A path, PIL image or (3, H, W) tensor in [0, 1] -> an RGB PIL image; a bad path is a UsageError."""
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"an image tensor must be (3, H, W) with values in [0, 1], got {tuple(image.shape)}")
         array = (image.detach().float().clamp(0, 1).expand(3, -1, -1) * 255).round().byte()
         return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
-    if isinstance(image, (str, Path)) and not Path(image).is_file():
-        raise UsageError(f"image {image} does not exist")
-    return load_image(image)
+    if isinstance(image, Image.Image):
+        return load_image(image)
+    if not isinstance(image, (str, Path)):
+        raise TypeError(f"an image is a path, a PIL image or a tensor, not {type(image).__name__}")
+    path = Path(image)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not an image")
+    if not path.is_file():
+        raise UsageError(f"image {path} does not exist")
+    try:
+        return load_image(path)
+    except (ImageError, OSError) as error:
+        raise UsageError(f"{path} is not a readable image ({error})") from None
 
+
+def _is_batch(images: Any) -> bool:
+    return isinstance(images, (list, tuple))
+
+
+def _conversation(messages: list[dict]) -> list[dict[str, str]]:
+    try:
+        return normalise_conversation(messages)
+    except ValueError as error:
+        raise UsageError(f"bad conversation: {error}") from None

@@ -1,0 +1,160 @@
+"""Evaluate a model on a folder of shards: VQA accuracy, caption BLEU-4 / CIDEr-D / exact match, or text
+loss / perplexity / bits per byte. Prints a table; --out writes every figure, the model, the data and the
+options as JSON.
+
+  vqa      chat shards: each user -> assistant pair asked alone with the sample's image, scored with the
+           VQAv2 rule (accuracy overall and per question type where the data records one)
+  caption  caption shards: captioned with the training instruction, scored against every reference
+  text     text shards: each document scored by the model's forward pass, in pieces of max_seq_len tokens
+--blind replaces every image with a blank one (the mean colour): the gap to the normal run is how much the
+model looks at the image. Answers are greedy by default, batched with left padding.
+Example: mmllm eval --model models/shapes-tiny --data data/shapes/val/chat --task vqa --out val-vqa.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mmllm.cli.model_options import add_model_arguments, add_sampling_arguments, load_model, sampling
+from mmllm.errors import UsageError
+
+DEFAULT_MAX_NEW_TOKENS = {"vqa": 8, "caption": 32}  # shapes answers are a few tokens, captions a sentence
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="a folder of .tar shards or a brace pattern (data/val/{00000..00003}.tar)")
+    parser.add_argument("--task", required=True, choices=("vqa", "caption", "text"), help="what to measure")
+    parser.add_argument("--blind", action="store_true", help="replace every image with a blank one")
+    parser.add_argument("--out", metavar="FILE.json", help="write the full report (figures, samples, options) here")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate only the first N questions / images / documents")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="prompts per batch (default 64)")
+    add_sampling_arguments(parser, max_new_tokens=None, stream=False)
+
+
+class Progress:
+    """`done/total` on stderr: rewritten in place on a terminal, a line per tenth of the way otherwise."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.in_place = self.stream.isatty()
+        self.next_tenth = 1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.in_place:
+            self.stream.write(f"\r{self.label} {done}/{total}" + ("\n" if done >= total else ""))
+        elif done * 10 >= self.next_tenth * total:
+            self.stream.write(f"{self.label} {done}/{total}\n")
+            self.next_tenth = done * 10 // total + 1
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    if args.blind and args.task == "text":
+        raise UsageError("--blind applies to vqa and caption; text documents have no image")
+    options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
+    vlm = load_model(args)  # before reading the data: a wrong model is reported first
+
+    from data_pipelines.bad_samples import BadSampleHandler
+
+    handler = BadSampleHandler()
+    start = time.perf_counter()
+    evaluate = {"vqa": evaluate_vqa, "caption": evaluate_captions, "text": evaluate_text}[args.task]
+    scores, samples = evaluate(vlm, args, options, handler)
+    seconds = time.perf_counter() - start
+
+    from mmllm.evaluation import build_report, format_report
+
+    report = build_report(args.task, scores, model=args.model, data=args.data, blind=args.blind, samples=samples)
+    report["options"] = {
+        "task": args.task, "blind": args.blind, "limit": args.limit, "batch_size": args.batch_size,
+        **({} if args.task == "text" else options),
+        "device": str(vlm.device), "dtype": str(vlm.dtype).removeprefix("torch."),
+    }
+    report["skipped_samples"] = dict(handler.counts)
+    report["seconds"] = round(seconds, 3)
+    report["items_per_second"] = round(len(samples) / seconds, 2) if seconds > 0 else None
+    print(format_report(report))
+    if handler.total:
+        from data_pipelines.bad_samples import format_counts
+
+        print(f"skipped {handler.total} bad samples: {format_counts(handler.counts)}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
+    """The items of --data through one of data_pipelines.eval_samples' readers; none at all is a UsageError."""
+    try:
+        items = reader(args.data, limit=args.limit, handler=handler)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    if not items:
+        skipped = f" ({handler.total} bad samples skipped)" if handler.total else ""
+        raise UsageError(f"no {what} in {args.data}{skipped}: is it the right kind of shards for --task {args.task}?")
+    return items
+
+
+def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
+    from data_pipelines.eval_samples import vqa_questions
+    from mmllm.evaluation import vqa_scores
+
+    questions = _read(vqa_questions, args, handler, "questions")
+    blank = vlm.blank_image() if args.blind else None
+    images = [q.image if q.image is None or blank is None else blank for q in questions]
+    predictions = vlm.ask_many(images, [q.question for q in questions], batch_size=args.batch_size,
+                               progress=Progress("vqa questions"), **options)
+    types = [q.question_type for q in questions]
+    scores = vqa_scores(predictions, [[q.answer] for q in questions],
+                        types if any(t is not None for t in types) else None)
+    samples = [{"key": q.key, "question": q.question, "answer": q.answer, "question_type": q.question_type,
+                "prediction": p} for q, p in zip(questions, predictions)]
+    return scores, samples
+
+
+def evaluate_captions(vlm, args: argparse.Namespace, options: dict, handler):
+    from data_pipelines.eval_samples import caption_items
+    from mmllm.evaluation import caption_scores
+
+    items = _read(caption_items, args, handler, "captioned images")
+    images = [vlm.blank_image() if args.blind else item.image for item in items]
+    predictions = vlm.caption(images, batch_size=args.batch_size, progress=Progress("caption images"), **options)
+    # keys by position: the same shard key may appear in two shards
+    scores = caption_scores({i: item.references for i, item in enumerate(items)}, dict(enumerate(predictions)))
+    samples = [{"key": item.key, "references": item.references, "prediction": p}
+               for item, p in zip(items, predictions)]
+    return scores, samples
+
+
+def evaluate_text(vlm, args: argparse.Namespace, options: dict, handler):
+    from data_pipelines.eval_samples import text_documents
+    from mmllm.evaluation import TextNLLTotals
+
+    documents = _read(text_documents, args, handler, "text documents")
+    totals = TextNLLTotals()
+    samples = []
+    for index, (text, result) in enumerate(zip(documents, vlm.text_nll(
+            documents, batch_size=args.batch_size, progress=Progress("text pieces")))):
+        if result is None:  # an empty document: nothing to predict
+            continue
+        nll, tokens = result
+        totals.add(nll, tokens, text)
+        samples.append({"index": index, "nll": nll, "tokens": tokens, "bytes": len(text.encode("utf-8"))})
+    if not totals.tokens:
+        raise UsageError(f"the documents in {args.data} are empty: no token to score")
+    return totals.scores(), samples

@@ -1,0 +1,69 @@
+"""Options shared by the commands that run a model (caption, ask, chat, generate, eval): which model, where,
+in what precision, and how new tokens are chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterable
+
+MODEL_HELP = (
+    "an exported model folder (config.json, model.safetensors, tokenizer.json; read without unpickling "
+    "anything, safe to open from anywhere) or a Lightning checkpoint .ckpt written by mmllm fit (a pickle: "
+    "loading it can run code, so open only checkpoints you trust; `mmllm export` turns one into a folder)"
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where to run (default auto: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="weights' precision (default auto: float32 on cpu, bfloat16 on cuda)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | None = 64,
+                           stream: bool = True) -> None:
+    """--max-new-tokens (None: a per-task default chosen by the command), --temperature, --top-k/p, --seed."""
+    default = "the task's default" if max_new_tokens is None else max_new_tokens
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                        help=f"most tokens to generate (default {default})")
+    parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                        help="sampling temperature; 0 (the default) is greedy decoding")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="sample among the likeliest tokens holding P of the probability")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="seed for reproducible sampling")
+    if stream:
+        parser.add_argument("--stream", action="store_true", help="print words as they are generated")
+
+
+def sampling(args: argparse.Namespace, max_new_tokens: int | None = None) -> dict:
+    """The sampling keyword arguments of the Python API from the parsed options."""
+    return {
+        "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+
+
+def load_model(args: argparse.Namespace):
+    """The model named by --model on --device in --dtype (mmllm.inference.load: UsageError on a bad model)."""
+    from mmllm.inference import load
+
+    return load(args.model, device=args.device, dtype=args.dtype)
+
+
+def print_stream(pieces: Iterable[str], end: str = "\n") -> str:
+    """Print text pieces as they come (flushed); return the whole text."""
+    shown = []
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        shown.append(piece)
+    sys.stdout.write(end)
+    sys.stdout.flush()
+    return "".join(shown)
