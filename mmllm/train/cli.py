@@ -6,18 +6,29 @@ the model through a linked argument, so a config never states them twice.
 
 from __future__ import annotations
 
+import logging
 import sys
-from pathlib import Path
+import warnings
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mmllm.errors import UsageError
 from mmllm.train.callbacks import ExportModel
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
 
 
 class MMLLMCLI(LightningCLI):
+    def instantiate_classes(self) -> None:
+        # A config the types accept can still be wrong (a missing tokenizer file, a model folder whose vocabulary
+        # differs from the data's): the user's mistake, said in one line with status 2 like a type error.
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, UsageError) as error:
+            print(f"mmllm {self.subcommand}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.model_inputs", "model.model_inputs", apply_on="instantiate")
         # Always-present, configurable callbacks: `checkpoint:` and `export:` sections of a config.
@@ -33,13 +44,46 @@ class MMLLMCLI(LightningCLI):
         parser.add_lightning_class_args(ExportModel, "export")
 
 
+# Messages of Lightning that say nothing about this run.
+QUIET_WARNINGS = (
+    # The mixture dataset splits its samples by rank and worker itself, so its __len__ is exact.
+    r"Your `IterableDataset` has `__len__` defined",
+    # Lightning's own use of a torch API deprecated in newer torch releases.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+QUIET_INFO = ("💡 Tip:",)  # advertisements for hosted services
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(QUIET_INFO)
+
+
+def quiet_lightning() -> None:
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers or [logging.getLogger(name)]:
+            handler.addFilter(_DropInfo())
+
+
 def run_lightning_cli(argv: list[str]) -> int:
-    sys.argv = [f"{Path(sys.argv[0]).name}"] + list(argv)  # LightningCLI reads the command line itself
-    MMLLMCLI(
-        VLMModule,
-        VLMDataModule,
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step")]},
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-    )
+    quiet_lightning()
+    # DDP starts the other ranks by running `python sys.argv[0] sys.argv[1:]` again, so sys.argv stays the
+    # command line; LightningCLI is given argv only when called from Python with other arguments.
+    try:
+        MMLLMCLI(
+            VLMModule,
+            VLMDataModule,
+            trainer_defaults={
+                "callbacks": [LearningRateMonitor(logging_interval="step")],
+                "plugins": [{"class_path": "mmllm.train.checkpoint_io.AtomicCheckpointIO"}],
+            },
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=None if list(argv) == sys.argv[1:] else list(argv),
+        )
+    except FloatingPointError as error:  # a diverged run: the message names the step and the batch's sources
+        print(f"mmllm {argv[0]}: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -7,7 +7,7 @@ compute the loss of a batch, which parameters train at which rate, and what to l
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional, TypedDict
 
 import lightning as L
 import torch
@@ -16,6 +16,31 @@ from mmllm.config import VLMConfig
 from mmllm.model import VLM
 
 PARTS = ("vision", "projector", "lm")
+Part = Literal["vision", "projector", "lm"]
+
+
+# The fields of mmllm.config.LMConfig / VisionConfig a training config may change in a preset; typed here so
+# LightningCLI rejects a misspelt field or a wrong type before any model is built.
+class LMShape(TypedDict, total=False):
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_dim: int
+    max_seq_len: int
+    rope_theta: float
+    tie_embeddings: bool
+    attention_bias: bool
+    head_dim: int
+
+
+class VisionShape(TypedDict, total=False):
+    image_size: int
+    patch_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    mlp_dim: int
 
 
 class VLMModule(L.LightningModule):
@@ -23,6 +48,10 @@ class VLMModule(L.LightningModule):
 
     Args:
         preset: named model shape (`tiny`, `small`, `base`) used when `init_from` is not given.
+        lm: fields of the preset's language-model config to replace, e.g. `{n_layers: 2, dim: 64}` (see
+            mmllm.config.LMConfig; head_dim is derived again unless given). Only with a preset.
+        vision: fields of the preset's vision-encoder config to replace, e.g. `{n_layers: 1}` (see
+            mmllm.config.VisionConfig). Only with a preset; the image size comes from the data module.
         init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage) to start from.
         attention: `causal`, or `prefix` (bidirectional over image + prompt, causal over the answer).
         freeze: parts not trained in this stage, any of `vision`, `projector`, `lm`.
@@ -39,10 +68,12 @@ class VLMModule(L.LightningModule):
 
     def __init__(
         self,
-        preset: str = "tiny",
+        preset: Literal["tiny", "small", "base"] = "tiny",
+        lm: Optional[LMShape] = None,
+        vision: Optional[VisionShape] = None,
         init_from: Optional[str] = None,
-        attention: Optional[str] = None,
-        freeze: Optional[list[str]] = None,
+        attention: Optional[Literal["causal", "prefix"]] = None,
+        freeze: Optional[list[Part]] = None,
         lr: float = 1e-3,
         lr_vision: Optional[float] = None,
         lr_projector: Optional[float] = None,
@@ -65,7 +96,10 @@ class VLMModule(L.LightningModule):
             "projector": lr if lr_projector is None else lr_projector,
             "lm": lr if lr_lm is None else lr_lm,
         }
-        self.model, self.tokenizer = _build_model(preset, init_from, attention, model_inputs or {})
+        if init_from and (lm or vision):
+            raise ValueError("model.lm and model.vision reshape a preset; a model from init_from keeps its shape")
+        shape = {"lm": dict(lm or {}), "vision": dict(vision or {})}
+        self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
         for part in self.freeze:
             getattr(self.model, part).requires_grad_(False)
@@ -77,11 +111,13 @@ class VLMModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         output = self.model(**batch)
         loss = output.loss
-        if not torch.isfinite(loss):
+        # Decided on every rank together: a rank that stopped alone would leave the others waiting forever.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             sources = sorted(set(batch.get("sources") or []))
             raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step} "
-                f"(batch {batch_idx}, sources {sources}); lower the learning rate or check the data"
+                f"training loss is not finite at step {self.global_step} (batch {batch_idx} of the epoch, "
+                f"sources {sources}; loss {loss.item()} on rank {self.global_rank}); "
+                f"lower the learning rate or check the data"
             )
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -181,7 +217,22 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
     return multiplier
 
 
-def _build_model(preset: str, init_from: Optional[str], attention: Optional[str], model_inputs: dict[str, Any]):
+def _preset_config(preset: str, shape: dict[str, dict[str, Any]]) -> VLMConfig:
+    """The preset's config with the `lm` and `vision` fields of `shape` replaced (derived fields derived again)."""
+    config = VLMConfig.from_preset(preset).to_dict()
+    for part, overrides in shape.items():
+        known = set(config[part])
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"model.{part} has no field {unknown}; fields: {sorted(known)}")
+        if part == "lm" and "head_dim" not in overrides:
+            overrides = {**overrides, "head_dim": None}  # dim // n_heads of the new shape
+        config[part] = {**config[part], **overrides}
+    return VLMConfig.from_dict(config)
+
+
+def _build_model(preset: str, shape: dict[str, dict[str, Any]], init_from: Optional[str], attention: Optional[str],
+                 model_inputs: dict[str, Any]):
     """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
     from data_pipelines.tokenizer import load_tokenizer
 
@@ -200,7 +251,7 @@ def _build_model(preset: str, init_from: Optional[str], attention: Optional[str]
         return model, tokenizer
     if not model_inputs:
         raise ValueError("model_inputs (tokenizer ids and image size) must come from the data module")
-    config = VLMConfig.from_preset(preset)
+    config = _preset_config(preset, shape)
     config = config.with_tokenizer_ids(
         vocab_size=model_inputs["vocab_size"],
         image_token_id=model_inputs["image_token_id"],

@@ -1,0 +1,73 @@
+"""`mmllm fit` through the real command line, then `mmllm export` of its checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fit_helpers import column, fit_config, read_metrics, run_mmllm, write_config
+from PIL import Image
+
+from mmllm.cli.main import main
+from mmllm.inference import VisionLanguageModel
+from mmllm.model_folder import load_model_folder
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fitted_run(shapes_data, tmp_path_factory) -> Path:
+    """A 12-step fit of the micro model (validation at steps 6 and 12), run as a user would run it."""
+    run_dir = tmp_path_factory.mktemp("fit")
+    config = write_config(fit_config(shapes_data, run_dir), run_dir / "config.yaml")
+    result = run_mmllm("fit", "--config", str(config), cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_fit_lowers_the_training_loss(fitted_run):
+    losses = column(read_metrics(fitted_run), "train/loss_step") or column(read_metrics(fitted_run), "train/loss")
+    assert [step for step, _ in losses] == list(range(len(losses))) and len(losses) == 12
+    first, last = losses[0][1], sum(value for _, value in losses[-3:]) / 3
+    assert last < first - 0.5, losses
+
+
+def test_fit_logs_loss_per_source_kind_and_validation(fitted_run):
+    rows = read_metrics(fitted_run)
+    assert column(rows, "train/loss_caption") and column(rows, "train/loss_chat")
+    assert [step for step, _ in column(rows, "val/loss")] == [5, 11]
+    assert column(rows, "val/vqa_accuracy")
+
+
+def test_exported_folder_loads_and_answers(fitted_run, shapes_data):
+    model, tokenizer, config = load_model_folder(fitted_run / "model")
+    assert config.vision.image_size == 32 and config.lm.dim == 64
+    image = Image.new("RGB", (32, 32), (200, 40, 40))
+    answer = VisionLanguageModel(model, tokenizer).ask(image, "What colour is the circle?", max_new_tokens=4)
+    assert isinstance(answer, str)
+
+
+def test_fit_saves_the_resolved_config_and_last_checkpoint(fitted_run):
+    saved = list((fitted_run / "logs").glob("version_*/config.yaml"))
+    assert saved and "n_layers: 2" in saved[0].read_text()  # model.lm as given
+    assert (fitted_run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_export_command_writes_a_folder_equal_to_the_checkpoint(fitted_run, tmp_path):
+    import torch
+
+    checkpoint = fitted_run / "checkpoints" / "last.ckpt"
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "exported")]) == 0
+    model, _, _ = load_model_folder(tmp_path / "exported")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[f"model.{name}"]), name
+
+
+def test_export_of_a_corrupt_checkpoint_exits_2_with_one_line_naming_it(fitted_run, tmp_path, capsys):
+    corrupt = tmp_path / "broken.ckpt"
+    corrupt.write_bytes((fitted_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])  # a save cut short
+    assert main(["export", str(corrupt), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(corrupt) in error
+    assert not (tmp_path / "out").exists()
