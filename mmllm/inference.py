@@ -289,9 +289,12 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
 
         try:
             model, tokenizer, _ = model_from_checkpoint(path)
+        except UsageError as error:  # torch's unpickling messages span lines; the command line prints one
+            raise UsageError(_one_line(str(error))) from None
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a checkpoint dict that is not whole
-            raise UsageError(f"checkpoint {path} does not hold a usable model ({type(error).__name__}: {error})") \
-                from None
+            raise UsageError(
+                f"checkpoint {path} does not hold a usable model ({type(error).__name__}: {_one_line(str(error))})"
+            ) from None
     device = resolve_device(device)
     model.to(device=device, dtype=resolve_dtype(dtype, device))
     try:
@@ -348,7 +351,11 @@ def to_pil(image: ImageLike) -> Image.Image:
     try:
         return load_image(path)
     except (ImageError, OSError) as error:
-        raise UsageError(f"{path} is not a readable image ({error})") from None
+        raise UsageError(f"{path}: {_one_line(str(error))}") from None  # "not a readable image: ..."
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _is_batch(images: Any) -> bool:

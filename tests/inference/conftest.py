@@ -1,0 +1,65 @@
+"""Fixtures for the inference tests: a tiny model trained for a few steps by `mmllm fit`, once per test run.
+
+The run happens in a temporary folder: a small shapes dataset, a tokenizer trained on it, then
+`mmllm fit --config configs/shapes-tiny.yaml` for 3 steps, which exports a model folder and leaves a
+Lightning checkpoint of the same weights.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from inference_helpers import REPO, TrainedRun, run_mmllm
+
+
+def _extract_pngs(shard: Path, out: Path, count: int) -> None:
+    out.mkdir(parents=True)
+    with tarfile.open(shard) as tar:
+        for member in [m for m in tar.getmembers() if m.name.endswith(".png")][:count]:
+            (out / member.name).write_bytes(tar.extractfile(member).read())
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> TrainedRun:
+    from data_pipelines.shapes import generate_shapes
+    from data_pipelines.tokenizer import find_shards, shard_texts, train_tokenizer
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data"
+    generate_shapes(data, train=64, val=16, test=16, report=lambda *_: None)
+    train_tokenizer(shard_texts(find_shards([data / "train"])), vocab_size=400).save(str(data / "tokenizer.json"))
+    result = run_mmllm(
+        "fit", "--config", REPO / "configs" / "shapes-tiny.yaml",
+        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--data.tokenizer", data / "tokenizer.json", "--data.batch_size", "8", "--data.num_workers", "0",
+        "--data.val_vqa_questions", "4",
+        "--data.sources", f"[{{kind: caption, path: {data}/train/captions, weight: 1.0}}, "
+                          f"{{kind: chat, path: {data}/train/chat, weight: 2.0}}]",
+        "--data.val_sources", f"[{{kind: chat, path: {data}/val/chat}}]",
+        "--checkpoint.dirpath", root / "checkpoints", "--export.out", root / "model",
+        cwd=root,  # the config's relative log folders land in the temporary folder
+    )
+    assert result.returncode == 0, f"mmllm fit failed:\n{result.stderr[-4000:]}"
+    images = root / "images"
+    _extract_pngs(data / "val" / "captions" / "00000.tar", images, count=5)
+    return TrainedRun(root, root / "model", root / "checkpoints" / "last.ckpt", data, images)
+
+
+@pytest.fixture(scope="session")
+def vlm(trained):
+    """The trained model loaded in this process, on the CPU in float32."""
+    from mmllm.inference import load
+
+    return load(trained.model, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
