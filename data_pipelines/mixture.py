@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from data_pipelines.bad_samples import BadSampleHandler
 from data_pipelines.collate import collate, pack
 from data_pipelines.formats import KINDS
+from data_pipelines.images import DEFAULT_MAX_PIXELS
 from data_pipelines.pipeline import (
     DEFAULT_SHUFFLE_BUFFER,
     Slot,
@@ -159,8 +160,9 @@ class MixtureDataset(IterableDataset):
 
     def mixed_samples(self, slot: Slot) -> Iterator:
         """The endless weighted mixture for one slot; counts each delivered sample in `delivered`."""
+        max_pixels = self.processor.max_pixels if self.processor is not None else DEFAULT_MAX_PIXELS
         options = StreamOptions(seed=self.seed, epoch=self.epoch, resampled=self.resampled, shuffle=self.shuffle,
-                                shuffle_buffer=self.shuffle_buffer)
+                                shuffle_buffer=self.shuffle_buffer, max_pixels=max_pixels)
         streams = [source_stream(shard_set, source.kind, slot, options, self.handler, self.processor)
                    for source, shard_set in zip(self.sources, self.shard_sets)]
         cumulative = list(itertools.accumulate(source.weight for source in self.sources))
