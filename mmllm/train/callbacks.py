@@ -1,4 +1,4 @@
-"""Callbacks of a training run: export the trained model folder when fit ends."""
+"""Callbacks of a training run: checkpoints whose `last` holds the final step, and the model folder export."""
 
 from __future__ import annotations
 
@@ -6,6 +6,21 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class Checkpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last` checkpoint also holds the final step when fit ends between two saves.
+
+    Lightning writes `last` only on its schedule (every_n_train_steps, validation, epoch end), so a run
+    stopped by max_steps would otherwise leave `last` some steps behind the weights it exports, and a
+    `--ckpt_path last` with a larger max_steps would redo those steps.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ExportModel(L.Callback):
@@ -27,7 +42,9 @@ class ExportModel(L.Callback):
         from mmllm.model_folder import save_model_folder
 
         out = Path(self.out or Path(trainer.log_dir or trainer.default_root_dir) / "model")
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        checkpoint = trainer.checkpoint_callback
+        # Without a monitored metric "best" is only the newest scheduled save: the final weights are newer.
+        best = getattr(checkpoint, "best_model_path", "") if getattr(checkpoint, "monitor", None) else ""
         if self.use_best and best and Path(best).is_file():
             export_checkpoint(best, out)
             source = f"best checkpoint {best}"

@@ -10,11 +10,11 @@ import logging
 import sys
 import warnings
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mmllm.errors import UsageError
-from mmllm.train.callbacks import ExportModel
+from mmllm.train.callbacks import Checkpoint, ExportModel
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
 
@@ -32,7 +32,7 @@ class MMLLMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.model_inputs", "model.model_inputs", apply_on="instantiate")
         # Always-present, configurable callbacks: `checkpoint:` and `export:` sections of a config.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.filename": "step{step:06d}",
             "checkpoint.auto_insert_metric_name": False,

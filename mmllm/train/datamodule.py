@@ -7,9 +7,12 @@ image size, normalisation and image-token count the data uses are exactly the mo
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from typing import Any, Optional
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 
 from data_pipelines.bad_samples import BadSampleCounter
 from data_pipelines.eval_samples import VQAQuestion, vqa_questions
@@ -68,7 +71,8 @@ class VLMDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.val_vqa_questions = val_vqa_questions
-        self.bad_samples = BadSampleCounter()
+        self.bad_samples = BadSampleCounter()  # training batches' skipped samples, kept across resumes
+        self.val_bad_samples = BadSampleCounter()
         self.processor = None
         self._vqa_questions: list[VQAQuestion] | None = None
 
@@ -104,8 +108,29 @@ class VLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         loader = self._loader(self.sources, train=True)
-        loader.set_epoch(self.trainer.current_epoch)  # a resumed run continues with the next epoch's order
+        epoch, trained = self._resume_position(len(loader))
+        loader.set_epoch(epoch)
+        if trained:
+            rank_zero_info(f"resuming epoch {epoch} after its first {trained} batches: reading past them")
+            # Lightning warns that a loader without state_dict restarts its epoch; this one does not.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            return ResumedLoader(loader, trained)
         return loader
+
+    def _resume_position(self, batches_per_epoch: int) -> tuple[int, int]:
+        """(epoch, batches of it already trained): where a run restored from a checkpoint continues the data.
+
+        Lightning restores its loop counters before asking for the loader; a checkpoint written after the last
+        batch of an epoch continues with the next epoch.
+        """
+        fit_loop = self.trainer.fit_loop
+        epoch = self.trainer.current_epoch
+        if not fit_loop.restarting:
+            return epoch, 0
+        trained = fit_loop.epoch_loop.batch_progress.current.processed
+        if trained >= batches_per_epoch:
+            return epoch + 1, 0
+        return epoch, trained
 
     def val_dataloader(self):
         return self._loader(self.val_sources, train=False) if self.val_sources else []
@@ -114,7 +139,20 @@ class VLMDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        return self.bad_samples.absorb(batch)  # the skipped-sample counts ride along each batch
+        # The skipped-sample counts ride along each batch.
+        counter = self.bad_samples if self.trainer.training else self.val_bad_samples
+        return counter.absorb(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_samples": dict(self.bad_samples.counts)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.bad_samples.counts.update(state_dict.get("skipped_samples", {}))
+
+    def teardown(self, stage: str) -> None:
+        for name, counter in (("training", self.bad_samples), ("validation", self.val_bad_samples)):
+            if counter.total:
+                rank_zero_info(f"{name} data: {counter.summary()}")
 
     def vqa_examples(self) -> list[VQAQuestion]:
         """The first `val_vqa_questions` questions of the chat validation sources (read once)."""
@@ -124,3 +162,27 @@ class VLMDataModule(L.LightningDataModule):
                 vqa_questions(chats, limit=self.val_vqa_questions) if chats and self.val_vqa_questions else []
             )
         return self._vqa_questions
+
+
+class ResumedLoader:
+    """A mixture loader whose first pass starts `skip` batches in: the rest of an epoch a killed run began.
+
+    The skipped batches are read and dropped (the pipeline has no cheaper way to find its place), so the
+    resumed run trains on exactly the batches the uninterrupted run would have. Later passes are whole epochs.
+    """
+
+    def __init__(self, loader, skip: int) -> None:
+        self.loader = loader
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        # A generator, so nothing happens until the first batch is asked for: Lightning calls iter() once
+        # just to check that the loader is iterable.
+        skip, self.skip = self.skip, 0
+        yield from itertools.islice(self.loader, skip, None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)

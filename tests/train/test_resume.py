@@ -1,0 +1,69 @@
+"""Kill and resume: a fit killed with SIGKILL mid-run continues from `last` at its step; every checkpoint loads."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from fit_helpers import SUBPROCESS_ENV, column, fit_config, mmllm_command, read_metrics, run_mmllm, write_config
+
+from mmllm.checkpoint_export import read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def logged_steps(run_dir) -> list[int]:
+    try:
+        return [step for step, _ in column(read_metrics(run_dir), "train/loss")]
+    except (AssertionError, KeyError, ValueError):  # no metrics.csv yet, or a row being written
+        return []
+
+
+def kill_after_step(command: list[str], run_dir, step: int, timeout: float = 240) -> None:
+    """Run `command` until its metrics.csv shows `step`, then SIGKILL it (it may be writing a checkpoint)."""
+    process = subprocess.Popen(command, cwd=run_dir, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while step not in logged_steps(run_dir):
+            assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"no step {step} after {timeout} s"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_killed_fit_resumes_from_last_at_its_step_and_leaves_loadable_checkpoints(shapes_data, tmp_path):
+    # Checkpoints every 3 steps, all kept; no validation, so nothing but steps decides when they are written.
+    # An epoch is 16 batches, so the kill lands mid-epoch.
+    config = fit_config(shapes_data, tmp_path, trainer={"max_steps": 200, "limit_val_batches": 0},
+                        checkpoint={"every_n_train_steps": 3, "save_top_k": -1, "monitor": None})
+    config["trainer"]["logger"][0]["init_args"]["flush_logs_every_n_steps"] = 1
+    config_file = write_config(config, tmp_path / "config.yaml")
+    checkpoints = tmp_path / "checkpoints"
+    kill_after_step(mmllm_command("fit", "--config", str(config_file)), tmp_path, step=4)
+    killed_losses = dict(column(read_metrics(tmp_path), "train/loss"))
+
+    left = sorted(checkpoints.glob("*.ckpt"))
+    assert {"step000003.ckpt", "last.ckpt"} <= {path.name for path in left}
+    for path in left:  # read_checkpoint raises UsageError on a truncated or foreign file
+        assert read_checkpoint(path)["global_step"] % 3 == 0
+    killed_at = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert killed_at >= 3
+
+    resumed = run_mmllm("fit", "--config", str(config_file), "--trainer.max_steps", str(killed_at + 3),
+                        "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_losses = dict(column(read_metrics(tmp_path), "train/loss"))
+    assert list(resumed_losses) == [killed_at, killed_at + 1, killed_at + 2]
+    # Same weights and, when the data continues where the killed run was, the same batches: the same losses.
+    overlap = sorted(set(killed_losses) & set(resumed_losses))
+    assert overlap, (killed_losses, resumed_losses)
+    assert [resumed_losses[step] for step in overlap] == pytest.approx([killed_losses[step] for step in overlap],
+                                                                      rel=1e-5)
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == killed_at + 3
