@@ -16,6 +16,7 @@ from pathlib import Path
 from mmllm.cli.model_options import add_model_arguments, add_sampling_arguments, load_model, print_stream, sampling
 from mmllm.errors import UsageError
 
+ONE_LINE = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
@@ -60,11 +61,17 @@ def run(args: argparse.Namespace) -> int:
     if args.stream:  # one image at a time, its caption printed as it is generated
         for path in paths:
             sys.stdout.write(f"{path}\t")
-            print_stream(vlm.stream_caption(path, **options))
+            print_stream(map(_on_one_line, vlm.stream_caption(path, **options)))
         return 0
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start:start + args.batch_size]
         for path, caption in zip(batch, vlm.caption(batch, batch_size=args.batch_size, **options)):
-            print(json.dumps({"image": path, "caption": caption}) if args.json else f"{path}\t{caption}", flush=True)
+            print(json.dumps({"image": path, "caption": caption}) if args.json else f"{path}\t{_on_one_line(caption)}",
+                  flush=True)
     return 0
+
+
+def _on_one_line(text: str) -> str:
+    """Tabs and line breaks become spaces (character by character, so streamed pieces map the same way)."""
+    return text.translate(ONE_LINE)
 
