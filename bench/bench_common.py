@@ -1,0 +1,174 @@
+"""Measurements shared by the benches: peak matmul FLOP/s, memory read bandwidth, FLOP counts, machine facts.
+
+Every bench measures its own roofline in the same process, on the same device and dtype as the model it
+times, so MFU and "fraction of the decode bound" compare like with like (the other engineers' jobs on a
+shared machine slow both the same way).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+from mmllm.config import VLMConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> list[float]:
+    """Wall seconds of each of `repeats` calls of fn() (after the device has finished each)."""
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """best / median / worst of a list of seconds (best is the least disturbed by other processes)."""
+    return {"best_s": min(times), "median_s": statistics.median(times), "worst_s": max(times), "n": len(times)}
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int | None = None) -> dict:
+    """FLOP/s of a large square matmul (2 n^3 FLOPs) in `dtype`: the best of torch.mm and F.linear.
+
+    Both paths are timed because on CPUs without bf16 matrix units they differ by 10x or more in bf16
+    (torch.mm falls back to a slow kernel, F.linear goes through oneDNN); the model's nn.Linear uses F.linear.
+    """
+    n = size or (8192 if device.type == "cuda" else 1536)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    flops = 2 * n**3
+    repeats = 10 if device.type == "cuda" else 3
+    result = {"n": n, "dtype": str(dtype).removeprefix("torch.")}
+    with torch.inference_mode():
+        for name, fn in (("mm", lambda: torch.mm(a, b)), ("linear", lambda: F.linear(a, b))):
+            fn()  # warm-up (kernel selection, page faults)
+            result[f"{name}_flops"] = flops / min(timed(fn, device, repeats))
+    result["peak_flops"] = max(result["mm_flops"], result["linear_flops"])
+    return result
+
+
+def memory_read_bandwidth(device: torch.device, megabytes: int | None = None) -> dict:
+    """Bytes/s read by a sum over a tensor far larger than the caches (and, for reference, a copy's read+write)."""
+    mb = megabytes or (2048 if device.type == "cuda" else 512)
+    x = torch.ones(mb * 2**20 // 4, device=device)  # fp32
+    y = torch.empty_like(x)
+    nbytes = x.numel() * 4
+    repeats = 20 if device.type == "cuda" else 5
+    with torch.inference_mode():
+        x.sum()
+        read = nbytes / min(timed(lambda: x.sum(), device, repeats))
+        y.copy_(x)
+        copy = 2 * nbytes / min(timed(lambda: y.copy_(x), device, repeats))
+    return {"megabytes": mb, "read_bytes_per_s": read, "copy_bytes_per_s": copy}
+
+
+# ---- FLOP counting --------------------------------------------------------------------------------------
+#
+# Matmul FLOPs of a forward pass are 2 * (weights of the matmul) per token; training adds twice that for
+# the backward (gradients with respect to inputs and to weights): 6 * N per token.
+# Attention scores and the weighted sum of values are matmuls without weights: per token and layer
+# 2 * T * d_attn each (T keys, d_attn = heads * head_dim), so 4 * T * d_attn forward, 12 * T * d_attn in
+# training: the PaLM appendix B formula, which counts the full T x T matrix even under a causal mask
+# (the convention of nanoGPT/PaLM MFU; causal kernels may skip up to half of that work).
+#
+#   train FLOPs per step = LM:        B * T_lm * (6 * N_lm + 12 * L_lm * T_lm * d_attn_lm)
+#                        + ViT:       N_img * P * (6 * N_vit + 12 * L_vit * P * d_vit)
+#                        + projector: N_img * tokens_per_image * 6 * N_proj
+#   N_lm   = q, k, v, o, gate, up, down weights of every layer + vocab * dim (the LM head, tied or not)
+#   N_vit  = patch conv (3 * p * p * dim) + q, k, v, out, fc1, fc2 weights of every layer
+#   N_proj = fc1 + fc2 weights; P = patches per image; T_lm counts image and text tokens.
+# Norms, embeddings lookups, rotary, activations and softmax are not counted (they are not matmuls).
+
+
+def matmul_params(config: VLMConfig) -> dict[str, int]:
+    """Weights that take part in a matmul, per part (the counts N_lm, N_vit, N_proj above)."""
+    lm, vit = config.lm, config.vision
+    attn = lm.dim * lm.head_dim * (2 * lm.n_heads + 2 * lm.n_kv_heads)  # q, o: nh*hd; k, v: n_kv*hd
+    mlp = 3 * lm.dim * lm.mlp_dim
+    n_lm = lm.n_layers * (attn + mlp) + lm.vocab_size * lm.dim
+    n_vit = 3 * vit.patch_size**2 * vit.dim + vit.n_layers * (4 * vit.dim**2 + 2 * vit.dim * vit.mlp_dim)
+    r2 = config.pixel_shuffle**2
+    n_proj = vit.dim * r2 * lm.dim + lm.dim * lm.dim
+    return {"lm": n_lm, "vision": n_vit, "projector": n_proj}
+
+
+def forward_flops(config: VLMConfig, batch_size: int, seq_len: int, n_images: int) -> float:
+    """Forward FLOPs of VLM.forward on (batch_size, seq_len) tokens with n_images images (1/3 of training)."""
+    n = matmul_params(config)
+    lm, vit = config.lm, config.vision
+    patches = vit.grid_size**2
+    lm_flops = batch_size * seq_len * (2 * n["lm"] + 4 * lm.n_layers * seq_len * lm.n_heads * lm.head_dim)
+    vit_flops = n_images * patches * (2 * n["vision"] + 4 * vit.n_layers * patches * vit.dim)
+    proj_flops = n_images * config.tokens_per_image * 2 * n["projector"]
+    return lm_flops + vit_flops + proj_flops
+
+
+def train_flops(config: VLMConfig, batch_size: int, seq_len: int, n_images: int) -> float:
+    """FLOPs of one training step (forward + backward = 3x forward), the formula above."""
+    return 3 * forward_flops(config, batch_size, seq_len, n_images)
+
+
+# ---- machine ----------------------------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> dict:
+    """What ran the bench: CPU/GPU name, threads, torch version, load average (others' jobs on shared cores)."""
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu_flags"] = sorted(f for f in _cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def max_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
