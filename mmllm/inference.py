@@ -34,6 +34,7 @@ from mmllm.processing import processor_for
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 Progress = Callable[[int, int], None]  # progress(done, total), called after each batch
+LOGITS_BUDGET = 2**27  # logit values held at once when scoring text (512 MiB in float32)
 
 
 @dataclass
@@ -163,6 +164,8 @@ class VisionLanguageModel:
             except NoSupervisedTokens:
                 continue  # an empty text has no token to predict
         totals: list[tuple[float, int] | None] = [None] * len(texts)
+        # Full-sequence logits are (rows, max_seq_len, vocab): cap the rows so they stay within LOGITS_BUDGET.
+        batch_size = max(1, min(batch_size, LOGITS_BUDGET // (self.max_length * self.config.lm.vocab_size)))
         for start in range(0, len(pieces), batch_size):
             part = pieces[start:start + batch_size]
             batch = collate([piece for _, piece in part], pad_id=self.config.pad_token_id, padding_side="right")
