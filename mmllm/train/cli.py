@@ -46,8 +46,8 @@ class MMLLMCLI(LightningCLI):
 
 # Messages of Lightning that say nothing about this run.
 QUIET_WARNINGS = (
-    # The mixture dataset splits its samples by rank and worker itself, so its __len__ is exact.
-    r"Your `IterableDataset` has `__len__` defined",
+    # run_lightning_cli passes the arguments itself when called from Python (tests, notebooks).
+    r"LightningCLI's args parameter is intended to run from within Python",
     # Lightning's own use of a torch API deprecated in newer torch releases.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

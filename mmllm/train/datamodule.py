@@ -20,6 +20,9 @@ from data_pipelines.mixture import Source, make_loader
 from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
 from mmllm.processing import processor_for
 
+# The mixture dataset splits its samples by rank and worker itself, so its __len__ is exact.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
 
 class VLMDataModule(L.LightningDataModule):
     """Batches from caption, chat and text shards.
@@ -133,7 +136,10 @@ class VLMDataModule(L.LightningDataModule):
         return epoch, trained
 
     def val_dataloader(self):
-        return self._loader(self.val_sources, train=False) if self.val_sources else []
+        if not self.val_sources:
+            warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+            return []  # no validation
+        return self._loader(self.val_sources, train=False)
 
     def test_dataloader(self):
         return self.val_dataloader()

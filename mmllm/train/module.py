@@ -106,14 +106,14 @@ class VLMModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Any]):
-        return self.model(**batch)
+        return self.model(**model_inputs(batch))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        output = self.model(**batch)
+        output = self.model(**model_inputs(batch))
         loss = output.loss
         # Decided on every rank together: a rank that stopped alone would leave the others waiting forever.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
-            sources = sorted(set(batch.get("sources") or []))
+            sources = token_kinds(batch)[0]
             raise FloatingPointError(
                 f"training loss is not finite at step {self.global_step} (batch {batch_idx} of the epoch, "
                 f"sources {sources}; loss {loss.item()} on rank {self.global_rank}); "
@@ -126,13 +126,13 @@ class VLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        output = self.model(**batch)
+        output = self.model(**model_inputs(batch))
         batch_size = batch["input_ids"].shape[0]
         self.log("val/loss", output.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self._log_per_source("val", output.token_losses, batch, on_step=False)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        output = self.model(**batch)
+        output = self.model(**model_inputs(batch))
         self.log("test/loss", output.loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         self._log_per_source("test", output.token_losses, batch, on_step=False)
 
@@ -153,18 +153,23 @@ class VLMModule(L.LightningModule):
         self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)
 
     def _log_per_source(self, stage: str, token_losses: torch.Tensor, batch: dict[str, Any], on_step: bool):
-        """Mean loss of supervised tokens for each source kind in the batch (caption, chat, text)."""
-        sources = batch.get("sources")
-        if not sources or token_losses is None:
+        """Mean loss of supervised tokens for each source kind in the batch (caption, chat, text).
+
+        With packing a row holds several kinds: each token counts for the kind of its own segment.
+        """
+        if token_losses is None or not batch.get("sources"):
             return
-        supervised = (batch["labels"][:, 1:] != -100).float()  # (B, T-1), aligned with token_losses
-        for kind in sorted(set(sources)):
-            rows = torch.tensor([s == kind for s in sources], device=supervised.device)
-            count = supervised[rows].sum()
+        kinds, kind_of_token = token_kinds(batch)
+        supervised = batch["labels"][:, 1:] != -100  # (B, T-1), aligned with token_losses
+        target_kind = kind_of_token[:, 1:]
+        for index, kind in enumerate(kinds):
+            tokens = supervised & (target_kind == index)
+            count = tokens.sum()
             if count > 0:
-                loss = token_losses[rows].sum() / count
+                loss = (token_losses * tokens).sum() / count
+                samples = int((target_kind == index).any(dim=1).sum())
                 self.log(f"{stage}/loss_{kind}", loss, on_step=on_step, on_epoch=not on_step,
-                         batch_size=int(rows.sum()), sync_dist=not on_step)
+                         batch_size=samples, sync_dist=not on_step)
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -205,6 +210,33 @@ class VLMModule(L.LightningModule):
         checkpoint["mmllm_tokenizer"] = self.tokenizer.to_str()
 
 
+MODEL_KEYS = ("input_ids", "pixel_values", "image_counts", "attention_mask", "position_ids", "segment_ids",
+              "prefix_mask", "labels", "sources")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a collated batch that VLM.forward takes (packing adds segment_sources, for logging)."""
+    return {key: value for key, value in batch.items() if key in MODEL_KEYS}
+
+
+def token_kinds(batch: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+    """(the source kinds in the batch, sorted; (B, T) index into them of each token's kind, -1 on padding)."""
+    input_ids = batch["input_ids"]
+    segment_sources = batch.get("segment_sources")
+    if segment_sources is not None and batch.get("segment_ids") is not None:
+        kinds = sorted({kind for row in segment_sources for kind in row})
+        # table[b, k] = kind index of row b's segment k (segment 0 is padding)
+        table = torch.full((len(segment_sources), 1 + max(map(len, segment_sources), default=0)), -1,
+                           dtype=torch.long)
+        for row, row_kinds in enumerate(segment_sources):
+            table[row, 1:1 + len(row_kinds)] = torch.tensor([kinds.index(kind) for kind in row_kinds],
+                                                            dtype=torch.long)
+        return kinds, table.to(input_ids.device).gather(1, batch["segment_ids"])
+    kinds = sorted(set(batch["sources"]))
+    rows = torch.tensor([kinds.index(kind) for kind in batch["sources"]], device=input_ids.device)
+    return kinds, rows[:, None].expand_as(input_ids)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
     """Multiplier of the peak rate at each step: linear warmup, then cosine decay to `min_ratio`."""
 
@@ -240,6 +272,7 @@ def _build_model(preset: str, shape: dict[str, dict[str, Any]], init_from: Optio
         from mmllm.model_folder import load_model_folder
 
         model, tokenizer, config = load_model_folder(init_from)
+        model.train()  # folders load in eval mode, for inference
         vocab = model_inputs.get("vocab_size")
         if vocab is not None and vocab != config.lm.vocab_size:
             raise ValueError(
