@@ -1,4 +1,6 @@
-"""Ask a question about an image and print the answer (a JSON object with --json).
+"""Ask a question about an image and print the answer.
+
+With --json the answer is one JSON object {"image", "question", "answer"}.
 
 Example: mmllm ask --model models/shapes-tiny picture.png "What colour is the circle?"
 """

@@ -1,4 +1,4 @@
-"""Caption images: one line per image, `PATH<TAB>CAPTION` (or a JSON object per line with --json).
+"""Caption images: one line per image, PATH<TAB>CAPTION, or JSON lines with --json.
 
 IMAGE may be a file, a folder (its images, searched recursively) or a glob pattern ("photos/*.jpg").
 Images are captioned in batches of --batch-size, with the instruction the caption data was trained with.

@@ -1,4 +1,6 @@
-"""Chat about images: each line you type on stdin is a user turn; the answer is printed; history is kept.
+"""Chat about images, turn by turn, from stdin (/image PATH, /reset, /quit).
+
+Each line you type is a user turn; the answer is printed; the history is kept.
 
 Lines starting with / are commands:
   /image PATH   attach an image to your next message (as many as you like, mid-conversation too)

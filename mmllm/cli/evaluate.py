@@ -1,6 +1,6 @@
-"""Evaluate a model on a folder of shards: VQA accuracy, caption BLEU-4 / CIDEr-D / exact match, or text
-loss / perplexity / bits per byte. Prints a table; --out writes every figure, the model, the data and the
-options as JSON.
+"""Evaluate a model on shards: VQA accuracy, caption BLEU-4/CIDEr-D, or text loss/perplexity.
+
+Prints a table; --out writes every figure, the model, the data and the options as JSON.
 
   vqa      chat shards: each user -> assistant pair asked alone with the sample's image, scored with the
            VQAv2 rule (accuracy overall and per question type where the data records one)
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N questions / images / documents")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="prompts per batch (default 64)")
-    add_sampling_arguments(parser, max_new_tokens=None, stream=False)
+    add_sampling_arguments(parser, max_new_tokens="8 for vqa, 32 for caption", stream=False)
 
 
 class Progress:

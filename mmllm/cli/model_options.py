@@ -23,10 +23,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights' precision (default auto: float32 on cpu, bfloat16 on cuda)")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | None = 64,
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | str = 64,
                            stream: bool = True) -> None:
-    """--max-new-tokens (None: a per-task default chosen by the command), --temperature, --top-k/p, --seed."""
-    default = "the task's default" if max_new_tokens is None else max_new_tokens
+    """--max-new-tokens (a string: the command picks a default per task, as the string says), --temperature,
+    --top-k, --top-p, --seed, and --stream unless stream=False."""
+    default = max_new_tokens
+    max_new_tokens = None if isinstance(max_new_tokens, str) else max_new_tokens
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
                         help=f"most tokens to generate (default {default})")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
