@@ -212,8 +212,19 @@ def decode_samples(samples: Iterable[Sample], handler: BadSampleHandler,
 
 def preprocess_samples(samples: Iterable[Sample], processor: Processor, handler: BadSampleHandler
                        ) -> Iterator[EncodedSample]:
-    """Decoded `Sample`s -> `EncodedSample`s (token ids, labels, pixel tensors) by the one Processor."""
-    return skip_bad(samples, processor.encode_sample, handler)
+    """Decoded `Sample`s -> `EncodedSample`s (token ids, labels, pixel tensors) by the one Processor.
+
+    A text document longer than the processor's max_length becomes several consecutive pieces rather than
+    being cut short, so no text is thrown away; captions and chats give one encoded sample each.
+    """
+    for pieces in skip_bad(samples, lambda sample: encode_pieces(sample, processor), handler):
+        yield from pieces
+
+
+def encode_pieces(sample: Sample, processor: Processor) -> list[EncodedSample]:
+    if sample.kind == "text":
+        return processor.encode_text_chunks(sample.text)
+    return [processor.encode_sample(sample)]
 
 
 # -- one source in one slot: the stages chained, pass after pass --

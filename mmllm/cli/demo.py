@@ -132,14 +132,14 @@ def example_question(image: Path) -> dict:
 def text_demo(args: argparse.Namespace, steps: Steps) -> None:
     workdir = steps.workdir
     if args.fresh or not (workdir / "data" / "pydoc" / "train" / "sizes.json").is_file():
-        train_files, heldout_files = write_pydoc_topics(workdir / "data" / "pydoc" / "raw")
+        train_files, val_files = write_pydoc_topics(workdir / "data" / "pydoc" / "raw")
         steps.run("data", "from-text", *train_files, "--out", "data/pydoc/train", "--overwrite")
-        steps.run("data", "from-text", *heldout_files, "--out", "data/pydoc/heldout", "--overwrite")
+        steps.run("data", "from-text", *val_files, "--out", "data/pydoc/val", "--overwrite")
     steps.run("tokenizer", "train", "--data", "data/pydoc/train", "--vocab-size", "2048",
               "--out", "data/pydoc/tokenizer.json")
     steps.run("fit", "--config", _config_path(args.config, "text-only.yaml"), *_fit_overrides(args))
-    steps.run("eval", "--model", "models/text-only", "--data", "data/pydoc/heldout", "--task", "text",
-              "--out", "runs/eval-pydoc-heldout.json")
+    steps.run("eval", "--model", "models/text-only", "--data", "data/pydoc/val", "--task", "text",
+              "--out", "runs/eval-pydoc-val.json")
     print(f"\n== demo wall time {steps.elapsed() / 60:.1f} min")
 
 
@@ -149,16 +149,16 @@ def write_pydoc_topics(out: Path, heldout_fraction: float = 0.1, seed: int = 0) 
 
     names = sorted(topics)
     random.Random(seed).shuffle(names)
-    heldout = set(names[: max(1, round(len(names) * heldout_fraction))])
-    for split in ("train", "heldout"):
+    held_out = set(names[: max(1, round(len(names) * heldout_fraction))])
+    for split in ("train", "val"):
         (out / split).mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[str]] = {"train": [], "heldout": []}
+    files: dict[str, list[str]] = {"train": [], "val": []}
     for name in sorted(topics):
-        split = "heldout" if name in heldout else "train"
+        split = "val" if name in held_out else "train"
         path = out / split / f"{name}.txt"
         path.write_text(topics[name], encoding="utf-8")
         files[split].append(str(path.relative_to(out.parent.parent.parent)))
-    return files["train"], files["heldout"]
+    return files["train"], files["val"]
 
 
 def run(args: argparse.Namespace) -> int:
