@@ -1,4 +1,5 @@
-"""Callbacks of a training run: checkpoints whose `last` holds the final step, and the model folder export."""
+"""Callbacks of a training run: checkpoints whose `last` holds the final step, a progress bar that counts
+steps, and the model folder export."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 
 class Checkpoint(ModelCheckpoint):
@@ -21,6 +22,26 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, saying "Epoch 2 · step 1200/3000" when max_steps, not epochs, ends the run.
+
+    (Lightning writes "Epoch 2/-2" there.) The bar's length is the epoch's batches, or the steps left if fewer.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs not in (None, -1) or trainer.max_steps in (None, -1):
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch} · step {trainer.global_step}/{trainer.max_steps}"
+        return f"{description:{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self.is_disabled and self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            self.progress.update(self.train_progress_bar_id, description=description)
 
 
 class ExportModel(L.Callback):

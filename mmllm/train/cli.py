@@ -10,7 +10,7 @@ import logging
 import sys
 import warnings
 
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mmllm.errors import UsageError
@@ -28,6 +28,15 @@ class MMLLMCLI(LightningCLI):
         except (ValueError, FileNotFoundError, UsageError) as error:
             print(f"mmllm {self.subcommand}: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+
+    def instantiate_trainer(self, **kwargs):
+        # The step-counting progress bar, unless the config turns the bar off or brings its own.
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(trainer_config.get("callbacks") or [])
+        wants_bar = trainer_config.get("enable_progress_bar") is not False
+        if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
+            kwargs["callbacks"] = callbacks + progress_bar()
+        return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.model_inputs", "model.model_inputs", apply_on="instantiate")
@@ -65,6 +74,15 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         for handler in logging.getLogger(name).handlers or [logging.getLogger(name)]:
             handler.addFilter(_DropInfo())
+
+
+def progress_bar() -> list:
+    """The step-counting progress bar when `rich` is installed (Lightning's TQDM bar otherwise)."""
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    from mmllm.train.callbacks import StepProgressBar
+
+    return [StepProgressBar()] if _RICH_AVAILABLE else []
 
 
 def run_lightning_cli(argv: list[str]) -> int:

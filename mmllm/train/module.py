@@ -153,23 +153,12 @@ class VLMModule(L.LightningModule):
         self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)
 
     def _log_per_source(self, stage: str, token_losses: torch.Tensor, batch: dict[str, Any], on_step: bool):
-        """Mean loss of supervised tokens for each source kind in the batch (caption, chat, text).
-
-        With packing a row holds several kinds: each token counts for the kind of its own segment.
-        """
+        """Mean loss of supervised tokens for each source kind in the batch (caption, chat, text)."""
         if token_losses is None or not batch.get("sources"):
             return
-        kinds, kind_of_token = token_kinds(batch)
-        supervised = batch["labels"][:, 1:] != -100  # (B, T-1), aligned with token_losses
-        target_kind = kind_of_token[:, 1:]
-        for index, kind in enumerate(kinds):
-            tokens = supervised & (target_kind == index)
-            count = tokens.sum()
-            if count > 0:
-                loss = (token_losses * tokens).sum() / count
-                samples = int((target_kind == index).any(dim=1).sum())
-                self.log(f"{stage}/loss_{kind}", loss, on_step=on_step, on_epoch=not on_step,
-                         batch_size=samples, sync_dist=not on_step)
+        for kind, (loss, samples) in loss_per_kind(token_losses, batch).items():
+            self.log(f"{stage}/loss_{kind}", loss, on_step=on_step, on_epoch=not on_step, batch_size=samples,
+                     sync_dist=not on_step)
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -235,6 +224,26 @@ def token_kinds(batch: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
     kinds = sorted(set(batch["sources"]))
     rows = torch.tensor([kinds.index(kind) for kind in batch["sources"]], device=input_ids.device)
     return kinds, rows[:, None].expand_as(input_ids)
+
+
+def loss_per_kind(token_losses: torch.Tensor, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, int]]:
+    """kind -> (mean loss of its supervised tokens, samples of that kind) for one batch.
+
+    token_losses: (B, T-1) from VLM.forward, aligned with labels[:, 1:]. With packing a row holds several
+    kinds: each token counts for the kind of its own segment.
+    """
+    kinds, kind_of_token = token_kinds(batch)
+    supervised = batch["labels"][:, 1:] != -100
+    target_kind = kind_of_token[:, 1:]  # the kind of the token each position predicts
+    losses = {}
+    for index, kind in enumerate(kinds):
+        tokens = supervised & (target_kind == index)
+        count = tokens.sum()
+        if count > 0:
+            samples = (sum(row.count(kind) for row in batch["segment_sources"]) if "segment_sources" in batch
+                       else batch["sources"].count(kind))
+            losses[kind] = ((token_losses * tokens).sum() / count, samples)
+    return losses
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

@@ -1,6 +1,8 @@
-"""Fixtures for training tests: generated shapes shards and a tokenizer, made once per session.
+"""Fixtures for training tests: generated shapes shards and a tokenizer, and the CLI fits, made once per session.
 
 32 px scenes; the train split's 64 samples lie in shards of 24, 24 and 16 (uneven on purpose, for DDP).
+The `mmllm fit` subprocesses of test_fit_cli and test_ddp start as soon as the session does and run while
+the in-process tests do (most of their time is importing Lightning, one core each).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from fit_helpers import ddp_config, finish, fit_config, start_mmllm, write_config
 
 from data_pipelines.shapes import generate_shapes
 from data_pipelines.tokenizer import find_shards, shard_texts, train_tokenizer
@@ -31,3 +35,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+BACKGROUND_FITS = {"test_fit_cli": ("fit", fit_config), "test_ddp": ("ddp", ddp_config)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_fits(request, shapes_data, tmp_path_factory) -> dict:
+    """name -> (process, run folder) of the CLI fits the selected tests read, started at once."""
+    modules = {item.module.__name__ for item in request.session.items}
+    launched = {}
+    for module, (name, make_config) in BACKGROUND_FITS.items():
+        if module in modules:
+            run_dir = tmp_path_factory.mktemp(name)
+            config = write_config(make_config(shapes_data, run_dir), run_dir / "config.yaml")
+            launched[name] = (start_mmllm("fit", "--config", str(config), cwd=run_dir), run_dir)
+    yield launched
+    for process, run_dir in launched.values():
+        finish(process, run_dir, timeout=0.1) if process.poll() is None else None
+
+
+@pytest.fixture(scope="session")
+def finished_fit(background_fits):
+    """Wait for one of the background fits; returns (CompletedProcess, run folder)."""
+
+    def wait(name: str):
+        process, run_dir = background_fits[name]
+        return finish(process, run_dir, timeout=300), run_dir
+
+    return wait

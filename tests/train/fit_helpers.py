@@ -84,3 +84,32 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 def column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
     """(step, value) of every row where the metric `name` was logged."""
     return [(int(row["step"]), float(row[name])) for row in rows if row.get(name)]
+
+
+def start_mmllm(*args: str, cwd: Path) -> subprocess.Popen:
+    """`mmllm ARGS` started in the background (stdout and stderr into files in cwd, read by `finish`)."""
+    return subprocess.Popen(mmllm_command(*args), cwd=cwd, env=SUBPROCESS_ENV,
+                            stdout=open(cwd / "stdout.txt", "w"), stderr=open(cwd / "stderr.txt", "w"))
+
+
+def finish(process: subprocess.Popen, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Wait for a `start_mmllm` process (killed after timeout); its exit status and output."""
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, (cwd / "stdout.txt").read_text(),
+                                       (cwd / "stderr.txt").read_text())
+
+
+def ddp_config(shapes: Path, run_dir: Path) -> dict:
+    """Two CPU processes with gloo; the train shards hold 24, 24 and 16 samples, so the ranks' shares differ."""
+    return fit_config(
+        shapes, run_dir,
+        trainer={"max_steps": 4, "val_check_interval": 2, "accelerator": "cpu", "devices": 2,
+                 "strategy": {"class_path": "lightning.pytorch.strategies.DDPStrategy",
+                              "init_args": {"process_group_backend": "gloo"}}},
+        data={"num_workers": 1},
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fit_helpers import column, fit_config, read_metrics, run_mmllm, write_config
+from fit_helpers import column, read_metrics
 from PIL import Image
 
 from mmllm.cli.main import main
@@ -16,11 +16,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def fitted_run(shapes_data, tmp_path_factory) -> Path:
-    """A 12-step fit of the micro model (validation at steps 6 and 12), run as a user would run it."""
-    run_dir = tmp_path_factory.mktemp("fit")
-    config = write_config(fit_config(shapes_data, run_dir), run_dir / "config.yaml")
-    result = run_mmllm("fit", "--config", str(config), cwd=run_dir)
+def fitted_run(finished_fit) -> Path:
+    """A 12-step fit of the micro model (validation at steps 6 and 12), run as a user would run it.
+
+    conftest starts it (`mmllm fit --config fit_helpers.fit_config(...)`) when the session begins.
+    """
+    result, run_dir = finished_fit("fit")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
