@@ -39,8 +39,18 @@ class VLM(nn.Module):
 
     # ---- inputs -> embeddings -------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> image token embeddings (N, tokens_per_image, lm.dim)."""
-        return self.projector(self.vision(pixel_values))
+        """(N, 3, H, W) -> image token embeddings (N, tokens_per_image, lm.dim).
+
+        Without gradients (generation, evaluation) an image that occurs several times in the batch is
+        encoded once: VQA asks several questions about each image, and the ViT is most of a prompt's cost.
+        """
+        if torch.is_grad_enabled() or pixel_values.size(0) < 2:
+            return self.projector(self.vision(pixel_values))
+        unique, inverse = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)  # (U, 3*H*W), (N,)
+        if unique.size(0) == pixel_values.size(0):
+            return self.projector(self.vision(pixel_values))
+        features = self.projector(self.vision(unique.view(-1, *pixel_values.shape[1:])))
+        return features[inverse]
 
     def embed(
         self,

@@ -119,3 +119,16 @@ def test_parameter_counts_by_part_add_up_and_follow_freezing(make_model):
     summary = model.summary()
     assert all(part in summary for part in ("vision", "projector", "lm", "4 tokens"))
 
+
+
+def test_repeated_images_are_encoded_once_without_changing_the_features(make_model, make_images):
+    """Inference deduplicates identical images before the ViT; features equal encoding each one."""
+    model = make_model().eval()
+    pixel_values = make_images(2)[[0, 1, 0, 0]]  # (4, 3, S, S): image 0 three times
+    calls = []
+    model.vision.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        features = model.encode_images(pixel_values)
+        reference = torch.cat([model.encode_images(image[None]) for image in pixel_values])
+    assert calls[0] == 2  # the first call saw only the two distinct images
+    torch.testing.assert_close(features, reference, rtol=1e-5, atol=1e-5)
