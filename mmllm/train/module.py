@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional, TypedDict
 import lightning as L
 import torch
 
+from data_pipelines.formats import KINDS
 from mmllm.config import VLMConfig
 from mmllm.model import VLM
 
@@ -121,7 +122,7 @@ class VLMModule(L.LightningModule):
             )
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self._log_per_source("train", output.token_losses, batch, on_step=True)
+        self._log_per_source(output.token_losses, batch)
         self._log_skipped(batch)
         return loss
 
@@ -129,15 +130,43 @@ class VLMModule(L.LightningModule):
         output = self.model(**model_inputs(batch))
         batch_size = batch["input_ids"].shape[0]
         self.log("val/loss", output.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self._log_per_source("val", output.token_losses, batch, on_step=False)
+        self._add_per_source(output.token_losses, batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         output = self.model(**model_inputs(batch))
         self.log("test/loss", output.loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
-        self._log_per_source("test", output.token_losses, batch, on_step=False)
+        self._add_per_source(output.token_losses, batch)
+
+    # Validation and test losses per source: token sums over the whole pass, added up over ranks at its end.
+    # (Logging them per batch with sync_dist would hang DDP when one rank never sees some kind.)
+    def on_validation_epoch_start(self) -> None:
+        self._eval_totals = torch.zeros(len(KINDS), 2, device=self.device)  # (kind, [loss sum, tokens])
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _add_per_source(self, token_losses: Optional[torch.Tensor], batch: dict[str, Any]) -> None:
+        """Adds each kind's (summed loss, supervised tokens) of the batch to the pass's totals."""
+        if token_losses is None or not batch.get("sources"):
+            return
+        kinds, kind_of_token = token_kinds(batch)
+        supervised = batch["labels"][:, 1:] != -100
+        for index, kind in enumerate(kinds):
+            tokens = supervised & (kind_of_token[:, 1:] == index)
+            self._eval_totals[KINDS.index(kind), 0] += (token_losses.detach().float() * tokens).sum()
+            self._eval_totals[KINDS.index(kind), 1] += tokens.sum()
+
+    def _log_per_source_totals(self, stage: str) -> None:
+        totals = self.trainer.strategy.reduce(self._eval_totals, reduce_op="sum")  # the same on every rank now
+        for index, kind in enumerate(KINDS):
+            if totals[index, 1] > 0:
+                self.log(f"{stage}/loss_{kind}", totals[index, 0] / totals[index, 1])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_per_source_totals("test")
 
     def on_validation_epoch_end(self) -> None:
-        """Generation-based VQA accuracy on a few validation questions (the number the user cares about)."""
+        """Loss per source, and generation-based VQA accuracy on a few validation questions."""
+        self._log_per_source_totals("val")
         datamodule = getattr(self.trainer, "datamodule", None)
         questions = datamodule.vqa_examples() if datamodule is not None else []
         if not questions or self.trainer.sanity_checking:
@@ -152,13 +181,12 @@ class VLMModule(L.LightningModule):
         accuracy = sum(vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)) / len(questions)
         self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)
 
-    def _log_per_source(self, stage: str, token_losses: torch.Tensor, batch: dict[str, Any], on_step: bool):
-        """Mean loss of supervised tokens for each source kind in the batch (caption, chat, text)."""
+    def _log_per_source(self, token_losses: Optional[torch.Tensor], batch: dict[str, Any]) -> None:
+        """Mean loss of supervised tokens for each source kind in the training batch (this rank's)."""
         if token_losses is None or not batch.get("sources"):
             return
         for kind, (loss, samples) in loss_per_kind(token_losses, batch).items():
-            self.log(f"{stage}/loss_{kind}", loss, on_step=on_step, on_epoch=not on_step, batch_size=samples,
-                     sync_dist=not on_step)
+            self.log(f"train/loss_{kind}", loss, on_step=True, on_epoch=False, batch_size=samples)
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
