@@ -93,7 +93,7 @@ def shapes_demo(args: argparse.Namespace, steps: Steps) -> None:
             out = f"runs/eval-{split}{'-blind' if blind else ''}.json"
             steps.run("eval", "--model", model, "--data", f"data/shapes/{split}/chat", "--task", "vqa",
                       "--out", out, *(["--blind"] if blind else []))
-            results[f"vqa {name}"] = json.loads((workdir / out).read_text())["metrics"]["overall"]
+            results[f"vqa {name}"] = json.loads((workdir / out).read_text())["metrics"]["accuracy"]
     steps.run("eval", "--model", model, "--data", "data/shapes/val/captions", "--task", "caption",
               "--out", "runs/eval-val-captions.json")
     captions = json.loads((workdir / "runs/eval-val-captions.json").read_text())["metrics"]
