@@ -40,7 +40,7 @@ def question_conversation(question: str, with_image: bool = True) -> Conversatio
     return [{"role": "user", "content": (st.IMAGE_MARKER + "\n" if with_image else "") + question}]
 
 
-def _content_of_parts(parts: list[Any]) -> str:
+def content_of_parts(parts: list[Any]) -> str:
     """OpenAI content parts -> one string; parts are joined by newlines, so [image, text] == "<image>\\ntext"."""
     pieces = []
     for part in parts:
@@ -80,7 +80,7 @@ def normalise_conversation(rows: list[dict[str, Any]] | dict[str, Any]) -> Conve
         if role not in st.ROLE_TOKENS:
             raise ValueError(f"turn {index} has unknown role {source_role!r}")
         if isinstance(content, list):
-            content = _content_of_parts(content)
+            content = content_of_parts(content)
         if not isinstance(content, str):
             raise ValueError(f"turn {index} has no text content")
         turns.append({"role": role, "content": content})

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from data_pipelines.chat import content_of_parts
 from data_pipelines.special_tokens import IMAGE_MARKER
 from data_pipelines.writers import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, UnreadableImage, WriteStats
 
@@ -54,17 +55,10 @@ def _content_text(content: Any) -> str:
         return content
     if not isinstance(content, list):
         raise SkipRow("bad turn")
-    pieces = []
-    for part in content:
-        if isinstance(part, str):
-            pieces.append(part)
-        elif isinstance(part, dict) and part.get("type") == "text":
-            pieces.append(str(part.get("text", "")))
-        elif isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-            pieces.append(IMAGE_MARKER)
-        else:
-            raise SkipRow("bad turn")
-    return "\n".join(pieces)
+    try:
+        return content_of_parts(content)  # the chat template's own reading of content parts
+    except ValueError:
+        raise SkipRow("bad turn") from None
 
 
 def llava_turns(row: dict) -> list[dict]:
