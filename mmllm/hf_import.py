@@ -8,7 +8,6 @@ nanoGPT-style: nothing is matched by guesswork.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors import safe_open
 
 from mmllm.config import LMConfig, VisionConfig
 from mmllm.errors import UsageError
+from mmllm.user_files import read_json_object
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -55,19 +55,6 @@ SIGLIP_LAYER_WEIGHTS = tuple(
 # Reading a Hugging Face folder
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a user's file; a missing or broken file is a UsageError naming it."""
-    if not path.is_file():
-        raise UsageError(f"{path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} does not hold a JSON object")
-    return data
-
-
 def read_hf_config(folder: str | Path) -> dict[str, Any]:
     """The `config.json` of a Hugging Face model folder."""
     folder = Path(folder)
@@ -75,7 +62,7 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
         raise UsageError(f"{folder} is not a folder")
     if not (folder / "config.json").is_file():
         raise UsageError(f"{folder / 'config.json'} not found: {folder} is not a Hugging Face model folder")
-    return read_json(folder / "config.json")
+    return read_json_object(folder / "config.json")
 
 
 def safetensors_files(folder: str | Path) -> dict[str, Path]:
@@ -85,7 +72,7 @@ def safetensors_files(folder: str | Path) -> dict[str, Path]:
     if single.is_file():
         return {name: single for name in safetensors_keys(single)}
     if index_path.is_file():
-        weight_map = read_json(index_path).get("weight_map")
+        weight_map = read_json_object(index_path).get("weight_map")
         if not isinstance(weight_map, dict):
             raise UsageError(f"{index_path} has no 'weight_map'")
         files = {name: folder / shard for name, shard in weight_map.items()}
@@ -360,7 +347,7 @@ def hf_image_normalization(folder: str | Path) -> tuple[list[float], list[float]
     path = Path(folder) / "preprocessor_config.json"
     if not path.is_file():
         return None
-    data = read_json(path)
+    data = read_json_object(path)
     mean, std = data.get("image_mean"), data.get("image_std")
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
         return None

@@ -19,6 +19,7 @@ from torch import nn
 
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
+from mmllm.user_files import read_json_object
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -141,12 +142,7 @@ def read_model_config(path: str | Path) -> VLMConfig:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise UsageError(f"{config_path} not found: {folder} is not a model folder")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"{config_path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise UsageError(f"{config_path} does not hold a JSON object")
+    data = read_json_object(config_path)
     if "format_version" not in data:
         hint = ""
         if "model_type" in data:
