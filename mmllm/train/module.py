@@ -310,10 +310,15 @@ def _build_model(preset: str, shape: dict[str, dict[str, Any]], init_from: Optio
 
         model, tokenizer, config = load_model_folder(init_from)
         model.train()  # folders load in eval mode, for inference
+        # The data's tokenizer must be the model's: no more tokens than the embedding has rows (a pretrained
+        # embedding may have spare rows), and the same image and pad ids.
         vocab = model_inputs.get("vocab_size")
-        if vocab is not None and vocab != config.lm.vocab_size:
+        same_ids = all(model_inputs.get(key, getattr(config, key)) == getattr(config, key)
+                       for key in ("image_token_id", "pad_token_id"))
+        if (vocab is not None and vocab > config.lm.vocab_size) or not same_ids:
             raise ValueError(
-                f"the data tokenizer has {vocab} tokens but the model in {init_from} has {config.lm.vocab_size}; "
+                f"the data tokenizer ({vocab} tokens) does not match the model in {init_from} "
+                f"({config.lm.vocab_size} rows, image id {config.image_token_id}); "
                 f"train with data.tokenizer={init_from}/tokenizer.json"
             )
         if attention:

@@ -34,3 +34,15 @@ def test_align_stage_changes_only_the_projector(shapes_data, init_folder, tmp_pa
     changed = sorted(name for name in before if not torch.equal(before[name], after[name]))
     projector = sorted(name for name in before if name.startswith("projector."))
     assert changed == projector and projector  # every projector weight moved, nothing else did
+
+
+def test_init_from_takes_a_data_tokenizer_only_when_it_is_the_models(shapes_data, init_folder):
+    """Fewer tokens than the embedding's rows is fine (spare pretrained rows); more, or other ids, is refused."""
+    inputs = VLMDataModule(str(shapes_data / "tokenizer.json"), sources=[], image_size=32).model_inputs
+    rows = load_model_folder(init_folder)[2].lm.vocab_size
+    VLMModule(init_from=str(init_folder), model_inputs=inputs)
+    VLMModule(init_from=str(init_folder), model_inputs={**inputs, "vocab_size": rows - 3})
+    with pytest.raises(ValueError, match="does not match the model"):
+        VLMModule(init_from=str(init_folder), model_inputs={**inputs, "vocab_size": rows + 3})
+    with pytest.raises(ValueError, match="does not match the model"):
+        VLMModule(init_from=str(init_folder), model_inputs={**inputs, "image_token_id": inputs["pad_token_id"]})
