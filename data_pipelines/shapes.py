@@ -297,13 +297,22 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
     }
 
 
+def chat_groups(asked: list[dict], per_chat: int) -> list[list[dict]]:
+    """The questions of one scene cut into conversations of at most per_chat questions (0: all in one)."""
+    if per_chat <= 0 or per_chat >= len(asked):
+        return [asked]
+    return [asked[i : i + per_chat] for i in range(0, len(asked), per_chat)]
+
+
 def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: int = 0, image_size: int = 64,
                    maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, workers: int = 1,
-                   report=print) -> dict[str, WriteStats]:
+                   questions_per_chat: int = 0, report=print) -> dict[str, WriteStats]:
     """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl.
 
-    The same key names a scene in both kinds of shards and in scenes.jsonl. With workers > 1 scenes are
-    drawn in worker processes; each scene depends only on (seed, split, index), so the bytes are the same.
+    The same key names a scene in both kinds of shards and in scenes.jsonl. With questions_per_chat > 0 a
+    scene's questions are split over several chat samples, keyed KEY_0, KEY_1, ... (1: every question asked
+    alone right after the image, as `mmllm eval` asks it). With workers > 1 scenes are drawn in worker
+    processes; each scene depends only on (seed, split, index), so the bytes are the same.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -319,9 +328,11 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
             key = f"{index:09d}"
             captions.write({"png": example["png"], "txt": example["caption"],
                             "json": {"objects": example["objects"]}}, key=key)
-            chats.write({"png": example["png"], "json": {
-                "conversations": example["conversations"], "questions": example["questions"],
-                "objects": example["objects"]}}, key=key)
+            groups = chat_groups(example["questions"], questions_per_chat)
+            for part, asked in enumerate(groups):
+                chats.write({"png": example["png"], "json": {
+                    "conversations": chat_turns(asked), "questions": asked, "objects": example["objects"]}},
+                    key=key if len(groups) == 1 else f"{key}_{part}")
             record = {"key": key, "caption": example["caption"], "objects": example["objects"],
                       "background": example["background"], "questions": example["questions"]}
             scenes.write(json.dumps(record) + "\n")
@@ -330,7 +341,8 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
 
 def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int = 500, test: int = 500,
                     image_size: int = 64, seed: int = 0, maxcount: int = DEFAULT_MAXCOUNT,
-                    overwrite: bool = False, workers: int = 1, report=print) -> dict[str, dict[str, WriteStats]]:
+                    overwrite: bool = False, workers: int = 1, questions_per_chat: int = 0,
+                    report=print) -> dict[str, dict[str, WriteStats]]:
     """All three splits plus out_dir/shapes.json (the settings and vocabulary, for evaluation and reuse)."""
     if image_size < 16:
         raise ValueError(f"image size must be at least 16 pixels, got {image_size}")
@@ -338,7 +350,8 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
         raise ValueError("split sizes must not be negative")
     out = Path(out_dir)
     stats = {split: generate_split(out, split, count, seed=seed, image_size=image_size, maxcount=maxcount,
-                                   overwrite=overwrite, workers=workers, report=report)
+                                   overwrite=overwrite, workers=workers, questions_per_chat=questions_per_chat,
+                                   report=report)
              for split, count in zip(SPLITS, (train, val, test))}
     settings = {
         "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),

@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
                         help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes drawing scenes (default: up to 2); the output does not depend on it")
+    parser.add_argument("--questions-per-chat", type=int, default=0,
+                        help="questions per chat sample; a scene's questions are split over several samples "
+                             "(default 0: all of a scene's questions in one conversation)")
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
 
 
@@ -33,7 +36,7 @@ def run(args) -> int:
     try:
         generate_shapes(args.out, train=args.train, val=args.val, test=args.test, image_size=args.image_size,
                         seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
-                        workers=args.workers)
+                        workers=args.workers, questions_per_chat=args.questions_per_chat)
     except FileExistsError as error:
         raise UsageError(f"{error} (pass --overwrite)") from None
     except ValueError as error:

@@ -16,6 +16,22 @@ from torch import nn
 from mmllm.config import VisionConfig
 
 
+def sincos_grid(grid_size: int, dim: int) -> torch.Tensor:
+    """(grid_size^2, dim) fixed 2-D position codes in reading order: the first half of the channels encode
+    the row, the second half the column, each as sin/cos pairs at geometrically spaced frequencies."""
+    quarter = dim // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float64) / max(quarter, 1)))  # (dim/4,)
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    angles = coords[:, None] * frequencies[None, :]  # (g, dim/4)
+    axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # (g, dim/2)
+    rows = axis[:, None, :].expand(grid_size, grid_size, -1)  # row code of patch (r, c)
+    cols = axis[None, :, :].expand(grid_size, grid_size, -1)  # column code of patch (r, c)
+    table = torch.zeros(grid_size, grid_size, dim, dtype=torch.float64)
+    table[..., : 2 * quarter] = rows
+    table[..., 2 * quarter : 4 * quarter] = cols
+    return table.reshape(grid_size * grid_size, dim).float()
+
+
 class VisionEmbeddings(nn.Module):
     """Patches -> vectors, plus a learned position embedding per patch of the configured grid."""
 
@@ -117,7 +133,10 @@ class VisionEncoder(nn.Module):
         return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
 
     def init_weights(self, std: float = 0.02) -> None:
-        """Normal(0, std) for linears, patch conv and positions; zero biases; LayerNorms at identity."""
+        """Normal(0, std) for linears; zero biases; LayerNorms at identity. The patch conv gets a 1/sqrt(fan_in)
+        std and the position table a 2-D sine-cosine grid, so that from the first step each patch vector
+        carries its content and its row and column at comparable scales (learned positions from noise are
+        what a from-scratch ViT learns last)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
                 nn.init.normal_(module.weight, std=std)
@@ -126,6 +145,10 @@ class VisionEncoder(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        conv = self.embeddings.patch_embedding
+        nn.init.normal_(conv.weight, std=1.0 / math.sqrt(conv.weight[0].numel()))
+        with torch.no_grad():
+            self.embeddings.position_embedding.weight.copy_(sincos_grid(self.config.grid_size, self.config.dim))
         residual_std = std / math.sqrt(2 * self.config.n_layers)
         for layer in self.encoder.layers:
             nn.init.normal_(layer.self_attn.out_proj.weight, std=residual_std)

@@ -224,3 +224,23 @@ def test_cli_generates_small_dataset_refuses_to_overwrite_then_overwrites_identi
     replaced = subprocess.run(command + ["--overwrite", "--workers", "2"], capture_output=True, text=True, timeout=120)
     assert replaced.returncode == 0, replaced.stderr
     assert all_files(tmp_path / "d") == written
+
+
+def test_questions_per_chat_splits_each_scene_into_single_question_chats(small_dataset, tmp_path):
+    generate_shapes(tmp_path / "single", train=12, val=4, test=6, image_size=32, seed=7, maxcount=5,
+                    questions_per_chat=1, report=None)
+    whole = shard_samples(small_dataset / "train" / "chat")
+    split = shard_samples(tmp_path / "single" / "train" / "chat")
+    for key, members in whole.items():
+        record = json.loads(members["json"])
+        parts = [split[f"{key}_{i}"] for i in range(len(record["questions"]))]
+        assert not any(name.startswith(f"{key}_") for name in split if name not in {f"{key}_{i}" for i in range(len(parts))})
+        for qa, part in zip(record["questions"], parts):
+            assert part["png"] == members["png"]
+            turns = json.loads(part["json"])["conversations"]
+            assert turns == [{"from": "human", "value": "<image>\n" + qa["question"]},
+                             {"from": "gpt", "value": qa["answer"]}]
+    # captions and scenes are the same whatever the chat layout
+    assert all_files(tmp_path / "single" / "train" / "captions") == all_files(small_dataset / "train" / "captions")
+    assert (tmp_path / "single" / "train" / "scenes.jsonl").read_bytes() == \
+        (small_dataset / "train" / "scenes.jsonl").read_bytes()
