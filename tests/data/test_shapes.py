@@ -231,11 +231,12 @@ def test_questions_per_chat_splits_each_scene_into_single_question_chats(small_d
                     questions_per_chat=1, report=None)
     whole = shard_samples(small_dataset / "train" / "chat")
     split = shard_samples(tmp_path / "single" / "train" / "chat")
+    expected_keys = [f"{key}_{i}" for key, members in whole.items()
+                     for i in range(len(json.loads(members["json"])["questions"]))]
+    assert sorted(split) == sorted(expected_keys)
     for key, members in whole.items():
-        record = json.loads(members["json"])
-        parts = [split[f"{key}_{i}"] for i in range(len(record["questions"]))]
-        assert not any(name.startswith(f"{key}_") for name in split if name not in {f"{key}_{i}" for i in range(len(parts))})
-        for qa, part in zip(record["questions"], parts):
+        for i, qa in enumerate(json.loads(members["json"])["questions"]):
+            part = split[f"{key}_{i}"]
             assert part["png"] == members["png"]
             turns = json.loads(part["json"])["conversations"]
             assert turns == [{"from": "human", "value": "<image>\n" + qa["question"]},
@@ -244,3 +245,18 @@ def test_questions_per_chat_splits_each_scene_into_single_question_chats(small_d
     assert all_files(tmp_path / "single" / "train" / "captions") == all_files(small_dataset / "train" / "captions")
     assert (tmp_path / "single" / "train" / "scenes.jsonl").read_bytes() == \
         (small_dataset / "train" / "scenes.jsonl").read_bytes()
+
+
+def test_cli_questions_per_chat_two_gives_two_chats_per_four_question_scene(tmp_path):
+    command = [sys.executable, "-m", "mmllm.cli.main", "data", "shapes", "--out", str(tmp_path / "d"),
+               "--train", "5", "--val", "1", "--test", "1", "--image-size", "32", "--questions-per-chat", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    scenes = [json.loads(line) for line in (tmp_path / "d" / "train" / "scenes.jsonl").read_text().splitlines()]
+    chats = shard_samples(tmp_path / "d" / "train" / "chat")
+    for scene in scenes:
+        parts = -(-len(scene["questions"]) // 2)  # ceil
+        keys = [scene["key"]] if parts == 1 else [f"{scene['key']}_{i}" for i in range(parts)]
+        asked = [qa for key in keys for qa in json.loads(chats[key]["json"])["questions"]]
+        assert asked == scene["questions"]
+    assert len(chats) == sum(-(-len(scene["questions"]) // 2) for scene in scenes)
