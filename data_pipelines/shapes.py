@@ -355,6 +355,7 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
              for split, count in zip(SPLITS, (train, val, test))}
     settings = {
         "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),
+        "questions_per_chat": questions_per_chat,
         "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES), "cells": list(CELLS),
         "held_out_pairs": [list(pair) for pair in HELD_OUT_PAIRS], "question_types": list(QUESTION_TYPES),
     }

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmllm.config import VisionConfig
+from mmllm.model.vision import VisionEncoder, sincos_grid
+
 
 def test_vision_runs_at_another_image_size_with_interpolated_positions(make_model, make_images):
     vision = make_model().vision  # configured for 32 px, 8 px patches: a 4 x 4 grid
@@ -19,9 +22,6 @@ def test_vision_runs_at_another_image_size_with_interpolated_positions(make_mode
 
 
 def test_fresh_vision_positions_code_row_and_column_as_sines_and_cosines():
-    from mmllm.config import VisionConfig
-    from mmllm.model.vision import VisionEncoder, sincos_grid
-
     config = VisionConfig(image_size=48, patch_size=8, dim=32, n_layers=1, n_heads=2, mlp_dim=32)
     vision = VisionEncoder(config)
     vision.init_weights()
