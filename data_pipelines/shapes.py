@@ -283,7 +283,8 @@ def object_record(obj: ShapeObject) -> dict:
 
 
 def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
-    """Everything about scene `index` of `split`: png bytes, caption, objects, questions, conversation."""
+    """Everything about scene `index` of `split`: png bytes, caption, objects, questions (the chats are
+    built from the questions when written, see chat_groups)."""
     rng = scene_rng(seed, split, index)
     scene = sample_scene(rng, split)
     asked = questions(scene, rng, split)
@@ -293,7 +294,6 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
         "objects": [object_record(obj) for obj in scene.objects],
         "background": list(scene.background),
         "questions": asked,
-        "conversations": chat_turns(asked),
     }
 
 
