@@ -28,6 +28,7 @@ class LMConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     attention_bias: bool = False  # Qwen2-style q/k/v biases
+    qk_norm: bool = False  # Qwen3/OLMo2-style RMSNorm of each head's queries and keys before the rotation
     head_dim: int | None = None  # derived: dim // n_heads unless set
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ import torch
 from data_pipelines.formats import KINDS
 from mmllm.config import VLMConfig
 from mmllm.model import VLM
+from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
 PARTS = ("vision", "projector", "lm")
 Part = Literal["vision", "projector", "lm"]
@@ -32,6 +33,7 @@ class LMShape(TypedDict, total=False):
     rope_theta: float
     tie_embeddings: bool
     attention_bias: bool
+    qk_norm: bool
     head_dim: int
 
 
@@ -53,6 +55,8 @@ class VLMModule(L.LightningModule):
             mmllm.config.LMConfig; head_dim is derived again unless given). Only with a preset.
         vision: fields of the preset's vision-encoder config to replace, e.g. `{n_layers: 1}` (see
             mmllm.config.VisionConfig). Only with a preset; the image size comes from the data module.
+        pixel_shuffle: image patches merged per side into one image token (default: the preset's). Only with
+            a preset.
         init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage) to start from.
         attention: `causal`, or `prefix` (bidirectional over image + prompt, causal over the answer).
         freeze: parts not trained in this stage, any of `vision`, `projector`, `lm`.
@@ -60,8 +64,12 @@ class VLMModule(L.LightningModule):
         lr_vision: peak learning rate of the vision encoder (default: lr).
         lr_projector: peak learning rate of the projector (default: lr).
         lr_lm: peak learning rate of the language model (default: lr).
-        weight_decay: AdamW decoupled weight decay (not applied to norms, biases and embeddings).
+        optimizer: `adamw`, or `muon`: Muon on the hidden weight matrices of every part (AdamW for embeddings,
+            the output head, the patch convolution, norms and biases), at the same learning rates (see
+            mmllm.train.optim).
+        weight_decay: decoupled weight decay of weight matrices (not of norms, biases and embeddings).
         betas: AdamW betas.
+        muon_momentum: Muon's (Nesterov) momentum.
         warmup_steps: linear warmup from 0 to the peak rate.
         min_lr_ratio: the cosine schedule ends at this fraction of the peak rate.
         model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
@@ -72,6 +80,7 @@ class VLMModule(L.LightningModule):
         preset: Literal["tiny", "small", "base"] = "tiny",
         lm: Optional[LMShape] = None,
         vision: Optional[VisionShape] = None,
+        pixel_shuffle: Optional[int] = None,
         init_from: Optional[str] = None,
         attention: Optional[Literal["causal", "prefix"]] = None,
         freeze: Optional[list[Part]] = None,
@@ -79,8 +88,10 @@ class VLMModule(L.LightningModule):
         lr_vision: Optional[float] = None,
         lr_projector: Optional[float] = None,
         lr_lm: Optional[float] = None,
+        optimizer: Algorithm = "adamw",
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.98),
+        muon_momentum: float = 0.95,
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.05,
         model_inputs: Optional[dict[str, Any]] = None,
@@ -97,9 +108,11 @@ class VLMModule(L.LightningModule):
             "projector": lr if lr_projector is None else lr_projector,
             "lm": lr if lr_lm is None else lr_lm,
         }
-        if init_from and (lm or vision):
-            raise ValueError("model.lm and model.vision reshape a preset; a model from init_from keeps its shape")
-        shape = {"lm": dict(lm or {}), "vision": dict(vision or {})}
+        if init_from and (lm or vision or pixel_shuffle):
+            raise ValueError("model.lm, model.vision and model.pixel_shuffle reshape a preset; a model from "
+                             "init_from keeps its shape")
+        shape = {"lm": dict(lm or {}), "vision": dict(vision or {}),
+                 "pixel_shuffle": pixel_shuffle}
         self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
         for part in self.freeze:
@@ -198,22 +211,14 @@ class VLMModule(L.LightningModule):
     def configure_optimizers(self):
         groups = []
         for part in PARTS:
-            if part in self.freeze:
-                continue
-            decay, no_decay = [], []
-            for name, param in getattr(self.model, part).named_parameters():
-                if not param.requires_grad:
-                    continue
-                # Matrices decay; norms, biases, embeddings and position tables do not.
-                (decay if param.ndim >= 2 and "embed" not in name else no_decay).append(param)
-            rate = self.learning_rates[part]
-            groups.append({"params": decay, "lr": rate, "weight_decay": self.hparams.weight_decay, "name": part})
-            groups.append({"params": no_decay, "lr": rate, "weight_decay": 0.0, "name": f"{part}_no_decay"})
-        groups = [g for g in groups if g["params"]]
+            if part not in self.freeze:
+                groups += param_groups(getattr(self.model, part).named_parameters(), lr=self.learning_rates[part],
+                                       weight_decay=self.hparams.weight_decay, algorithm=self.hparams.optimizer,
+                                       name=part)
         if not groups:
             raise ValueError(f"model.freeze={self.freeze} leaves nothing to train")
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, betas=tuple(self.hparams.betas), fused=fused)
+        optimizer = build_optimizer(groups, self.hparams.optimizer, tuple(self.hparams.betas),
+                                    self.hparams.muon_momentum, fused=self.device.type == "cuda")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
@@ -289,7 +294,10 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
 def _preset_config(preset: str, shape: dict[str, dict[str, Any]]) -> VLMConfig:
     """The preset's config with the `lm` and `vision` fields of `shape` replaced (derived fields derived again)."""
     config = VLMConfig.from_preset(preset).to_dict()
-    for part, overrides in shape.items():
+    if shape.get("pixel_shuffle"):
+        config["pixel_shuffle"] = int(shape["pixel_shuffle"])
+    for part in ("lm", "vision"):
+        overrides = shape[part]
         known = set(config[part])
         unknown = sorted(set(overrides) - known)
         if unknown:

@@ -1,0 +1,105 @@
+"""The optimiser of a training run: AdamW, or Muon on the hidden weight matrices with AdamW for the rest.
+
+Muon (torch.optim.Muon) orthogonalises each matrix's momentum with a few Newton-Schulz iterations, so every
+direction of a weight matrix moves at the same rate; on the shapes demo it learned ~6x faster per step than
+AdamW at the same learning rate. It only suits hidden matrices: embeddings, the output head, the patch
+convolution, norms and biases stay with AdamW. Its update is scaled to AdamW's RMS ("match_rms_adamw"), so one
+learning rate (and one schedule) serves both parts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import nn
+
+Algorithm = Literal["adamw", "muon"]
+
+
+def uses_muon(name: str, param: nn.Parameter) -> bool:
+    """A hidden weight matrix: 2-D, and neither an embedding table (token, position) nor the LM's output head.
+
+    A tied LM head is the token embedding itself, so it stays with AdamW either way.
+    """
+    return param.ndim == 2 and "embed" not in name and "lm_head" not in name
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Matrices decay; norms, biases, embeddings and position tables do not."""
+    return param.ndim >= 2 and "embed" not in name
+
+
+def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float,
+                 algorithm: Algorithm, name: str) -> list[dict[str, Any]]:
+    """The trainable parameters of one model part as optimiser groups named `name`, `name_no_decay` and, with
+    Muon, `name_muon`; empty groups are left out."""
+    muon, decay, no_decay = [], [], []
+    for param_name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        if algorithm == "muon" and uses_muon(param_name, param):
+            muon.append(param)
+        elif decays(param_name, param):
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    groups = [
+        {"params": muon, "lr": lr, "weight_decay": weight_decay, "name": f"{name}_muon", "muon": True},
+        {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name, "muon": False},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay", "muon": False},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon over the groups marked `muon`, torch.optim.AdamW over the others, as one optimiser.
+
+    One object, so the Trainer, the learning-rate scheduler, gradient clipping and checkpoints see a single
+    optimiser: its param_groups are the two inner optimisers' group dicts themselves, so a scheduler that sets
+    group["lr"] steers both. The state dict holds both inner state dicts.
+    """
+
+    def __init__(self, groups: list[dict[str, Any]], betas: tuple[float, float] = (0.9, 0.98),
+                 momentum: float = 0.95, fused: bool = False) -> None:
+        muon_groups = [group for group in groups if group.get("muon")]
+        adamw_groups = [group for group in groups if not group.get("muon")]
+        if not muon_groups:
+            raise ValueError("MuonWithAdamW needs at least one group of weight matrices marked muon")
+        self.muon = torch.optim.Muon(muon_groups, momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(adamw_groups, betas=betas, fused=fused) if adamw_groups else None
+        inner = [self.muon] + ([self.adamw] if self.adamw is not None else [])
+        super().__init__([group for optimizer in inner for group in optimizer.param_groups], {})
+        self._inner = inner
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self._inner:
+            optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict() if self.adamw else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError("optimizer state is not a Muon + AdamW state (was the checkpoint trained with AdamW?)")
+        self.muon.load_state_dict(state_dict["muon"])
+        if self.adamw is not None:
+            self.adamw.load_state_dict(state_dict["adamw"])
+        # load_state_dict replaces the inner group dicts: point this optimiser's groups at the new ones
+        self.param_groups = [group for optimizer in self._inner for group in optimizer.param_groups]
+
+
+def build_optimizer(groups: list[dict[str, Any]], algorithm: Algorithm, betas: tuple[float, float],
+                    muon_momentum: float, fused: bool) -> torch.optim.Optimizer:
+    """AdamW over every group, or Muon + AdamW; the groups come from `param_groups`."""
+    if algorithm == "adamw":
+        return torch.optim.AdamW(groups, betas=betas, fused=fused)
+    if algorithm == "muon":
+        return MuonWithAdamW(groups, betas=betas, momentum=muon_momentum, fused=fused)
+    raise ValueError(f"unknown optimizer {algorithm!r}; choose adamw or muon")
