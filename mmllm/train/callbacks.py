@@ -3,11 +3,12 @@ steps, and the model folder export."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, Timer
 
 
 class Checkpoint(ModelCheckpoint):
@@ -42,6 +43,61 @@ class StepProgressBar(RichProgressBar):
         if not self.is_disabled and self.progress is not None and self.train_progress_bar_id is not None:
             description = self._get_train_description(trainer.current_epoch)
             self.progress.update(self.train_progress_bar_id, description=description)
+
+
+class LineProgress(ProgressBar):
+    """Progress as plain lines, for output that is not a terminal (CI logs, `nohup`, `| tee`), where a live bar
+    prints nothing: one line every `every` steps and one after each validation, with the losses, the speed and
+    the time left (to max_steps, or to max_time when that comes first).
+
+    Args:
+        every: training steps between two lines.
+    """
+
+    def __init__(self, every: int = 50) -> None:
+        super().__init__()
+        self.every = every
+        self.enabled = True
+        self._start = (0.0, 0)  # (time, step) when this fit started
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.enabled and trainer.is_global_zero and (step % self.every == 0 or step == trainer.max_steps):
+            print(self.train_line(trainer), flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and trainer.is_global_zero and not trainer.sanity_checking:
+            metrics = _numbers(trainer.callback_metrics, "val/")
+            print(f"validation at step {trainer.global_step}: {metrics}", flush=True)
+
+    def train_line(self, trainer: L.Trainer) -> str:
+        step, total = trainer.global_step, trainer.max_steps
+        started, first_step = self._start
+        elapsed = time.perf_counter() - started
+        rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
+        left = (total - step) / rate if rate > 0 and total and total > 0 else float("inf")
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and timer.time_remaining() is not None:
+            left = min(left, timer.time_remaining())
+        eta = "?" if left == float("inf") else f"{int(left // 60)}:{int(left % 60):02d}"
+        where = f"step {step}/{total}" if total and total > 0 else f"step {step}"
+        return f"{where} · {_numbers(trainer.callback_metrics, 'train/loss')} · {rate:.2f} it/s · {eta} left"
+
+
+def _numbers(metrics: dict, prefix: str) -> str:
+    """'name value' pairs of the scalar metrics under prefix, e.g. 'loss 0.512 · loss_chat 0.431'."""
+    items = [(name.split("/", 1)[-1], float(value)) for name, value in sorted(metrics.items())
+             if name.startswith(prefix) and getattr(value, "numel", lambda: 1)() == 1]
+    return " · ".join(f"{name} {value:.4g}" for name, value in items) or "no metrics yet"
 
 
 class ExportModel(L.Callback):

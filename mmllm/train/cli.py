@@ -77,11 +77,14 @@ def quiet_lightning() -> None:
 
 
 def progress_bar() -> list:
-    """The step-counting progress bar when `rich` is installed (Lightning's TQDM bar otherwise)."""
+    """On a terminal the step-counting progress bar when `rich` is installed (Lightning's TQDM bar otherwise);
+    elsewhere (a pipe, a log file) plain progress lines."""
     from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
-    from mmllm.train.callbacks import StepProgressBar
+    from mmllm.train.callbacks import LineProgress, StepProgressBar
 
+    if not sys.stdout.isatty():
+        return [LineProgress()]
     return [StepProgressBar()] if _RICH_AVAILABLE else []
 
 

@@ -7,10 +7,11 @@ compute the loss of a batch, which parameters train at which rate, and what to l
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, TypedDict
+from typing import Any, Callable, Literal, Optional, TypedDict
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from data_pipelines.formats import KINDS
 from mmllm.config import VLMConfig
@@ -72,6 +73,9 @@ class VLMModule(L.LightningModule):
         muon_momentum: Muon's (Nesterov) momentum.
         warmup_steps: linear warmup from 0 to the peak rate.
         min_lr_ratio: the cosine schedule ends at this fraction of the peak rate.
+        schedule_by_time: the cosine follows whichever is further along, the steps towards trainer.max_steps or
+            the training time towards trainer.max_time, so a run that max_time stops (a slower machine, a time
+            budget) still ends its schedule at the low rate instead of being cut off at a high one.
         model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
     """
 
@@ -94,6 +98,7 @@ class VLMModule(L.LightningModule):
         muon_momentum: float = 0.95,
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.05,
+        schedule_by_time: bool = False,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -220,10 +225,24 @@ class VLMModule(L.LightningModule):
         optimizer = build_optimizer(groups, self.hparams.optimizer, tuple(self.hparams.betas),
                                     self.hparams.muon_momentum, fused=self.device.type == "cuda")
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        time_fraction = self._time_fraction() if self.hparams.schedule_by_time else None
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+            optimizer, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio, time_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _time_fraction(self):
+        """A function giving the fraction of trainer.max_time spent training (resumed runs included: Lightning's
+        Timer keeps its count in checkpoints)."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or timer.time_remaining() is None:
+            raise ValueError("model.schedule_by_time needs trainer.max_time")
+
+        def fraction() -> float:
+            elapsed = timer.time_elapsed()
+            return elapsed / max(1e-9, elapsed + timer.time_remaining())
+
+        return fraction
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -279,13 +298,21 @@ def loss_per_kind(token_losses: torch.Tensor, batch: dict[str, Any]) -> dict[str
     return losses
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Multiplier of the peak rate at each step: linear warmup, then cosine decay to `min_ratio`."""
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float,
+                  time_fraction: Optional[Callable[[], float]] = None):
+    """Multiplier of the peak rate at each step: linear warmup, then cosine decay to `min_ratio`.
+
+    With time_fraction (the share of a time budget spent), the decay follows the steps or the time, whichever
+    is further along.
+    """
 
     def multiplier(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if time_fraction is not None:
+            progress = max(progress, time_fraction())
+        progress = min(1.0, progress)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier

@@ -26,9 +26,9 @@ def left_pad(prompts, pad_id=0):
     return input_ids, attention_mask
 
 
-@pytest.mark.parametrize("attention", ["causal", "prefix"])
-def test_kv_cache_decoding_matches_full_recomputation(attention, make_model, make_prompt, make_images):
-    model = make_model(attention)
+@pytest.mark.parametrize("attention,qk_norm", [("causal", False), ("prefix", False), ("causal", True)])
+def test_kv_cache_decoding_matches_full_recomputation(attention, qk_norm, make_model, make_prompt, make_images):
+    model = make_model(attention, qk_norm=qk_norm)
     prompt = make_prompt(model, 10, 2)  # 8 image tokens + 10 text tokens
     pixel_values = make_images(2)
     steps = 32
