@@ -64,7 +64,8 @@ def fit_command(name: str, overrides: list[str], args: argparse.Namespace) -> tu
         "--data.val_vqa_questions", str(args.questions),
         "--data.num_workers", str(args.workers),
         "--trainer.max_steps", str(args.steps),
-        "--trainer.max_time", "null", "--trainer.val_check_interval", str(args.eval_every),
+        "--trainer.max_time", "null", "--model.schedule_by_time", "false",  # curves by steps, not by clock
+        "--trainer.val_check_interval", str(args.eval_every),
         "--trainer.limit_val_batches", "8",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(run_dir),

@@ -49,6 +49,22 @@ def test_gradients_reach_projector_and_vision_encoder(make_model, make_prompt, m
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_qk_norm_weights_get_gradients_and_bound_the_attention_logits(make_model, make_prompt, make_images):
+    model = make_model(qk_norm=True)
+    attention = model.lm.layers[0].self_attn
+    input_ids = make_prompt(model, 12)[None]
+    model(input_ids, labels=input_ids).loss.backward()
+    for norm in (attention.q_norm, attention.k_norm):
+        assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
+    # Scaling the query and key projections 100x leaves the logits unchanged: the norms undo it.
+    with torch.no_grad():
+        before = model(input_ids).logits
+        for layer in model.lm.layers:
+            layer.self_attn.q_proj.weight.mul_(100)
+            layer.self_attn.k_proj.weight.mul_(100)
+        torch.testing.assert_close(model(input_ids).logits, before, atol=1e-4, rtol=1e-4)
+
+
 def test_loss_is_mean_cross_entropy_of_supervised_next_tokens(make_model, make_prompt):
     model = make_model()
     input_ids = torch.stack([make_prompt(model, 12, seed=1), make_prompt(model, 12, seed=2)])

@@ -24,12 +24,12 @@ def tokenizer(tokenizer_file):
     return load_tokenizer(tokenizer_file)[0]
 
 
-def tiny_model(tokenizer, tie: bool = True) -> VLM:
+def tiny_model(tokenizer, tie: bool = True, qk_norm: bool = False) -> VLM:
     from data_pipelines.tokenizer import TokenIds, vocab_size
 
     ids = TokenIds.from_tokenizer(tokenizer)
     lm = LMConfig(vocab_size=300, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64, max_seq_len=64,
-                  tie_embeddings=tie)
+                  tie_embeddings=tie, qk_norm=qk_norm)
     config = tiny_vlm_config(lm=lm).with_tokenizer_ids(vocab_size(tokenizer), ids.image, ids.pad, ids.eos_ids)
     return randomize_(VLM(config), seed=3).eval()
 
@@ -42,15 +42,17 @@ def image_batch(config):
     return dict(input_ids=input_ids, pixel_values=pixel_values, image_counts=torch.tensor([1, 0]))
 
 
-@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_round_trip_gives_identical_state_dict_and_logits(tmp_path, tokenizer, tie):
-    model = tiny_model(tokenizer, tie=tie)
+@pytest.mark.parametrize("tie,qk_norm", [(True, False), (False, False), (True, True)],
+                         ids=["tied", "untied", "qk_norm"])
+def test_round_trip_gives_identical_state_dict_and_logits(tmp_path, tokenizer, tie, qk_norm):
+    model = tiny_model(tokenizer, tie=tie, qk_norm=qk_norm)
     save_model_folder(model, tokenizer, tmp_path)
     loaded, loaded_tokenizer, config = load_model_folder(tmp_path)
     assert config == model.config
     assert loaded_tokenizer.to_str() == tokenizer.to_str()
     expected, actual = model.state_dict(), loaded.state_dict()
     assert expected.keys() == actual.keys()
+    assert qk_norm == ("lm.layers.0.self_attn.q_norm.weight" in actual)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
     batch = image_batch(config)
