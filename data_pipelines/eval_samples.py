@@ -1,13 +1,18 @@
 """Read a source once, in order, for evaluation: VQA questions, caption references and text documents.
 
 `mmllm eval` and the trainer's validation VQA both take their questions from here, so a question is asked
-the same way in both: one human turn (its image marker removed) with the chat's image, answered alone.
+the same way in both, in one of two modes (`TURNS`):
+- `in-context`: after the gold earlier turns of its conversation, as the data presents it (what the
+  validation loss measures);
+- `alone`: as the first turn after the image (its image marker moved to it), benchmark style.
+The two agree for a conversation's first question; on multi-turn data they can differ a lot, so reports
+name the mode.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from PIL import Image
@@ -19,15 +24,32 @@ from data_pipelines.shard_lists import expand_shards
 from data_pipelines.special_tokens import IMAGE_MARKER
 
 
+TURNS = ("in-context", "alone")
+
+
 @dataclass
 class VQAQuestion:
-    """One human -> gpt pair of a chat sample, asked as a single-turn question."""
+    """One human -> gpt pair of a chat sample. `question` is the user turn's text without its image marker,
+    `turn` its index among the conversation's questions, `history` the turns before it and `content` the user
+    turn as written ({"role", "content"} rows, image markers where the data put them)."""
 
     key: str
     image: Image.Image | None
     question: str
     answer: str
     question_type: str | None = None
+    turn: int = 0
+    history: list[dict[str, str]] = field(default_factory=list)
+    content: str | None = None
+
+    def prompt(self, turns: str) -> list[dict[str, str]]:
+        """The conversation to answer: `alone` or `in-context` (see the module's docstring)."""
+        if turns not in TURNS:
+            raise ValueError(f"unknown turns mode {turns!r}; choose one of {TURNS}")
+        if turns == "alone" or not self.history:
+            marker = IMAGE_MARKER + "\n" if self.image is not None else ""
+            return [{"role": "user", "content": marker + self.question}]
+        return [*self.history, {"role": "user", "content": self.content or self.question}]
 
 
 @dataclass
@@ -55,11 +77,15 @@ def _questions(samples: Iterator[Sample]) -> Iterator[VQAQuestion]:
         types = _question_types(sample.meta)
         image = sample.images[0] if sample.images else None
         turns = sample.conversation
-        for turn, reply in zip(turns, turns[1:]):
+        asked = 0
+        for index, (turn, reply) in enumerate(zip(turns, turns[1:])):
             if turn["role"] != "user" or reply["role"] != "assistant":
                 continue
             question = turn["content"].replace(IMAGE_MARKER, "").strip()
-            yield VQAQuestion(sample.key, image, question, reply["content"].strip(), types.get(question))
+            history = [{"role": t["role"], "content": t["content"]} for t in turns[:index]]
+            yield VQAQuestion(sample.key, image, question, reply["content"].strip(), types.get(question),
+                              turn=asked, history=history, content=turn["content"])
+            asked += 1
 
 
 def _question_types(meta: dict[str, Any]) -> dict[str, str]:

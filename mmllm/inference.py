@@ -110,7 +110,15 @@ class VisionLanguageModel:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         conversations = [question_conversation(q, with_image=im is not None) for im, q in zip(images, questions)]
         image_lists = [[im] if im is not None else [] for im in images]
-        return self._answer_batches(conversations, image_lists, batch_size, SamplingOptions(**sampling), progress)
+        return self.chat_many(conversations, image_lists, batch_size=batch_size, progress=progress, **sampling)
+
+    def chat_many(self, conversations: Sequence[list[dict]], image_lists: Sequence[Sequence[ImageLike]],
+                  batch_size: int = 16, progress: Progress | None = None, **sampling) -> list[str]:
+        """The assistant's next turn of each conversation (see `chat`), batched with left padding."""
+        if len(conversations) != len(image_lists):
+            raise ValueError(f"{len(conversations)} conversations but {len(image_lists)} image lists")
+        return self._answer_batches([_conversation(c) for c in conversations], [list(i) for i in image_lists],
+                                    batch_size, SamplingOptions(**sampling), progress)
 
     def chat(self, messages: list[dict], images: Sequence[ImageLike] = (), **sampling) -> str:
         """The assistant's next turn of a conversation ending with a user turn.

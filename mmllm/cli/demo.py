@@ -93,15 +93,17 @@ def shapes_demo(args: argparse.Namespace, steps: Steps) -> None:
             out = f"runs/eval-{split}{'-blind' if blind else ''}.json"
             steps.run("eval", "--model", model, "--data", f"data/shapes/{split}/chat", "--task", "vqa",
                       "--out", out, *(["--blind"] if blind else []))
-            results[f"vqa {name}"] = json.loads((workdir / out).read_text())["metrics"]["accuracy"]
+            report = json.loads((workdir / out).read_text())
+            for mode, metrics in report.get("metrics_by_turns", {"alone": report["metrics"]}).items():
+                results[f"vqa {name} ({mode})"] = metrics["accuracy"]
     steps.run("eval", "--model", model, "--data", "data/shapes/val/captions", "--task", "caption",
               "--out", "runs/eval-val-captions.json")
     captions = json.loads((workdir / "runs/eval-val-captions.json").read_text())["metrics"]
     results["caption exact match val"] = captions["exact_match"]
     print("\n== demo summary")
     for name, value in results.items():
-        print(f"  {name:32s} {100 * value:6.1f}%")
-    print(f"  {'wall time':32s} {steps.elapsed() / 60:6.1f} min")
+        print(f"  {name:40s} {100 * value:6.1f}%")
+    print(f"  {'wall time':40s} {steps.elapsed() / 60:6.1f} min")
 
 
 def extract_examples(chat_shards: Path, out: Path, count: int) -> list[str]:

@@ -2,8 +2,11 @@
 
 Prints a table; --out writes every figure, the model, the data and the options as JSON.
 
-  vqa      chat shards: each user -> assistant pair asked alone with the sample's image, scored with the
-           VQAv2 rule (accuracy overall and per question type where the data records one)
+  vqa      chat shards: each user -> assistant pair answered with the sample's image, scored with the
+           VQAv2 rule (accuracy overall and per question type where the data records one), in two modes:
+           in-context (after the gold earlier turns of its conversation: the distribution the data
+           describes) and alone (as the first turn after the image: benchmark style); both are reported
+           when the data has multi-turn conversations (--turns picks one)
   caption  caption shards: captioned with the training instruction, scored against every reference
   text     text shards: each document scored by the model's forward pass, in pieces of max_seq_len tokens
 --blind replaces every image with a blank one (the mean colour): the gap to the normal run is how much the
@@ -31,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a folder of .tar shards or a brace pattern (data/val/{00000..00003}.tar)")
     parser.add_argument("--task", required=True, choices=("vqa", "caption", "text"), help="what to measure")
     parser.add_argument("--blind", action="store_true", help="replace every image with a blank one")
+    parser.add_argument("--turns", choices=("in-context", "alone", "both"), default=None,
+                        help="vqa: answer each question after the gold earlier turns of its conversation "
+                             "(in-context), as the first turn (alone), or both (default: both when the data has "
+                             "multi-turn conversations, else alone)")
     parser.add_argument("--out", metavar="FILE.json", help="write the full report (figures, samples, options) here")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N questions / images / documents")
@@ -61,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    if args.turns and args.task != "vqa":
+        raise UsageError("--turns applies to --task vqa")
     if args.blind and args.task == "text":
         raise UsageError("--blind applies to vqa and caption; text documents have no image")
     options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
@@ -76,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mmllm.evaluation import build_report, format_report
 
-    report = build_report(args.task, scores, model=args.model, data=args.data, blind=args.blind, samples=samples)
+    by_turns = scores if isinstance(scores, dict) else None  # vqa: {turns mode: scores}
+    main_scores = next(iter(by_turns.values())) if by_turns else scores
+    report = build_report(args.task, main_scores, model=args.model, data=args.data, blind=args.blind,
+                          samples=samples, by_turns=by_turns)
     report["options"] = {
         "task": args.task, "blind": args.blind, "limit": args.limit, "batch_size": args.batch_size,
         **({} if args.task == "text" else options),
@@ -111,19 +123,22 @@ def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
 
 
 def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
+    """Scores per turns mode ({mode: VQAScores}, the main mode first) and one sample record per answer."""
     from data_pipelines.eval_samples import vqa_questions
     from mmllm.evaluation import vqa_scores
+    from mmllm.evaluation.vqa_answers import answer_questions, default_turns
 
     questions = _read(vqa_questions, args, handler, "questions")
-    blank = vlm.blank_image() if args.blind else None
-    images = [q.image if q.image is None or blank is None else blank for q in questions]
-    predictions = vlm.ask_many(images, [q.question for q in questions], batch_size=args.batch_size,
-                               progress=Progress("vqa questions"), **options)
+    modes = {None: default_turns(questions), "both": ("in-context", "alone")}.get(args.turns, (args.turns,))
     types = [q.question_type for q in questions]
-    scores = vqa_scores(predictions, [[q.answer] for q in questions],
-                        types if any(t is not None for t in types) else None)
-    samples = [{"key": q.key, "question": q.question, "answer": q.answer, "question_type": q.question_type,
-                "prediction": p} for q, p in zip(questions, predictions)]
+    scores, samples = {}, []
+    for mode in modes:
+        predictions = answer_questions(vlm, questions, mode, blind=args.blind, batch_size=args.batch_size,
+                                       progress=Progress(f"vqa questions ({mode})"), **options)
+        scores[mode] = vqa_scores(predictions, [[q.answer] for q in questions],
+                                  types if any(t is not None for t in types) else None)
+        samples += [{"key": q.key, "turn": q.turn, "turns": mode, "question": q.question, "answer": q.answer,
+                     "question_type": q.question_type, "prediction": p} for q, p in zip(questions, predictions)]
     return scores, samples
 
 

@@ -4,6 +4,8 @@ The dict is the record (written by `--out FILE.json`); the table is rendered fro
 report loaded back from JSON prints the same. Shape:
     {"task": "vqa" | "caption" | "text", "model": str | None, "data": str | None, "blind": bool,
      "mmllm_version": str, "metrics": {...the scores' to_dict()...}, "samples": [...] (only when given)}
+A VQA report also names its turns mode(s): "turns": ["in-context", "alone"] and "metrics_by_turns":
+{mode: metrics}; "metrics" is then the first mode's.
 Fractions stay fractions in the dict (accuracy 0.65); the table shows them as percentages. Non-finite
 numbers (the perplexity of a diverged model) become null so the JSON stays strict.
 """
@@ -43,6 +45,7 @@ def build_report(
     data: str | None = None,
     blind: bool = False,
     samples: list[dict] | None = None,
+    by_turns: dict[str, Scores] | None = None,
 ) -> dict:
     """The report of one evaluation run; `samples` holds optional per-item records (prediction, references)."""
     if task not in TASKS:
@@ -55,6 +58,9 @@ def build_report(
         "mmllm_version": mmllm.__version__,
         "metrics": _finite_or_none(scores.to_dict()),
     }
+    if by_turns:
+        report["turns"] = list(by_turns)
+        report["metrics_by_turns"] = {mode: _finite_or_none(s.to_dict()) for mode, s in by_turns.items()}
     if samples is not None:
         report["samples"] = _finite_or_none(samples)
     return report
@@ -112,5 +118,13 @@ def format_report(report: dict) -> str:
     if report.get("blind"):
         details.append("blind (every image blank)")
     title = f"mmllm eval {report['task']}" + (f"  ({', '.join(details)})" if details else "")
-    table = format_table(_metric_rows(report["task"], report["metrics"]), headers=("metric", "value", "n"))
+    by_turns = report.get("metrics_by_turns")
+    if by_turns:
+        rows = []
+        for mode, metrics in by_turns.items():
+            mode_rows = _metric_rows(report["task"], metrics)
+            rows += [(f"{mode_rows[0][0]} ({mode})", *mode_rows[0][1:]), *mode_rows[1:]]
+    else:
+        rows = _metric_rows(report["task"], report["metrics"])
+    table = format_table(rows, headers=("metric", "value", "n"))
     return f"{title}\n{table}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -41,7 +41,10 @@ class VLMDataModule(L.LightningDataModule):
         resampled: draw shards with replacement, endlessly (multi-node training); else epochs over the data.
         shuffle_buffer: samples held for shuffling (compressed bytes).
         seed: seed of shard order, shuffling and source choice.
-        val_vqa_questions: questions answered by generation at each validation (0: none).
+        val_vqa_questions: questions answered by generation at each validation (0: none), logged as
+            `val/vqa_accuracy`.
+        val_vqa_turns: how those questions are asked: `alone` (the first turn after the image) or `in-context`
+            (after the gold earlier turns of their conversation); see data_pipelines.eval_samples.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class VLMDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         val_vqa_questions: int = 64,
+        val_vqa_turns: Literal["alone", "in-context"] = "alone",
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer
@@ -74,6 +78,7 @@ class VLMDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.val_vqa_questions = val_vqa_questions
+        self.val_vqa_turns = val_vqa_turns
         self.bad_samples = BadSampleCounter()  # training batches' skipped samples, kept across resumes
         self.val_bad_samples = BadSampleCounter()
         self.processor = None
@@ -167,6 +172,9 @@ class VLMDataModule(L.LightningDataModule):
             self._vqa_questions = (
                 vqa_questions(chats, limit=self.val_vqa_questions) if chats and self.val_vqa_questions else []
             )
+            if self._vqa_questions:
+                rank_zero_info(f"validation VQA: {len(self._vqa_questions)} questions asked {self.val_vqa_turns} "
+                               f"(val/vqa_accuracy)")
         return self._vqa_questions
 
 

@@ -189,12 +189,13 @@ class VLMModule(L.LightningModule):
         questions = datamodule.vqa_examples() if datamodule is not None else []
         if not questions or self.trainer.sanity_checking:
             return
+        from mmllm.evaluation.vqa_answers import answer_questions
         from mmllm.evaluation.vqa_metric import vqa_accuracy
         from mmllm.inference import VisionLanguageModel
 
         vlm = VisionLanguageModel(self.model, self.tokenizer)
         was_training = self.model.training
-        answers = vlm.ask_many([q.image for q in questions], [q.question for q in questions], max_new_tokens=8)
+        answers = answer_questions(vlm, questions, datamodule.val_vqa_turns, max_new_tokens=8)
         self.model.train(was_training)
         accuracy = sum(vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)) / len(questions)
         self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)

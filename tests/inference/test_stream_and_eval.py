@@ -95,7 +95,8 @@ def test_eval_blind_answers_every_question_about_a_blank_image(trained, vlm, tmp
 
     data = trained.data / "val" / "chat"
     report, printed = _eval(capsys, trained, tmp_path, "--data", str(data), "--task", "vqa", "--blind",
-                            "--limit", "6", "--temperature", "1", "--seed", "0", "--batch-size", "6")
+                            "--limit", "6", "--temperature", "1", "--seed", "0", "--batch-size", "6",
+                            "--turns", "alone")
     assert report["blind"] is True and "blind" in printed
     questions = vqa_questions(data, limit=6)
     size = vlm.config.vision.image_size
@@ -103,3 +104,28 @@ def test_eval_blind_answers_every_question_about_a_blank_image(trained, vlm, tmp
     expected = vlm.ask([grey] * 6, [q.question for q in questions], batch_size=6, temperature=1.0, seed=0,
                        max_new_tokens=8)
     assert [s["prediction"] for s in report["samples"]] == expected
+
+
+def test_eval_vqa_on_multi_turn_chats_reports_in_context_and_alone_answers(trained, vlm, tmp_path, capsys,
+                                                                          one_thread):
+    from data_pipelines.eval_samples import vqa_questions
+
+    data = trained.data / "val" / "chat"  # shapes chats: several questions per conversation
+    report, printed = _eval(capsys, trained, tmp_path, "--data", str(data), "--task", "vqa", "--limit", "6",
+                            "--batch-size", "4")
+    assert report["turns"] == ["in-context", "alone"] and set(report["metrics_by_turns"]) == set(report["turns"])
+    assert report["metrics"] == report["metrics_by_turns"]["in-context"]
+    assert "accuracy (in-context)" in printed and "accuracy (alone)" in printed
+    questions = vqa_questions(data, limit=6)
+    assert [q.turn for q in questions[:3]] == [0, 1, 2]
+    by_mode = {mode: [s for s in report["samples"] if s["turns"] == mode] for mode in report["turns"]}
+    assert [s["turn"] for s in by_mode["in-context"]] == [q.turn for q in questions]
+    # Each answer is what the model says one conversation at a time through the Python API.
+    for question, sample in zip(questions, by_mode["in-context"]):
+        history = question.history + [{"role": "user", "content": question.content}]
+        assert sample["prediction"] == vlm.chat(history, images=[question.image], max_new_tokens=8)
+    for question, sample in zip(questions, by_mode["alone"]):
+        assert sample["prediction"] == vlm.ask(question.image, question.question, max_new_tokens=8)
+    alone_only, _ = _eval(capsys, trained, tmp_path, "--data", str(data), "--task", "vqa", "--limit", "6",
+                          "--turns", "alone")
+    assert alone_only["turns"] == ["alone"] and alone_only["metrics"] == report["metrics_by_turns"]["alone"]
