@@ -29,6 +29,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "chat": "chat",
     "generate": "generate",
     "eval": "evaluate",
+    "plot": "plot",
     "demo": "demo",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

@@ -129,3 +129,17 @@ class ExportModel(L.Callback):
             save_model_folder(pl_module.model, pl_module.tokenizer, out)
             source = f"weights at step {trainer.global_step}"
         print(f"exported {source} to {out}")
+        plot_curves(trainer)
+
+
+def plot_curves(trainer: L.Trainer) -> None:
+    """curves.png in the run's log folder when matplotlib is installed (`mmllm plot` draws it again later)."""
+    from mmllm.evaluation.plots import plot_run
+
+    log_dir = trainer.log_dir or trainer.default_root_dir
+    try:
+        print(f"learning curves: {plot_run(log_dir)}")
+    except ImportError:
+        pass  # plotting is an optional extra; the CSV log is there either way
+    except (FileNotFoundError, ValueError) as error:  # no CSV logger, or nothing logged yet
+        print(f"no learning curves drawn: {error}")
