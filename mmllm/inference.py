@@ -120,6 +120,17 @@ class VisionLanguageModel:
         return self._answer_batches([_conversation(c) for c in conversations], [list(i) for i in image_lists],
                                     batch_size, SamplingOptions(**sampling), progress)
 
+    def explain(self, image: ImageLike, question: str, answer: str | None = None, **sampling):
+        """The answer to a question (or a given answer) and where in the image it looked: an
+        mmllm.explain.Explanation, whose `.save("out.png")` draws the heatmap and `.relevance` holds the
+        share of each image token (rows, cols)."""
+        from mmllm.explain import explain_question
+
+        try:
+            return explain_question(self, to_pil(image), question, answer, **sampling)
+        except ImageError as error:
+            raise UsageError(f"unusable image: {error}") from None
+
     def chat(self, messages: list[dict], images: Sequence[ImageLike] = (), **sampling) -> str:
         """The assistant's next turn of a conversation ending with a user turn.
 

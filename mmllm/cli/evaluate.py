@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(in-context), as the first turn (alone), or both (default: both when the data has "
                              "multi-turn conversations, else alone)")
     parser.add_argument("--out", metavar="FILE.json", help="write the full report (figures, samples, options) here")
+    parser.add_argument("--explain-dir", metavar="DIR",
+                        help="vqa: write a heatmap of where each answer looked (first turns mode) to DIR; use with "
+                             "--limit")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N questions / images / documents")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="prompts per batch (default 64)")
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    if args.turns and args.task != "vqa":
-        raise UsageError("--turns applies to --task vqa")
+    if (args.turns or args.explain_dir) and args.task != "vqa":
+        raise UsageError("--turns and --explain-dir apply to --task vqa")
     if args.blind and args.task == "text":
         raise UsageError("--blind applies to vqa and caption; text documents have no image")
     options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
@@ -137,9 +140,28 @@ def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
                                        progress=Progress(f"vqa questions ({mode})"), **options)
         scores[mode] = vqa_scores(predictions, [[q.answer] for q in questions],
                                   types if any(t is not None for t in types) else None)
-        samples += [{"key": q.key, "turn": q.turn, "turns": mode, "question": q.question, "answer": q.answer,
-                     "question_type": q.question_type, "prediction": p} for q, p in zip(questions, predictions)]
+        records = [{"key": q.key, "turn": q.turn, "turns": mode, "question": q.question, "answer": q.answer,
+                    "question_type": q.question_type, "prediction": p} for q, p in zip(questions, predictions)]
+        if args.explain_dir and mode == modes[0]:
+            explain_answers(vlm, questions, predictions, mode, records, Path(args.explain_dir), args.blind)
+        samples += records
     return scores, samples
+
+
+def explain_answers(vlm, questions, predictions, mode: str, records: list[dict], folder: Path, blind: bool) -> None:
+    """A heatmap per answered question in folder, its path recorded in the question's sample record."""
+    from mmllm.explain import explain_answer
+
+    blank = vlm.blank_image() if blind else None
+    progress = Progress(f"explanations ({mode})")
+    for index, (question, prediction, record) in enumerate(zip(questions, predictions, records)):
+        if question.image is None:
+            continue  # a text-only question looked at no image
+        image = question.image if blank is None else blank
+        explanation = explain_answer(vlm, image, question.prompt(mode), prediction)
+        record["explain"] = str(explanation.save(folder / f"{index:05d}-{question.key}-turn{question.turn}.png"))
+        record["relevance"] = [[round(float(v), 4) for v in row] for row in explanation.relevance]
+        progress(index + 1, len(questions))
 
 
 def evaluate_captions(vlm, args: argparse.Namespace, options: dict, handler):

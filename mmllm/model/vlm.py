@@ -57,8 +57,13 @@ class VLM(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_counts: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, T) -> (B, T, lm.dim) token embeddings with each image's tokens written in place."""
+        """input_ids (B, T) -> (B, T, lm.dim) token embeddings with each image's tokens written in place.
+
+        image_embeds (N, tokens_per_image, lm.dim), when given, are used instead of encoding pixel_values
+        (mmllm.explain takes gradients with respect to them).
+        """
         B, T = input_ids.shape
         max_len = self.config.lm.max_seq_len
         if T > max_len:
@@ -68,7 +73,8 @@ class VLM(nn.Module):
         self._check_image_tokens(is_image, pixel_values, image_counts)
         if pixel_values is None or pixel_values.size(0) == 0:
             return embeds
-        image_embeds = self.encode_images(pixel_values)  # (N, tokens_per_image, dim)
+        if image_embeds is None:
+            image_embeds = self.encode_images(pixel_values)  # (N, tokens_per_image, dim)
         # masked_scatter fills the True positions in row-major order: image i lands in the i-th block.
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
 
@@ -109,6 +115,7 @@ class VLM(nn.Module):
         prefix_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         sources: list[str] | None = None,  # part of the batch; the trainer groups token_losses by it
+        image_embeds: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Full-sequence forward (training, evaluation; generation's reference). Shapes:
 
@@ -116,9 +123,10 @@ class VLM(nn.Module):
         (B,) images per sample (checked against the placeholders when given); attention_mask (B, T) 1 on real
         tokens; position_ids (B, T), default from segment_ids or attention_mask; segment_ids (B, T) 1..k per
         packed sample, 0 on padding; prefix_mask (B, T) bidirectional prompt, used only in prefix mode;
-        labels (B, T), -100 where unsupervised, shifted here (logits[:, t] predicts labels[:, t + 1]).
+        labels (B, T), -100 where unsupervised, shifted here (logits[:, t] predicts labels[:, t + 1]);
+        image_embeds: see `embed`.
         """
-        embeds = self.embed(input_ids, pixel_values, image_counts)
+        embeds = self.embed(input_ids, pixel_values, image_counts, image_embeds)
         if position_ids is None:
             position_ids = default_position_ids(input_ids, attention_mask, segment_ids)
         if self.config.attention != "prefix":
