@@ -91,8 +91,9 @@ def shapes_demo(args: argparse.Namespace, steps: Steps) -> None:
         for blind in (False, True):
             name = f"{split}{' blind' if blind else ''}"
             out = f"runs/eval-{split}{'-blind' if blind else ''}.json"
+            # blind: one turns mode is enough to show what the language prior alone gets
             steps.run("eval", "--model", model, "--data", f"data/shapes/{split}/chat", "--task", "vqa",
-                      "--out", out, *(["--blind"] if blind else []))
+                      "--out", out, *(["--blind", "--turns", "alone"] if blind else []))
             report = json.loads((workdir / out).read_text())
             for mode, metrics in report.get("metrics_by_turns", {"alone": report["metrics"]}).items():
                 results[f"vqa {name} ({mode})"] = metrics["accuracy"]
