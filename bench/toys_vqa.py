@@ -6,7 +6,9 @@
 
 Other objects (rings, crosses, bars, hearts, arrows), other colours, no grid: 1-5 objects of continuous size
 at free, non-overlapping positions on a noisy two-colour gradient; 64 px JPEG images; three-turn conversations
-asking colour, count, left/right, largest object and existence. It imports nothing from mmllm: it stands for
+asking colour, count, left/right, largest object and existence. As in many real chat sets, the first question
+is always of one kind (the colour of a shape, where the scene has a shape that occurs once) and the others come
+after it, so `mmllm eval --turns alone` asks most questions in a position training never showed them in. It imports nothing from mmllm: it stands for
 data a user brings, and is checked the way a user would check it (`from-llava`, then `mmllm fit` and `eval`).
 """
 
@@ -112,7 +114,9 @@ def write_split(out: Path, split: str, count: int, seed: int) -> None:
         image_path = f"{split}/{index:06d}.jpg"
         render(objects, rng).save(out / image_path, quality=90)
         candidates = candidate_questions(objects, rng)
-        asked = rng.sample(candidates, k=min(3, len(candidates)))
+        first = [c for c in candidates if c[0].startswith("What colour")][:1]  # the opening question, if any
+        rest = [c for c in candidates if c not in first]
+        asked = first + rng.sample(rest, k=min(3 - len(first), len(rest)))
         conversations = []
         for turn, (question, answer) in enumerate(asked):
             conversations.append({"from": "human", "value": ("<image>\n" if turn == 0 else "") + question})

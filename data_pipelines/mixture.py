@@ -1,7 +1,7 @@
 """A weighted mixture of shard sources as one stream of batches, and the DataLoader that serves it.
 
-Sources are `{kind, path, weight}` (path: a folder of shards, a brace pattern, a `.tar` or a list). In each
-slot (rank x dataloader worker) every source is an endless stream (pipeline.source_stream: shards cycle
+Sources are `{kind, path, weight, single_turn}` (path: a folder of shards, a brace pattern, a `.tar` or a
+list; single_turn: see pipeline.single_turn). In each slot (rank x dataloader worker) every source is an endless stream (pipeline.source_stream: shards cycle
 pass after pass, or are resampled); each sample is drawn from source i with probability
 weight_i / sum(weights), by an RNG seeded from (seed, epoch, slot), so runs repeat exactly.
 
@@ -52,26 +52,32 @@ from data_pipelines.shard_lists import ShardSet, load_shard_set
 
 @dataclass(frozen=True)
 class Source:
-    """One stream of the mixture: a kind of shard, where its shards are, and its weight."""
+    """One stream of the mixture: a kind of shard, where its shards are, its weight, and for chats the probability
+    of presenting a multi-turn conversation as one of its questions asked alone (pipeline.single_turn)."""
 
     kind: str
     path: str | list[str]
     weight: float = 1.0
+    single_turn: float = 0.0
 
     @classmethod
     def of(cls, spec: "Source | dict[str, Any]") -> "Source":
-        """A Source from a config entry `{kind, path, weight}` (weight defaults to 1)."""
+        """A Source from a config entry `{kind, path, weight, single_turn}` (weight 1 and single_turn 0 unless given)."""
         if isinstance(spec, Source):
             source = spec
         else:
-            unknown = set(spec) - {"kind", "path", "weight"}
+            unknown = set(spec) - {"kind", "path", "weight", "single_turn"}
             if unknown or "kind" not in spec or "path" not in spec:
-                raise ValueError(f"a source is {{kind, path, weight}}; got {dict(spec)}")
-            source = cls(spec["kind"], spec["path"], float(spec.get("weight", 1.0)))
+                raise ValueError(f"a source is {{kind, path, weight, single_turn}}; got {dict(spec)}")
+            source = cls(spec["kind"], spec["path"], float(spec.get("weight", 1.0)),
+                         float(spec.get("single_turn", 0.0)))
         if source.kind not in KINDS:
             raise ValueError(f"source kind {source.kind!r} is not one of {', '.join(KINDS)}")
         if not source.weight >= 0 or math.isinf(source.weight):
             raise ValueError(f"source weight must be a finite number >= 0, got {source.weight}")
+        if not 0 <= source.single_turn <= 1 or (source.single_turn and source.kind != "chat"):
+            raise ValueError(f"single_turn is a probability for chat sources; got {source.single_turn} for "
+                             f"{source.kind}")
         return source
 
 
@@ -163,7 +169,8 @@ class MixtureDataset(IterableDataset):
         max_pixels = self.processor.max_pixels if self.processor is not None else DEFAULT_MAX_PIXELS
         options = StreamOptions(seed=self.seed, epoch=self.epoch, resampled=self.resampled, shuffle=self.shuffle,
                                 shuffle_buffer=self.shuffle_buffer, max_pixels=max_pixels)
-        streams = [source_stream(shard_set, source.kind, slot, options, self.handler, self.processor)
+        streams = [source_stream(shard_set, source.kind, slot, options, self.handler, self.processor,
+                                 source.single_turn)
                    for source, shard_set in zip(self.sources, self.shard_sets)]
         cumulative = list(itertools.accumulate(source.weight for source in self.sources))
         rng = slot_rng(self.seed, self.epoch, slot, "source choice")

@@ -38,6 +38,7 @@ from data_pipelines.formats import Sample, parse_sample
 from data_pipelines.images import DEFAULT_MAX_PIXELS, load_image
 from data_pipelines.processor import EncodedSample, Processor
 from data_pipelines.shard_lists import ShardSet
+from data_pipelines.special_tokens import IMAGE_MARKER
 
 DEFAULT_SHUFFLE_BUFFER = 1000  # samples (compressed) held by the shuffle stage
 
@@ -198,6 +199,31 @@ def parse_samples(raws: Iterable[dict], kind: str, handler: BadSampleHandler) ->
     return skip_bad(raws, lambda raw: parse_sample(kind, raw), handler)
 
 
+def single_turn(sample: Sample, rng: random.Random) -> Sample:
+    """One user -> assistant pair of a multi-turn chat, asked as the first turn after the image (its image
+    marker moved to it; a leading system turn kept). Chats of one question or of several images stay as they are.
+
+    A model trained only on whole conversations never sees its later questions asked first; mixing in some of
+    these teaches it to answer them alone too (data.sources' `single_turn` probability).
+    """
+    turns = sample.conversation or []
+    pairs = [i for i in range(len(turns) - 1) if turns[i]["role"] == "user" and turns[i + 1]["role"] == "assistant"]
+    if len(pairs) < 2 or len(sample.images) > 1:
+        return sample
+    index = rng.choice(pairs)
+    question = turns[index]["content"].replace(IMAGE_MARKER, "").strip()
+    marker = IMAGE_MARKER + "\n" if sample.images else ""
+    system = [dict(turns[0])] if turns[0]["role"] == "system" else []
+    return replace(sample, conversation=[*system, {"role": "user", "content": marker + question},
+                                         dict(turns[index + 1])])
+
+
+def single_turn_samples(samples: Iterable[Sample], probability: float, rng: random.Random) -> Iterator[Sample]:
+    """Each chat replaced by `single_turn` of it with the given probability."""
+    for sample in samples:
+        yield single_turn(sample, rng) if rng.random() < probability else sample
+
+
 def decode_sample(sample: Sample, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Sample:
     """A `Sample` whose images are decoded RGB PIL images (BadImage / ImageTooLarge for bad ones)."""
     if not sample.images:
@@ -260,25 +286,30 @@ def pass_shards(source: ShardSet, slot: Slot, options: StreamOptions, pass_index
 
 
 def source_pass(source: ShardSet, kind: str, slot: Slot, options: StreamOptions, pass_index: int,
-                handler: BadSampleHandler, processor: Processor | None = None) -> Iterator:
-    """One pass of one source in one slot, through every stage up to preprocess (decode only without processor)."""
+                handler: BadSampleHandler, processor: Processor | None = None, single_turn: float = 0.0) -> Iterator:
+    """One pass of one source in one slot, through every stage up to preprocess (decode only without processor);
+    chats become single-turn with probability `single_turn`."""
     shards, start, step = pass_shards(source, slot, options, pass_index)
     raws = keep_every(tar_samples(shards, handler), start, step)
     buffer = options.shuffle_buffer if options.shuffle else 0
     raws = shuffle_samples(raws, buffer, slot_rng(options.seed, options.epoch, slot, "sample shuffle", pass_index))
-    samples = decode_samples(parse_samples(raws, kind, handler), handler, options.max_pixels)
+    samples = parse_samples(raws, kind, handler)
+    if single_turn > 0 and kind == "chat":
+        samples = single_turn_samples(samples, single_turn,
+                                      slot_rng(options.seed, options.epoch, slot, "single turn", pass_index))
+    samples = decode_samples(samples, handler, options.max_pixels)
     return samples if processor is None else preprocess_samples(samples, processor, handler)
 
 
 def source_stream(source: ShardSet, kind: str, slot: Slot, options: StreamOptions, handler: BadSampleHandler,
-                  processor: Processor | None = None) -> Iterator:
+                  processor: Processor | None = None, single_turn: float = 0.0) -> Iterator:
     """An endless stream of one source's samples for one slot: pass after pass, a new shard order each time.
 
     Raises RuntimeError when a whole pass yields no usable sample (every sample bad), instead of spinning.
     """
     for pass_index in itertools.count():
         usable = 0
-        for item in source_pass(source, kind, slot, options, pass_index, handler, processor):
+        for item in source_pass(source, kind, slot, options, pass_index, handler, processor, single_turn):
             usable += 1
             yield item
         if usable == 0:

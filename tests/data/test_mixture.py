@@ -3,12 +3,20 @@ are validated, and a mixed loader's batches name each row's source."""
 
 from __future__ import annotations
 
+import json
+import random
 from collections import Counter
 
 import pytest
 from shard_fixtures import caption_sample, chat_sample, text_sample, tiny_processor, write_shards
 
+from data_pipelines.bad_samples import BadSampleHandler
 from data_pipelines.mixture import MixtureDataset, Source, make_loader, source_names
+from data_pipelines.pipeline import parse_samples, single_turn
+
+
+def parse_chat(raw: dict):
+    return next(parse_samples([raw], "chat", BadSampleHandler()))
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,3 +97,39 @@ def test_source_specs_are_validated():
 def test_source_names_are_kinds_numbered_only_when_repeated():
     sources = [Source("chat", "a"), Source("text", "b"), Source("chat", "c")]
     assert source_names(sources) == ["chat[0]", "text", "chat[2]"]
+
+
+def multi_turn_chat(index: int) -> dict:
+    sample = chat_sample(index)
+    turns = [{"from": "system", "value": "Be brief."}]
+    for q in range(3):
+        turns += [{"from": "human", "value": ("<image>\n" if q == 0 else "") + f"question {index}.{q}"},
+                  {"from": "gpt", "value": f"answer {index}.{q}"}]
+    sample["json"] = json.dumps({"conversations": turns}).encode()
+    return sample
+
+
+def test_single_turn_presents_one_question_of_a_conversation_first_with_the_image(tmp_path):
+    write_shards(tmp_path / "chat", [[multi_turn_chat(i) for i in range(40)]])
+    whole = list(MixtureDataset([{"kind": "chat", "path": str(tmp_path / "chat")}], seed=0))
+    single = list(MixtureDataset([{"kind": "chat", "path": str(tmp_path / "chat"), "single_turn": 1.0}], seed=0))
+    assert all(len(sample.conversation) == 7 for sample in whole)
+    asked = Counter()
+    for sample in single:
+        system, user, assistant = sample.conversation
+        assert system == {"role": "system", "content": "Be brief."}
+        number = user["content"].removeprefix("<image>\nquestion ")  # the marker leads the one question
+        assert assistant == {"role": "assistant", "content": f"answer {number}"}
+        asked[number.split(".")[1]] += 1
+    assert len(asked) == 3 and min(asked.values()) >= 5  # every turn gets asked first
+    half = list(MixtureDataset([{"kind": "chat", "path": str(tmp_path / "chat"), "single_turn": 0.5}], seed=0))
+    assert 8 <= sum(len(s.conversation) == 3 for s in half) <= 32
+    one_question = single_turn(parse_chat(chat_sample(0)), random.Random(0))  # nothing to choose: unchanged
+    assert len(one_question.conversation) == 2
+
+
+def test_single_turn_is_a_probability_for_chat_sources_only():
+    for bad in ({"kind": "chat", "path": "x", "single_turn": 1.5}, {"kind": "caption", "path": "x", "single_turn": 0.5}):
+        with pytest.raises(ValueError, match="single_turn"):
+            Source.of(bad)
+    assert Source.of({"kind": "chat", "path": "x", "single_turn": 0.25}).single_turn == 0.25
