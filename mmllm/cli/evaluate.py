@@ -127,12 +127,12 @@ def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
 
 def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
     """Scores per turns mode ({mode: VQAScores}, the main mode first) and one sample record per answer."""
-    from data_pipelines.eval_samples import vqa_questions
+    from data_pipelines.eval_samples import TURNS, vqa_questions
     from mmllm.evaluation import vqa_scores
     from mmllm.evaluation.vqa_answers import answer_questions, default_turns
 
     questions = _read(vqa_questions, args, handler, "questions")
-    modes = {None: default_turns(questions), "both": ("in-context", "alone")}.get(args.turns, (args.turns,))
+    modes = {None: default_turns(questions), "both": TURNS}.get(args.turns, (args.turns,))
     types = [q.question_type for q in questions]
     scores, samples = {}, []
     for mode in modes:

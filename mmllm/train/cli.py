@@ -25,6 +25,7 @@ class MMLLMCLI(LightningCLI):
         # differs from the data's): the user's mistake, said in one line with status 2 like a type error.
         try:
             super().instantiate_classes()
+            check_time_budget(self.model, self.trainer)
         except (ValueError, FileNotFoundError, UsageError) as error:
             print(f"mmllm {self.subcommand}: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -51,6 +52,14 @@ class MMLLMCLI(LightningCLI):
             "checkpoint.save_top_k": 1,
         })
         parser.add_lightning_class_args(ExportModel, "export")
+
+
+def check_time_budget(model, trainer) -> None:
+    """model.schedule_by_time follows trainer.max_time: said before training starts, not at the first step."""
+    from lightning.pytorch.callbacks import Timer
+
+    if getattr(model.hparams, "schedule_by_time", False) and not any(isinstance(c, Timer) for c in trainer.callbacks):
+        raise ValueError("model.schedule_by_time needs trainer.max_time (the budget the schedule ends with)")
 
 
 # Messages of Lightning that say nothing about this run.

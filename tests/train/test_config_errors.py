@@ -49,3 +49,9 @@ def test_missing_tokenizer_file_is_one_line_not_a_traceback(good_config, tmp_pat
     good_config["data"]["tokenizer"] = str(tmp_path / "missing.json")
     error = fit_error(["--config", str(write_config(good_config, tmp_path / "bad.yaml"))], capsys)
     assert error.strip().splitlines() == [f"mmllm fit: error: no tokenizer file at {tmp_path / 'missing.json'}"]
+
+
+def test_schedule_by_time_without_max_time_is_refused_before_training(good_config, tmp_path, capsys):
+    good_config["model"]["schedule_by_time"] = True
+    error = fit_error(["--config", str(write_config(good_config, tmp_path / "bad.yaml"))], capsys)
+    assert "schedule_by_time needs trainer.max_time" in error and len(error.strip().splitlines()) == 1
