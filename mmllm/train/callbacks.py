@@ -133,12 +133,17 @@ class ExportModel(L.Callback):
 
 
 def plot_curves(trainer: L.Trainer) -> None:
-    """curves.png in the run's log folder when matplotlib is installed (`mmllm plot` draws it again later)."""
+    """curves.png in the CSV logger's folder when matplotlib is installed (`mmllm plot` draws it again later)."""
+    from lightning.pytorch.loggers import CSVLogger
+
     from mmllm.evaluation.plots import plot_run
 
-    log_dir = trainer.log_dir or trainer.default_root_dir
+    # the logger's own folder (trainer.log_dir is a collective under DDP, and only rank 0 gets here)
+    folders = [logger.log_dir for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+    if not folders:
+        return
     try:
-        print(f"learning curves: {plot_run(log_dir)}")
+        print(f"learning curves: {plot_run(folders[0])}")
     except ImportError:
         pass  # plotting is an optional extra; the CSV log is there either way
     except (FileNotFoundError, ValueError) as error:  # no CSV logger, or nothing logged yet

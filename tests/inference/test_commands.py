@@ -60,11 +60,17 @@ def test_eval_vqa_prints_a_table_and_writes_every_figure(trained, tmp_path):
     assert report["task"] == "vqa" and report["blind"] is False
     assert report["model"] == str(trained.model) and report["data"] == str(trained.data / "val" / "chat")
     assert report["options"]["max_new_tokens"] == 8 and report["options"]["batch_size"] == 4
-    assert report["metrics"]["count"] == 10 and len(report["samples"]) == 10
-    assert set(report["metrics"]["accuracy_per_question_type"]) == {s["question_type"] for s in report["samples"]}
-
+    # shapes chats hold several questions: both turns modes, in-context first, 10 answers each
+    assert report["turns"] == ["in-context", "alone"] and len(report["samples"]) == 20
+    assert "accuracy (in-context)" in result.stdout and "accuracy (alone)" in result.stdout
     from mmllm.evaluation import vqa_scores
 
-    recomputed = vqa_scores([s["prediction"] for s in report["samples"]], [[s["answer"]] for s in report["samples"]],
-                            [s["question_type"] for s in report["samples"]])
-    assert report["metrics"] == recomputed.to_dict()
+    for mode in report["turns"]:
+        samples = [s for s in report["samples"] if s["turns"] == mode]
+        metrics = report["metrics_by_turns"][mode]
+        assert metrics["count"] == 10 and len(samples) == 10
+        assert set(metrics["accuracy_per_question_type"]) == {s["question_type"] for s in samples}
+        recomputed = vqa_scores([s["prediction"] for s in samples], [[s["answer"]] for s in samples],
+                                [s["question_type"] for s in samples])
+        assert metrics == recomputed.to_dict()
+    assert report["metrics"] == report["metrics_by_turns"]["in-context"]
