@@ -14,7 +14,6 @@ one at a time, or the minutes mean nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -25,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from mmllm.evaluation.plots import read_metrics  # noqa: E402  (the CSV log reader `mmllm plot` uses)
 
 # Named recipes: overrides of configs/shapes-tiny.yaml. `adamw` is the recipe of 2026-11-28, `muon` the same with
 # Muon; the others are the levers measured for issue 10.
@@ -92,13 +93,7 @@ def run_recipe(name: str, overrides: list[str], args: argparse.Namespace) -> dic
     if result.returncode != 0:
         row["log_tail"] = (run_dir / "fit.log").read_text()[-2000:]
         return row
-    return {**row, **summarise(read_metrics(run_dir), wall, args)}
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    paths = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
-    with open(paths[-1]) as handle:
-        return list(csv.DictReader(handle))
+    return {**row, **summarise(read_metrics(run_dir / "logs"), wall, args)}
 
 
 def summarise(rows: list[dict], wall: float, args: argparse.Namespace) -> dict:

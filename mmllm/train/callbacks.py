@@ -144,7 +144,7 @@ def plot_curves(trainer: L.Trainer) -> None:
         return
     try:
         print(f"learning curves: {plot_run(folders[0])}")
-    except ImportError:
-        pass  # plotting is an optional extra; the CSV log is there either way
-    except (FileNotFoundError, ValueError) as error:  # no CSV logger, or nothing logged yet
+    except ImportError:  # plotting is an optional extra; the CSV log is there either way
+        return
+    except (FileNotFoundError, ValueError) as error:  # nothing logged yet
         print(f"no learning curves drawn: {error}")
