@@ -58,7 +58,7 @@ def test_muon_run_resumed_from_a_checkpoint_gives_the_uninterrupted_losses(shape
 
 
 def test_schedule_by_time_ends_the_cosine_when_max_time_stops_the_run(shapes_data, tmp_path):
-    config = recipe_config(shapes_data, tmp_path, trainer={"max_steps": 100000, "max_time": "00:00:00:06",
+    config = recipe_config(shapes_data, tmp_path, trainer={"max_steps": 100000, "max_time": "00:00:00:08",
                                                            "limit_val_batches": 0})
     config["model"]["schedule_by_time"] = True
     assert main(["fit", "--config", str(write_config(config, tmp_path / "config.yaml"))]) == 0
@@ -66,5 +66,5 @@ def test_schedule_by_time_ends_the_cosine_when_max_time_stops_the_run(shapes_dat
     steps = rates[-1][0]
     assert steps < 100000 - 1000  # stopped by time, far from max_steps
     peak = RECIPE["lr"]
-    assert max(rate for _, rate in rates) > 0.5 * peak  # the schedule went up ...
+    assert max(rate for _, rate in rates) > 0.3 * peak  # the schedule went up ...
     assert rates[-1][1] < 0.15 * peak  # ... and came down by the time the budget was spent
