@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 from data_pipelines.bad_samples import BadSampleHandler
+from data_pipelines.chat import question_conversation
 from data_pipelines.formats import Sample
 from data_pipelines.pipeline import decode_samples, parse_samples, tar_samples
 from data_pipelines.shard_lists import expand_shards
@@ -47,8 +48,7 @@ class VQAQuestion:
         if turns not in TURNS:
             raise ValueError(f"unknown turns mode {turns!r}; choose one of {TURNS}")
         if turns == "alone" or not self.history:
-            marker = IMAGE_MARKER + "\n" if self.image is not None else ""
-            return [{"role": "user", "content": marker + self.question}]
+            return question_conversation(self.question, with_image=self.image is not None)
         return [*self.history, {"role": "user", "content": self.content or self.question}]
 
 
