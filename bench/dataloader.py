@@ -14,13 +14,10 @@ import time
 from pathlib import Path
 
 from data_pipelines.bad_samples import BadSampleHandler
-from data_pipelines.collate import collate
-from data_pipelines.formats import parse_sample
-from data_pipelines.mixture import make_loader
-from data_pipelines.pipeline import decode_sample, tar_samples
-from data_pipelines.processor import Processor
+from data_pipelines.loader import make_loader
+from data_pipelines.processor import Processor, collate
 from data_pipelines.shapes import generate_split
-from data_pipelines.shard_lists import load_shard_set
+from data_pipelines.shards import decode_sample, load_shard_set, parse_sample, tar_samples
 from data_pipelines.tokenizer import record_texts, train_tokenizer
 
 
@@ -28,7 +25,7 @@ def loader_throughput(source: dict, processor: Processor, batch_size: int, num_w
     """Samples per second over one epoch, worker start-up included."""
     loader = make_loader([source], processor, batch_size=batch_size, num_workers=num_workers, shuffle_buffer=256)
     start = time.perf_counter()
-    samples = sum(len(batch["sources"]) for batch in loader)
+    samples = sum(len(batch["kinds"]) for batch in loader)
     return samples / (time.perf_counter() - start)
 
 

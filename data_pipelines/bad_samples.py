@@ -25,13 +25,12 @@ logger = logging.getLogger(__name__)
 
 SKIPPED_KEY = "skipped"  # batch key carrying a worker's Counter of skipped samples since its previous batch
 
-# The reasons samples are skipped for. Exceptions with a `reason` attribute (formats.BadSample) carry their
+# The reasons samples are skipped for. Exceptions with a `reason` attribute (shards.BadSample) carry their
 # own; others are classified by exception class name (so this module imports no stage).
 CORRUPT_IMAGE = "corrupt image"
 IMAGE_TOO_LARGE = "image too large"
 TRUNCATED_TAR = "truncated tar member"
 NO_SUPERVISED_TOKEN = "no supervised token"
-TOO_LONG = "too long"
 INVALID_JSON = "invalid json"
 NON_UTF8_TEXT = "non-utf8 text"
 INVALID_CONVERSATION = "invalid conversation"
@@ -43,8 +42,6 @@ REASON_BY_EXCEPTION = {
     "ImageTooLarge": IMAGE_TOO_LARGE,  # images.load_image's pixel guard
     "DecompressionBombError": IMAGE_TOO_LARGE,  # Pillow's own pixel guard
     "NoSupervisedTokens": NO_SUPERVISED_TOKEN,  # chat template / processor
-    "SampleTooLong": TOO_LONG,
-    "TooLong": TOO_LONG,
     "ReadError": TRUNCATED_TAR,  # tarfile: unexpected end of data
     "TruncatedHeaderError": TRUNCATED_TAR,
     "EOFError": TRUNCATED_TAR,

@@ -3,7 +3,8 @@
 Each turn is `<|im_start|>` ROLE `\\n` content `<|im_end|>` `\\n`. Segments are tokenized separately and
 concatenated, so turn boundaries are exact and never merge into a neighbour's BPE tokens. Each `<image>` in
 content becomes `tokens_per_image` copies of `<|image|>`. Only assistant content and its `<|im_end|>` are
-supervised. This module also normalises LLaVA and OpenAI conversation rows to `{"role", "content"}`.
+supervised. This module also normalises LLaVA and OpenAI conversation rows to `{"role", "content"}` (the chat
+JSON of docs/formats.md).
 """
 
 from __future__ import annotations
@@ -120,7 +121,6 @@ class RenderedTurn:
     role: str
     ids: list[int]
     labels: list[int]
-    num_images: int
 
 
 class ChatTemplate:
@@ -159,7 +159,7 @@ class ChatTemplate:
             labels = [IGNORE_INDEX] * len(header) + content + [IGNORE_INDEX] * len(self.newline)
         else:
             labels = [IGNORE_INDEX] * len(ids)
-        return RenderedTurn(turn["role"], ids, labels, turn["content"].count(st.IMAGE_MARKER))
+        return RenderedTurn(turn["role"], ids, labels)
 
     def render_turns(self, conversation: Conversation, num_images: int) -> list[RenderedTurn]:
         """A training conversation turn by turn; NoSupervisedTokens when it has no assistant turn."""

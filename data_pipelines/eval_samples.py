@@ -19,9 +19,7 @@ from PIL import Image
 
 from data_pipelines.bad_samples import BadSampleHandler
 from data_pipelines.chat import question_conversation
-from data_pipelines.formats import Sample
-from data_pipelines.pipeline import decode_samples, parse_samples, tar_samples
-from data_pipelines.shard_lists import expand_shards
+from data_pipelines.shards import Sample, read_samples
 from data_pipelines.special_tokens import IMAGE_MARKER
 
 
@@ -57,13 +55,6 @@ class CaptionItem:
     key: str
     image: Image.Image
     references: list[str]
-
-
-def read_samples(path: str | list, kind: str, handler: BadSampleHandler | None = None) -> Iterator[Sample]:
-    """Every good sample of a source exactly once, in shard order, images decoded; bad ones go to the handler."""
-    handler = handler or BadSampleHandler()
-    shards = expand_shards(path)
-    return decode_samples(parse_samples(tar_samples(shards, handler), kind, handler), handler)
 
 
 def vqa_questions(path: str | list, limit: int | None = None,

@@ -2,7 +2,7 @@
 
 Rows are LLaVA `{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value"}]}` or
 OpenAI-style `{"messages": [{"role", "content"}], "image"?}`; both are written in LLaVA's layout
-(DESIGN.md "Data formats"): KEY.json `{"conversations": [...], "id": ...}` plus the image bytes. Multi-turn
+(docs/formats.md): KEY.json `{"conversations": [...], "id": ...}` plus the image bytes. Multi-turn
 conversations are kept whole; a row without an image becomes a text-only chat. Rows that cannot train
 (missing or unreadable image, no assistant turn, markers that do not match the images) are counted by
 reason and skipped.

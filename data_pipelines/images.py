@@ -16,6 +16,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+import torch.nn.functional as F
 
 DEFAULT_MAX_PIXELS = 64_000_000
 ImageSource = bytes | str | Path | Image.Image
@@ -100,11 +101,17 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 
 class ImageTransform:
-    """RGB PIL image -> normalised FloatTensor (3, S, S).
+    """RGB PIL image -> normalised FloatTensor (3, S, S), resized by torch (bicubic, antialiased, on uint8).
 
     resize: 'squash' stretches to S x S; 'center_crop' scales the short side to S and crops the middle;
     'pad' scales the long side to S and pads to a square with the mean colour (0 after normalisation).
     No flips or crops that could contradict a caption ("on the left") are ever applied.
+
+    Decoding stays with Pillow (`load_image`: the pixel guard before decoding, EXIF orientation, every mode to
+    RGB faithfully). Resizing is torch's antialiased bicubic on the uint8 image, the kernel torchvision's
+    resize runs: 3.8x faster than Pillow's resize plus a numpy conversion on a 640x480 photo, within one grey
+    level of it (tests/data/test_images.py). torchvision itself is not used: importing it adds 3 s to every
+    command's start (it imports its model zoo), for nothing the project needs beyond this kernel.
     """
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: ResizePolicy = "squash"):
@@ -117,29 +124,30 @@ class ImageTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def _normalise(self, image: Image.Image) -> torch.Tensor:
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
-        return (pixels - self.mean) / self.std
+    def _resized(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # (3, H, W) uint8 -> (3, height, width) uint8, rounded and clamped as Pillow's is
+        return F.interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True)[0]
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() / 255.0 - self.mean) / self.std  # uint8 (3, H, W) -> float (3, H, W)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
             image = _to_rgb(image)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) uint8, channels last
         size = self.image_size
-        width, height = image.size
-        bicubic = Image.Resampling.BICUBIC
+        height, width = pixels.shape[-2:]
         if self.resize == "squash":
-            return self._normalise(image.resize((size, size), bicubic))
+            return self._normalise(self._resized(pixels, size, size))
         if self.resize == "center_crop":
             scale = size / min(width, height)
             new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-            image = image.resize((new_w, new_h), bicubic)
             left, top = (new_w - size) // 2, (new_h - size) // 2
-            return self._normalise(image.crop((left, top, left + size, top + size)))
+            return self._normalise(self._resized(pixels, new_h, new_w)[:, top:top + size, left:left + size])
         # pad: fit inside the square, centred; the rest is exactly the mean colour, i.e. zeros once normalised
         scale = size / max(width, height)
         new_w, new_h = min(size, max(1, round(width * scale))), min(size, max(1, round(height * scale)))
-        content = self._normalise(image.resize((new_w, new_h), bicubic))
         canvas = torch.zeros(3, size, size)
         left, top = (size - new_w) // 2, (size - new_h) // 2
-        canvas[:, top:top + new_h, left:left + new_w] = content
+        canvas[:, top:top + new_h, left:left + new_w] = self._normalise(self._resized(pixels, new_h, new_w))
         return canvas

@@ -1,8 +1,9 @@
-"""The processor: a user's images and text -> model inputs, by the same code in training and in `mmllm ask`.
+"""The processor: a user's images and text -> model inputs, by the same code in training and in `mmllm ask`;
+then batching: encoded samples -> the batch dict VLM.forward takes (`collate`, `pack`).
 
 It holds the tokenizer, the chat template and the image transform. Training samples come out with labels
 (`encode_conversation`, `encode_caption`, `encode_text`, `encode_text_chunks`); inference prompts come out
-with the generation prompt appended (`encode_prompt`). Truncation to `max_length` never cuts an image's
+with the generation prompt appended (`encode_prompt`, `encode_question`, `encode_text_prompt`). Truncation to `max_length` never cuts an image's
 block of tokens: it drops whole trailing turns, or cuts the answer text, and drops the images it no longer
 shows. mmllm builds one from a model config: `Processor(tokenizer, image_size=..., tokens_per_image=...,
 image_mean=..., image_std=..., resize=..., max_length=...)`.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -27,7 +28,7 @@ from data_pipelines.chat import (
     question_conversation,
 )
 from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, ResizePolicy, load_image
-from data_pipelines.tokenizer import TokenIds, load_tokenizer, prepare_tokenizer
+from data_pipelines.tokenizer import TokenIds, load_tokenizer, prepared
 
 
 @dataclass
@@ -38,7 +39,7 @@ class EncodedSample:
     labels: list[int]  # aligned with input_ids; IGNORE_INDEX where not a target
     pixel_values: torch.Tensor | None  # (N, 3, S, S), one per image block of input_ids in order; None if N == 0
     prefix_length: int  # tokens before the first answer token (the prompt, for prefix attention)
-    kind: str  # "caption" | "chat" | "text": the sample's source, for per-source loss
+    kind: str  # "caption" | "chat" | "text": the kind of its source, for the loss per kind
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -63,8 +64,8 @@ class Processor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         self.token_ids = TokenIds.from_tokenizer(tokenizer)  # ValueError if a special token is missing
-        prepare_tokenizer(tokenizer)  # adds nothing now; disables BOS post-processing and special-token parsing
-        self.tokenizer = tokenizer
+        # No BOS post-processing, no special-token parsing; a copy when the caller's tokenizer is not set so
+        self.tokenizer = tokenizer = prepared(tokenizer)
         self.template = ChatTemplate(tokenizer, self.token_ids, tokens_per_image)
         self.transform = ImageTransform(image_size, image_mean, image_std, resize)
         self.tokens_per_image = tokens_per_image
@@ -104,7 +105,7 @@ class Processor:
         """
         turns = self.template.render_turns(conversation, len(images))  # validates before any image is decoded
         ids, labels = self._truncate(turns)
-        num_images = self._count_image_blocks(ids)
+        num_images = len(self._image_blocks(ids))
         return EncodedSample(
             input_ids=ids,
             labels=labels,
@@ -116,21 +117,8 @@ class Processor:
     def encode_caption(self, caption: str, image: ImageSource) -> EncodedSample:
         return self.encode_conversation(caption_conversation(caption), [image], kind="caption")
 
-    def encode_text(self, text: str, add_end_of_text: bool = True) -> EncodedSample:
-        """A text document + <|endoftext|>, every token supervised, truncated to max_length.
-
-        add_end_of_text=False gives a plain-text generation prompt (`mmllm generate`) instead: the same
-        tokens without the end, no targets, and ValueError if it is empty or leaves no room to generate.
-        """
-        if not add_end_of_text:
-            ids = self.template.encode_text(text)
-            if not ids:
-                raise ValueError("empty prompt")
-            if self.max_length is not None and len(ids) >= self.max_length:
-                raise ValueError(
-                    f"prompt is {len(ids)} tokens; the model takes {self.max_length}, leaving no room for an answer"
-                )
-            return EncodedSample(ids, [IGNORE_INDEX] * len(ids), None, 0, "text")
+    def encode_text(self, text: str) -> EncodedSample:
+        """A text document + <|endoftext|>, every token supervised, truncated to max_length."""
         ids = self.template.encode_text(text) + [self.token_ids.end_of_text]
         if self.max_length is not None:
             ids = ids[: self.max_length]
@@ -145,7 +133,7 @@ class Processor:
         return [self._text_sample(chunk) for chunk in chunks if len(chunk) > 1] or [self._text_sample(ids)]
 
     def encode_sample(self, sample: Any) -> EncodedSample:
-        """A formats.Sample (kind, conversation, text, images) -> EncodedSample; text is truncated."""
+        """A shards.Sample (kind, conversation, text, images) -> EncodedSample; text is truncated."""
         if sample.kind == "text":
             return self.encode_text(sample.text)
         return self.encode_conversation(sample.conversation, sample.images, kind=sample.kind)
@@ -159,10 +147,7 @@ class Processor:
         single question, the part before the first assistant turn for a conversation with history.
         """
         ids = self.template.render_prompt(conversation, len(images))
-        if self.max_length is not None and len(ids) >= self.max_length:
-            raise ValueError(
-                f"prompt is {len(ids)} tokens; the model takes {self.max_length}, leaving no room for an answer"
-            )
+        self._check_prompt_room(ids)
         prefix_length = len(ids)
         offset = 0
         for turn in conversation:
@@ -171,6 +156,15 @@ class Processor:
                 break
             offset += len(self.template.render_turn(turn).ids)
         return EncodedSample(ids, [IGNORE_INDEX] * len(ids), self.pixel_values(list(images)), prefix_length, "chat")
+
+    def encode_text_prompt(self, text: str) -> EncodedSample:
+        """A plain-text generation prompt (`mmllm generate`): the text's tokens, no targets, no end of text.
+        ValueError if it is empty or leaves no room to generate."""
+        ids = self.template.encode_text(text)
+        if not ids:
+            raise ValueError("empty prompt")
+        self._check_prompt_room(ids)
+        return EncodedSample(ids, [IGNORE_INDEX] * len(ids), None, 0, "text")
 
     def encode_question(self, question: str, image: ImageSource | None = None) -> EncodedSample:
         """The prompt of `mmllm ask` / VQA: one user turn with one image (if given) and the question."""
@@ -182,6 +176,12 @@ class Processor:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # --- internals --------------------------------------------------------------------------------------------
+
+    def _check_prompt_room(self, ids: list[int]) -> None:
+        if self.max_length is not None and len(ids) >= self.max_length:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens; the model takes {self.max_length}, leaving no room for an answer"
+            )
 
     def _text_sample(self, ids: list[int]) -> EncodedSample:
         if len(ids) < 2:
@@ -198,9 +198,6 @@ class Processor:
             else:
                 position += 1
         return blocks
-
-    def _count_image_blocks(self, ids: list[int]) -> int:
-        return len(self._image_blocks(ids))
 
     def _truncate(self, turns: list[RenderedTurn]) -> tuple[list[int], list[int]]:
         """Fit rendered turns in max_length without cutting an image block.
@@ -232,3 +229,134 @@ class Processor:
                 f"sample is {len(ids)} tokens and its prompt alone does not fit in max_length {limit}"
             )
         return ids[:cut], labels[:cut]
+
+
+# --- batching ---------------------------------------------------------------------------------------------------
+# Batch keys (the contract of docs/formats.md): input_ids, attention_mask, labels, position_ids, prefix_mask (B, T); pixel_values
+# (N, 3, S, S) in reading order, only when the batch has an image; image_counts (B,); kinds (B,) each row's
+# sample kind; and with packing segment_ids (B, T) plus segment_kinds. A sample's first token is never a target
+# (nothing before it predicts it), so its label is set to -100: otherwise the padding or the previous packed
+# sample would be trained to predict it.
+
+def _targets(sample: EncodedSample) -> list[int]:
+    return [IGNORE_INDEX] + list(sample.labels[1:]) if sample.labels else []
+
+
+def _pixel_values(samples: Sequence[EncodedSample]) -> dict[str, torch.Tensor]:
+    images = [s.pixel_values for s in samples if s.pixel_values is not None and s.pixel_values.shape[0]]
+    return {"pixel_values": torch.cat(images)} if images else {}
+
+
+def collate(
+    samples: Sequence[EncodedSample], pad_id: int, padding_side: Literal["right", "left"] = "right"
+) -> dict:
+    """One sample per row, padded to the longest: right padding for training, left for generation."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    batch_size, length = len(samples), max(len(s) for s in samples)
+    input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
+    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
+    prefix_mask = torch.zeros((batch_size, length), dtype=torch.bool)
+    for row, sample in enumerate(samples):
+        n = len(sample)
+        start = 0 if padding_side == "right" else length - n
+        input_ids[row, start:start + n] = torch.tensor(sample.input_ids, dtype=torch.long)
+        labels[row, start:start + n] = torch.tensor(_targets(sample), dtype=torch.long)
+        attention_mask[row, start:start + n] = 1
+        prefix_mask[row, start:start + sample.prefix_length] = True
+    # The model's default positions: 0.. on real tokens whichever side the padding is on.
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "position_ids": position_ids,
+        "prefix_mask": prefix_mask,
+        **_pixel_values(samples),
+        "image_counts": torch.tensor([s.num_images for s in samples], dtype=torch.long),
+        "kinds": [s.kind for s in samples],
+    }
+
+
+class FirstFit:
+    """Greedy first-fit packing: each sample goes into the first row with room for it, else a new row (up to
+    max_rows). The one rule by which `pack` lays out rows and the loader's `pack_batches` fills a batch."""
+
+    def __init__(self, max_length: int, max_rows: int | None = None) -> None:
+        self.max_length = max_length
+        self.max_rows = max_rows
+        self.room: list[int] = []  # free tokens left in each row
+
+    def place(self, tokens: int) -> int | None:
+        """The row that takes a sample of `tokens` tokens, or None when every row is full and no new one may open."""
+        row = next((r for r, free in enumerate(self.room) if free >= tokens), None)
+        if row is None:
+            if self.max_rows is not None and len(self.room) == self.max_rows:
+                return None
+            self.room.append(self.max_length)
+            row = len(self.room) - 1
+        self.room[row] -= tokens
+        return row
+
+
+def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Greedy first-fit: sample indices per row, in input order, each row's total length <= max_length."""
+    rows: list[list[int]] = []
+    first_fit = FirstFit(max_length)
+    for index, n in enumerate(lengths):
+        if n > max_length:
+            raise ValueError(f"sample {index} has {n} tokens, more than the packing length {max_length}")
+        row = first_fit.place(n)
+        if row == len(rows):
+            rows.append([])
+        rows[row].append(index)
+    return rows
+
+
+def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> dict:
+    """Several samples per row (greedy first-fit), right padded to the longest row.
+
+    segment_ids number a row's samples 1..k (0 on padding); position_ids restart at 0 in each segment;
+    prefix_mask marks each segment's own prompt; pixel_values follow the packed reading order (row by row,
+    segment by segment). kinds gives a row's kind, or "mixed"; segment_kinds[b][k - 1] is segment k's kind.
+    """
+    if not samples:
+        raise ValueError("cannot pack an empty list of samples")
+    rows = pack_rows([len(s) for s in samples], max_length)
+    batch_size = len(rows)
+    length = max(sum(len(samples[i]) for i in row) for row in rows)
+    input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
+    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
+    position_ids = torch.zeros((batch_size, length), dtype=torch.long)
+    segment_ids = torch.zeros((batch_size, length), dtype=torch.long)
+    prefix_mask = torch.zeros((batch_size, length), dtype=torch.bool)
+    for row, indices in enumerate(rows):
+        start = 0
+        for segment, index in enumerate(indices, start=1):
+            sample = samples[index]
+            n = len(sample)
+            input_ids[row, start:start + n] = torch.tensor(sample.input_ids, dtype=torch.long)
+            labels[row, start:start + n] = torch.tensor(_targets(sample), dtype=torch.long)
+            attention_mask[row, start:start + n] = 1
+            position_ids[row, start:start + n] = torch.arange(n)
+            segment_ids[row, start:start + n] = segment
+            prefix_mask[row, start:start + sample.prefix_length] = True
+            start += n
+    packed_order = [samples[i] for row in rows for i in row]
+    segment_kinds = [[samples[i].kind for i in row] for row in rows]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "prefix_mask": prefix_mask,
+        **_pixel_values(packed_order),
+        "image_counts": torch.tensor([sum(samples[i].num_images for i in row) for row in rows], dtype=torch.long),
+        "kinds": [kinds[0] if len(set(kinds)) == 1 else "mixed" for kinds in segment_kinds],
+        "segment_kinds": segment_kinds,
+    }

@@ -35,6 +35,18 @@ def prepare_tokenizer(tokenizer: Tokenizer) -> list[str]:
     return added
 
 
+def prepared(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer itself when it is already in the project's state, else a prepared copy (the caller's
+    tokenizer is left as it was)."""
+    ready = (tokenizer.post_processor is None and tokenizer.encode_special_tokens and tokenizer.padding is None
+             and tokenizer.truncation is None and all(tokenizer.token_to_id(t) is not None for t in st.SPECIAL_TOKENS))
+    if ready:
+        return tokenizer
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    prepare_tokenizer(copy)
+    return copy
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     """A byte-level BPE trained on texts; ids 0..7 are SPECIAL_TOKENS in their listed order."""
     smallest = BYTE_ALPHABET_SIZE + len(st.SPECIAL_TOKENS)

@@ -1,6 +1,6 @@
 """Write samples into a folder of webdataset tar shards (`00000.tar`, `00001.tar`, ...) plus `sizes.json`.
 
-Every converter goes through `ShardWriter`, so the shard layout of DESIGN.md ("Data formats") is decided
+Every converter goes through `ShardWriter`, so the shard layout of docs/formats.md is decided
 here once: caption samples are KEY.{jpg,png,webp} + KEY.txt (+ KEY.json), chat samples KEY.json
 `{"conversations": [...]}` (+ image), text samples KEY.txt. Images keep their original bytes when they are
 JPEG, PNG or WEBP already (no recompression); anything else Pillow reads is re-encoded as PNG.

@@ -2,7 +2,10 @@
 
 A config round-trips through `config.json` in every model folder (`VLMConfig.to_dict` / `from_dict`).
 Vocabulary size and special-token ids come from the tokenizer (`VLMConfig.with_tokenizer_ids`), so a
-training config never states them twice.
+training config never states them twice. These dataclasses are the one source of truth: presets are
+reshaped through `VLMConfig.from_preset` (every command and the trainer), the trainer's typed `model.lm` /
+`model.vision` options are derived from their fields (`shape_options`), and a bad value fails in
+`__post_init__` with the field's name.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, get_type_hints
 
 
 @dataclass
@@ -32,6 +35,8 @@ class LMConfig:
     head_dim: int | None = None  # derived: dim // n_heads unless set
 
     def __post_init__(self) -> None:
+        _check_positive(self, "lm", ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
+                                     "max_seq_len", "head_dim"))
         if self.head_dim is None:
             if self.dim % self.n_heads:
                 raise ValueError(f"LM dim {self.dim} is not divisible by n_heads {self.n_heads}")
@@ -59,6 +64,7 @@ class VisionConfig:
         return self.image_size // self.patch_size
 
     def __post_init__(self) -> None:
+        _check_positive(self, "vision", ("image_size", "patch_size", "dim", "n_layers", "n_heads", "mlp_dim"))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.n_heads:
@@ -85,9 +91,14 @@ class VLMConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.lm, dict):
-            self.lm = LMConfig(**self.lm)
+            self.lm = _build(LMConfig, self.lm, "lm")
         if isinstance(self.vision, dict):
-            self.vision = VisionConfig(**self.vision)
+            self.vision = _build(VisionConfig, self.vision, "vision")
+        _check_positive(self, "model", ("pixel_shuffle",))
+        if self.attention not in ("causal", "prefix"):
+            raise ValueError(f"attention must be causal or prefix, got {self.attention!r}")
+        if self.resize not in ("squash", "center_crop", "pad"):
+            raise ValueError(f"resize must be squash, center_crop or pad, got {self.resize!r}")
         if self.vision.grid_size % self.pixel_shuffle:
             raise ValueError(
                 f"patch grid {self.vision.grid_size} is not divisible by pixel_shuffle {self.pixel_shuffle}"
@@ -114,23 +125,49 @@ class VLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VLMConfig":
+        """A config from `to_dict`'s layout; ValueError naming any unknown or bad field."""
         data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown keys in model config: {sorted(unknown)}")
-        lm = LMConfig(**data.pop("lm", {}))
-        vision = VisionConfig(**data.pop("vision", {}))
-        return cls(lm=lm, vision=vision, **data)
+        lm, vision = data.pop("lm", {}), data.pop("vision", {})
+        return _build(cls, {**data, "lm": dict(lm), "vision": dict(vision)}, "model")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "VLMConfig":
+    def from_preset(cls, name: str, lm: dict[str, Any] | None = None, vision: dict[str, Any] | None = None,
+                    **fields: Any) -> "VLMConfig":
+        """A preset with some fields replaced: `lm` / `vision` fields of those parts, and top-level `fields`.
+        Derived fields are derived again (a new dim or n_heads gives head_dim = dim // n_heads unless given). Validated like any config."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        config = copy.deepcopy(PRESETS[name])
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        return config
+        data = PRESETS[name].to_dict()
+        if lm:
+            derive = {"head_dim": None} if {"dim", "n_heads"} & set(lm) else {}
+            data["lm"] = {**data["lm"], **derive, **lm}
+        if vision:
+            data["vision"] = {**data["vision"], **vision}
+        return cls.from_dict({**data, **fields})
+
+
+def _build(cls: type, data: dict[str, Any], where: str):
+    """cls(**data), with an unknown field named as a ValueError rather than a TypeError."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where} config has no field {', '.join(unknown)}; fields: {', '.join(names)}")
+    return cls(**data)
+
+
+def _check_positive(config: Any, where: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{where}.{name} must be a positive integer, got {value!r}")
+
+
+def shape_options(config_class: type, name: str, exclude: tuple[str, ...] = ()) -> type:
+    """A TypedDict of the dataclass's fields (all optional): the typed `model.lm` / `model.vision` options of the
+    trainer, so LightningCLI rejects a misspelt field or a wrong type before any model is built."""
+    hints = get_type_hints(config_class)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(config_class) if f.name not in exclude}
+    return TypedDict(name, fields, total=False)
 
 
 PRESETS: dict[str, VLMConfig] = {

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from data_pipelines.chat import question_conversation
-from data_pipelines.collate import collate
+from data_pipelines.processor import collate
 from data_pipelines.special_tokens import IMAGE_MARKER
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from mmllm.config import LMConfig
-from mmllm.model.attention_mask import build_attention_mask
+from mmllm.model.vlm import build_attention_mask
 from mmllm.model.vlm import VLM
 
 
@@ -57,10 +57,6 @@ class KVCache:
         """Shrink the batch to `rows` (indices into the current batch), e.g. after other rows finished."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
-
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].size(0)
 
 
 def sample_next_token(

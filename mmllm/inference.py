@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from data_pipelines.chat import NoSupervisedTokens, normalise_conversation, question_conversation
-from data_pipelines.collate import collate
+from data_pipelines.processor import collate
 from data_pipelines.images import ImageError, load_image
 from data_pipelines.special_tokens import CAPTION_INSTRUCTION
 from mmllm.config import VLMConfig
@@ -220,7 +220,7 @@ class VisionLanguageModel:
     # ------------------------------------------------------------------------------- plumbing
     def _encode_text_prompt(self, prompt: str):
         try:
-            return self.processor.encode_text(prompt, add_end_of_text=False)
+            return self.processor.encode_text_prompt(prompt)
         except ValueError as error:  # empty, or too long to leave room for an answer
             raise UsageError(str(error)) from None
 

@@ -1,4 +1,5 @@
-"""Save and load the project's model folder: `config.json`, `model.safetensors` and `tokenizer.json`.
+"""Save and load the project's model folder: `config.json`, `model.safetensors` and `tokenizer.json` (the
+layout is the contract of docs/formats.md).
 
 A model folder is what `mmllm build` and `mmllm export` write and what inference, evaluation and
 `init_from` read. Loading parses JSON and safetensors only, never a pickle, so a folder from anywhere is safe
@@ -28,11 +29,6 @@ FORMAT_VERSION = 1  # bump when the layout of a model folder changes; loading re
 MODEL_FOLDER_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 
 
-def is_model_folder(path: str | Path) -> bool:
-    """True when `path` is a folder holding a model config (as opposed to, say, a Lightning checkpoint file)."""
-    return Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
-
-
 # ----------------------------------------------------------------------------------------------------------
 # State dicts with tied weights
 
@@ -48,8 +44,6 @@ def tied_aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
     first_name: dict[tuple, str] = {}
     aliases = {}
     for name, tensor in state_dict.items():
-        if tensor.numel() == 0:
-            continue
         key = _storage_key(tensor)
         if key in first_name:
             aliases[name] = first_name[key]

@@ -52,20 +52,26 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     ids = TokenIds.from_tokenizer(tokenizer)
 
-    config = VLMConfig.from_preset(args.preset)
+    # The pretrained parts replace the preset's shapes; the preset is built and checked as in training.
+    parts: dict = {}
     lm_weights: dict[str, torch.Tensor] = {}
     vision_weights: dict[str, torch.Tensor] = {}
     if args.lm is not None:
-        config.lm, lm_weights = hf_import.load_hf_lm(args.lm)
-        print(f"LM from {args.lm}: {config.lm.n_layers} layers, dim {config.lm.dim}, vocab {config.lm.vocab_size}")
+        lm, lm_weights = hf_import.load_hf_lm(args.lm)
+        parts["lm"] = dataclasses.asdict(lm)
+        print(f"LM from {args.lm}: {lm.n_layers} layers, dim {lm.dim}, vocab {lm.vocab_size}")
     if args.vision is not None:
-        config.vision, vision_weights = hf_import.load_hf_vision(args.vision)
+        vision, vision_weights = hf_import.load_hf_vision(args.vision)
+        parts["vision"] = dataclasses.asdict(vision)
         normalization = hf_import.hf_image_normalization(args.vision)
         if normalization is not None:
-            config.image_mean, config.image_std = normalization
-        print(f"vision from {args.vision}: {config.vision.image_size}px, patch {config.vision.patch_size}, "
-              f"{config.vision.n_layers} layers, dim {config.vision.dim}")
-    config = validated(config)
+            parts["image_mean"], parts["image_std"] = normalization
+        print(f"vision from {args.vision}: {vision.image_size}px, patch {vision.patch_size}, "
+              f"{vision.n_layers} layers, dim {vision.dim}")
+    try:
+        config = VLMConfig.from_preset(args.preset, **parts)
+    except ValueError as error:
+        raise UsageError(f"the pretrained parts do not fit the preset: {error}") from error
 
     # The embedding needs a row for every tokenizer id; a pretrained LM may have more rows than that (padding).
     rows = max(vocab_size(tokenizer), config.lm.vocab_size if lm_weights else 0)
@@ -87,14 +93,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
     print(f"wrote {args.out} (train from it with --model.init_from {args.out})")
     return 0
-
-
-def validated(config: VLMConfig) -> VLMConfig:
-    """Re-check a config whose parts were replaced (e.g. a vision grid the pixel shuffle must divide)."""
-    try:
-        return VLMConfig.from_dict(dataclasses.asdict(config))
-    except ValueError as error:
-        raise UsageError(f"the pretrained parts do not fit the preset: {error}") from error
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

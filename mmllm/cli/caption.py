@@ -63,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{path}\t")
             print_stream(map(_on_one_line, vlm.stream_caption(path, **options)))
         return 0
+    # The batches are made here, so each one's lines are printed as soon as it is done; the API gets one batch.
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start:start + args.batch_size]
-        for path, caption in zip(batch, vlm.caption(batch, batch_size=args.batch_size, **options)):
+        for path, caption in zip(batch, vlm.caption(batch, batch_size=len(batch), **options)):
             print(json.dumps({"image": path, "caption": caption}) if args.json else f"{path}\t{_on_one_line(caption)}",
                   flush=True)
     return 0

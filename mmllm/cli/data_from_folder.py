@@ -9,18 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipelines.from_folder import convert_folder
-from data_pipelines.writers import DEFAULT_MAXCOUNT
+from mmllm.cli.data_options import add_output_arguments, converting, require_samples
 from mmllm.errors import UsageError
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("folder", help="folder the captions file's image paths are relative to")
     parser.add_argument("--captions", required=True,
                         help='.jsonl ({"file"|"image", "caption"|"text"}) or .csv with those columns')
-    parser.add_argument("--out", required=True, help="output folder of caption shards")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_MAXCOUNT,
-                        help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+    add_output_arguments(parser, "caption")
 
 
 def run(args) -> int:
@@ -28,13 +24,8 @@ def run(args) -> int:
         raise UsageError(f"no such image folder: {args.folder}")
     if not Path(args.captions).is_file():
         raise UsageError(f"no such captions file: {args.captions}")
-    try:
+    with converting():
         stats = convert_folder(args.folder, args.captions, args.out, maxcount=args.shard_size,
                                overwrite=args.overwrite)
-    except FileExistsError as error:
-        raise UsageError(f"{error} (pass --overwrite)") from None
-    except (UnicodeDecodeError, ValueError) as error:
-        raise UsageError(str(error)) from None
-    if stats.written == 0 and stats.skipped:
-        raise UsageError(f"no sample written from {args.captions}: every row was skipped")
+    require_samples(stats, args.captions)
     return 0

@@ -9,17 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipelines.from_llava import convert_llava
-from data_pipelines.writers import DEFAULT_MAXCOUNT
+from mmllm.cli.data_options import add_output_arguments, converting, require_samples
 from mmllm.errors import UsageError
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="LLaVA-style .json or .jsonl file")
     parser.add_argument("--images", help="folder the rows' image paths are relative to")
-    parser.add_argument("--out", required=True, help="output folder of chat shards")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_MAXCOUNT,
-                        help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+    add_output_arguments(parser, "chat")
 
 
 def run(args) -> int:
@@ -27,12 +23,7 @@ def run(args) -> int:
         raise UsageError(f"no such file: {args.file}")
     if args.images is not None and not Path(args.images).is_dir():
         raise UsageError(f"no such image folder: {args.images}")
-    try:
+    with converting(args.file):
         stats = convert_llava(args.file, args.images, args.out, maxcount=args.shard_size, overwrite=args.overwrite)
-    except FileExistsError as error:
-        raise UsageError(f"{error} (pass --overwrite)") from None
-    except (UnicodeDecodeError, ValueError) as error:
-        raise UsageError(f"{args.file}: {error}") from None
-    if stats.written == 0 and stats.skipped:
-        raise UsageError(f"no sample written from {args.file}: every row was skipped (is --images right?)")
+    require_samples(stats, args.file, " (is --images right?)")
     return 0

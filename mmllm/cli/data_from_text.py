@@ -7,27 +7,18 @@ document per file with --per-file). Invalid UTF-8 bytes are replaced and the fil
 from __future__ import annotations
 
 from data_pipelines.from_text import DEFAULT_DOC_CHARS, convert_text
-from data_pipelines.writers import DEFAULT_MAXCOUNT
-from mmllm.errors import UsageError
-
+from mmllm.cli.data_options import add_output_arguments, converting
 
 def add_arguments(parser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="text files or folders of them")
-    parser.add_argument("--out", required=True, help="output folder of text shards")
     parser.add_argument("--doc-chars", type=int, default=DEFAULT_DOC_CHARS,
                         help=f"target document length in characters (default {DEFAULT_DOC_CHARS})")
     parser.add_argument("--per-file", action="store_true", help="one document per file")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_MAXCOUNT,
-                        help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+    add_output_arguments(parser, "text")
 
 
 def run(args) -> int:
-    try:
+    with converting():
         convert_text(args.files, args.out, doc_chars=args.doc_chars, per_file=args.per_file,
                      maxcount=args.shard_size, overwrite=args.overwrite)
-    except FileExistsError as error:
-        raise UsageError(f"{error} (pass --overwrite)") from None
-    except (FileNotFoundError, ValueError) as error:
-        raise UsageError(str(error)) from None
     return 0

@@ -10,37 +10,29 @@ import os
 import time
 
 from data_pipelines.shapes import generate_shapes
-from data_pipelines.writers import DEFAULT_MAXCOUNT
-from mmllm.errors import UsageError
+from mmllm.cli.data_options import add_output_arguments, converting
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--train", type=int, default=8000, help="training scenes (default 8000)")
     parser.add_argument("--val", type=int, default=500, help="validation scenes (default 500)")
     parser.add_argument("--test", type=int, default=500, help="test_compositional scenes (default 500)")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_MAXCOUNT,
-                        help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes drawing scenes (default: up to 2); the output does not depend on it")
     parser.add_argument("--questions-per-chat", type=int, default=0,
                         help="questions per chat sample; a scene's questions are split over several samples "
                              "(default 0: all of a scene's questions in one conversation)")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+    add_output_arguments(parser, "caption and chat")
 
 
 def run(args) -> int:
     start = time.perf_counter()
-    try:
+    with converting():
         generate_shapes(args.out, train=args.train, val=args.val, test=args.test, image_size=args.image_size,
                         seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
                         workers=args.workers, questions_per_chat=args.questions_per_chat)
-    except FileExistsError as error:
-        raise UsageError(f"{error} (pass --overwrite)") from None
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     scenes = args.train + args.val + args.test
     print(f"generated {scenes} scenes in {time.perf_counter() - start:.1f} s")
     return 0

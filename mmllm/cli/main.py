@@ -3,6 +3,12 @@
 Each command module defines `add_arguments(parser)` and `run(args) -> int | None`; modules are imported
 only when their command runs, so `mmllm caption` never pays for Lightning's import. `fit`, `validate` and
 `test` hand their arguments to LightningCLI unchanged.
+
+Why two ways to declare arguments: training is configured by YAML files whose every section (model, data,
+trainer, callbacks) LightningCLI derives from the classes' typed signatures, with config files, overrides
+and `--print_config` for free; the other commands take a few flags, start in a fraction of a second (no
+Lightning, jsonargparse or torch import before they are needed) and keep argparse's help layout. Within each
+system there is one way: argparse commands share their option groups (model_options, data_options).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The vision-language model: ViT -> projector -> image embeddings spliced into the LM's token embeddings.
+"""The vision-language model: ViT -> pixel-shuffle projector -> image embeddings spliced into the LM's token
+embeddings, with the attention masks of padding, packing and prefix-LM. A forward pass reads in three files:
+this one, vision.py and lm.py.
 
 Each image is `tokens_per_image` consecutive `image_token_id`s in `input_ids`; the projector output of image
 i (reading order across the batch) replaces the i-th such block of embeddings.
@@ -6,6 +8,7 @@ i (reading order across the batch) replaces the i-th such block of embeddings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,10 +16,110 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmllm.config import VLMConfig
-from mmllm.model.attention_mask import build_attention_mask, default_position_ids
 from mmllm.model.lm import LanguageModel
-from mmllm.model.projector import Projector
 from mmllm.model.vision import VisionEncoder
+
+
+# ---- projector: pixel shuffle (r x r neighbouring patches -> one token), then an MLP into the LM width ----
+
+def pixel_shuffle(patches: torch.Tensor, factor: int) -> torch.Tensor:
+    """(N, g*g, d) patches of a square grid -> (N, (g/r)^2, d*r*r) tokens.
+
+    Token (i, j) of the (g/r) x (g/r) output grid (reading order) is the concatenation of the r x r patches
+    at rows i*r .. i*r+r-1 and columns j*r .. j*r+r-1, row by row.
+    """
+    N, L, d = patches.shape
+    g = math.isqrt(L)
+    if g * g != L:
+        raise ValueError(f"pixel shuffle needs a square patch grid, got {L} patches")
+    if g % factor:
+        raise ValueError(f"patch grid {g} is not divisible by pixel shuffle factor {factor}")
+    s = g // factor
+    x = patches.reshape(N, s, factor, s, factor, d)  # (N, row block, row in block, col block, col in block, d)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (N, s, s, r, r, d): neighbourhoods together
+    return x.reshape(N, s * s, factor * factor * d)
+
+
+class Projector(nn.Module):
+    """(N, g*g, vision.dim) -> (N, tokens_per_image, lm.dim): pixel shuffle, fc1, GELU, fc2."""
+
+    def __init__(self, config: VLMConfig) -> None:
+        super().__init__()
+        self.factor = config.pixel_shuffle
+        self.fc1 = nn.Linear(config.vision.dim * self.factor**2, config.lm.dim)
+        self.fc2 = nn.Linear(config.lm.dim, config.lm.dim)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(pixel_shuffle(patches, self.factor))))
+
+    def init_weights(self, std: float = 0.02) -> None:
+        for linear in (self.fc1, self.fc2):
+            nn.init.normal_(linear.weight, std=std)
+            nn.init.zeros_(linear.bias)
+
+
+# ---- who attends to whom ----------------------------------------------------------------------------------
+# Rule (True = the query may attend the key): the key is a real token (attention_mask, segment id > 0), query and
+# key are in the same packed segment, and key <= query or both are prefix positions (the PaliGemma-style
+# bidirectional prompt). Every query also sees itself, so a padding row is never fully masked (SDPA would
+# return NaN there).
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row is ones then zeros: causal attention alone then never lets a real token see a pad."""
+    mask = attention_mask.bool()
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def build_attention_mask(
+    seq_len: int,
+    attention_mask: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """(B, 1, T, T) bool mask, or None when plain causal attention is exact (SDPA's is_causal fast path).
+
+    None is returned without padding, packing or prefix, and also for right padding: there causal attention
+    already hides the trailing pads from every real token (only the unused outputs at pads differ).
+    """
+    if segment_ids is None and prefix_mask is None:
+        if attention_mask is None or is_right_padded(attention_mask):
+            return None
+    device = next(t.device for t in (attention_mask, segment_ids, prefix_mask) if t is not None)
+    positions = torch.arange(seq_len, device=device)
+    allowed = (positions[None, :] <= positions[:, None])[None]  # (1, T, T): key <= query
+    if prefix_mask is not None:
+        prefix = prefix_mask.bool()
+        allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])  # prompt sees the whole prompt
+    key_is_real = None
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])  # never across samples
+        key_is_real = segment_ids > 0
+    if attention_mask is not None:
+        real = attention_mask.bool()
+        key_is_real = real if key_is_real is None else key_is_real & real
+    if key_is_real is not None:
+        allowed = allowed & key_is_real[:, None, :]
+    allowed = allowed | torch.eye(seq_len, dtype=torch.bool, device=device)
+    return allowed[:, None]  # (B, 1, T, T)
+
+
+def default_position_ids(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, T) rotary positions: restarting at 0 in each packed segment, else counting real tokens only
+    (cumsum(attention_mask) - 1, clamped at 0, which is what left-padded generation needs)."""
+    B, T = input_ids.shape
+    index = torch.arange(T, device=input_ids.device).expand(B, T)
+    if segment_ids is not None:
+        starts = torch.ones_like(segment_ids, dtype=torch.bool)
+        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        segment_start = torch.where(starts, index, 0).cummax(dim=1).values  # index where each segment began
+        return index - segment_start
+    if attention_mask is not None:
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return index
 
 
 @dataclass
@@ -114,7 +217,6 @@ class VLM(nn.Module):
         segment_ids: torch.Tensor | None = None,
         prefix_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        sources: list[str] | None = None,  # part of the batch; the trainer groups token_losses by it
         image_embeds: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Full-sequence forward (training, evaluation; generation's reference). Shapes:

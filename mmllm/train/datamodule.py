@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from data_pipelines.bad_samples import BadSampleCounter
 from data_pipelines.eval_samples import VQAQuestion, vqa_questions
-from data_pipelines.mixture import Source, make_loader
+from data_pipelines.loader import Source, make_loader
 from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
 from mmllm.processing import processor_for
 
@@ -101,18 +101,12 @@ class VLMDataModule(L.LightningDataModule):
         self.processor = processor_for(config, self.tokenizer, self.max_length)
 
     def _loader(self, sources: list[Source], train: bool):
-        return make_loader(
-            sources, self.processor, self.batch_size,
-            num_workers=self.num_workers if train else 0,
-            seed=self.seed,
-            resampled=self.resampled and train,
-            shuffle=train,
-            shuffle_buffer=self.shuffle_buffer,
-            packing=self.packing and train,
-            max_length=self.max_length or self.processor.max_length,
-            rank=self.trainer.global_rank,
-            world_size=self.trainer.world_size,
-        )
+        return make_loader(sources, self.processor, self.batch_size,
+                           num_workers=self.num_workers if train else 0,
+                           rank=self.trainer.global_rank, world_size=self.trainer.world_size,
+                           seed=self.seed, resampled=self.resampled and train, shuffle=train,
+                           shuffle_buffer=self.shuffle_buffer, packing=self.packing and train,
+                           max_length=self.max_length or self.processor.max_length)
 
     def train_dataloader(self):
         loader = self._loader(self.sources, train=True)

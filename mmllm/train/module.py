@@ -7,14 +7,15 @@ compute the loss of a batch, which parameters train at which rate, and what to l
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Optional, TypedDict
+from collections import Counter
+from typing import Any, Callable, Literal, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from data_pipelines.formats import KINDS
-from mmllm.config import VLMConfig
+from data_pipelines.shards import KINDS
+from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.model import VLM
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
@@ -22,29 +23,10 @@ PARTS = ("vision", "projector", "lm")
 Part = Literal["vision", "projector", "lm"]
 
 
-# The fields of mmllm.config.LMConfig / VisionConfig a training config may change in a preset; typed here so
-# LightningCLI rejects a misspelt field or a wrong type before any model is built.
-class LMShape(TypedDict, total=False):
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    mlp_dim: int
-    max_seq_len: int
-    rope_theta: float
-    tie_embeddings: bool
-    attention_bias: bool
-    qk_norm: bool
-    head_dim: int
-
-
-class VisionShape(TypedDict, total=False):
-    image_size: int
-    patch_size: int
-    dim: int
-    n_layers: int
-    n_heads: int
-    mlp_dim: int
+# The fields of LMConfig / VisionConfig a training config may replace in a preset (the vocabulary size comes from
+# the tokenizer), typed from the dataclasses themselves.
+LMShape = shape_options(LMConfig, "LMShape", exclude=("vocab_size",))
+VisionShape = shape_options(VisionConfig, "VisionShape")
 
 
 class VLMModule(L.LightningModule):
@@ -116,75 +98,65 @@ class VLMModule(L.LightningModule):
         if init_from and (lm or vision or pixel_shuffle):
             raise ValueError("model.lm, model.vision and model.pixel_shuffle reshape a preset; a model from "
                              "init_from keeps its shape")
-        shape = {"lm": dict(lm or {}), "vision": dict(vision or {}),
-                 "pixel_shuffle": pixel_shuffle}
+        shape = {"lm": dict(lm or {}), "vision": dict(vision or {})}
+        if pixel_shuffle:
+            shape["pixel_shuffle"] = pixel_shuffle
         self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
         for part in self.freeze:
             getattr(self.model, part).requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------- steps
-    def forward(self, batch: dict[str, Any]):
-        return self.model(**model_inputs(batch))
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        output = self.model(**model_inputs(batch))
+        output = self.model(**forward_inputs(batch))
         loss = output.loss
         # Decided on every rank together: a rank that stopped alone would leave the others waiting forever.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
-            sources = token_kinds(batch)[0]
             raise FloatingPointError(
                 f"training loss is not finite at step {self.global_step} (batch {batch_idx} of the epoch, "
-                f"sources {sources}; loss {loss.item()} on rank {self.global_rank}); "
+                f"kinds {sorted(samples_by_kind(batch))}; loss {loss.item()} on rank {self.global_rank}); "
                 f"lower the learning rate or check the data"
             )
-        batch_size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self._log_per_source(output.token_losses, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        sums, samples = loss_sums_by_kind(output.token_losses, batch), samples_by_kind(batch)
+        for index, kind in enumerate(KINDS):
+            if sums[index, 1] > 0:  # this rank's batch only: no collective, so a kind may be absent on a rank
+                self.log(f"train/loss_{kind}", sums[index, 0] / sums[index, 1], on_step=True, on_epoch=False,
+                         batch_size=samples[kind])
         self._log_skipped(batch)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        output = self.model(**model_inputs(batch))
-        batch_size = batch["input_ids"].shape[0]
-        self.log("val/loss", output.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self._add_per_source(output.token_losses, batch)
+        self._evaluation_step("val", batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        output = self.model(**model_inputs(batch))
-        self.log("test/loss", output.loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
-        self._add_per_source(output.token_losses, batch)
+        self._evaluation_step("test", batch)
 
-    # Validation and test losses per source: token sums over the whole pass, added up over ranks at its end.
+    # Validation and test losses per kind: token sums over the whole pass, added up over ranks at its end.
     # (Logging them per batch with sync_dist would hang DDP when one rank never sees some kind.)
     def on_validation_epoch_start(self) -> None:
         self._eval_totals = torch.zeros(len(KINDS), 2, device=self.device)  # (kind, [loss sum, tokens])
 
     on_test_epoch_start = on_validation_epoch_start
 
-    def _add_per_source(self, token_losses: Optional[torch.Tensor], batch: dict[str, Any]) -> None:
-        """Adds each kind's (summed loss, supervised tokens) of the batch to the pass's totals."""
-        if token_losses is None or not batch.get("sources"):
-            return
-        kinds, kind_of_token = token_kinds(batch)
-        supervised = batch["labels"][:, 1:] != -100
-        for index, kind in enumerate(kinds):
-            tokens = supervised & (kind_of_token[:, 1:] == index)
-            self._eval_totals[KINDS.index(kind), 0] += (token_losses.detach().float() * tokens).sum()
-            self._eval_totals[KINDS.index(kind), 1] += tokens.sum()
+    def _evaluation_step(self, stage: str, batch: dict[str, Any]) -> None:
+        output = self.model(**forward_inputs(batch))
+        self.log(f"{stage}/loss", output.loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0],
+                 sync_dist=True)
+        self._eval_totals += loss_sums_by_kind(output.token_losses, batch)
 
-    def _log_per_source_totals(self, stage: str) -> None:
+    def _log_loss_by_kind(self, stage: str) -> None:
         totals = self.trainer.strategy.reduce(self._eval_totals, reduce_op="sum")  # the same on every rank now
         for index, kind in enumerate(KINDS):
             if totals[index, 1] > 0:
                 self.log(f"{stage}/loss_{kind}", totals[index, 0] / totals[index, 1])
 
     def on_test_epoch_end(self) -> None:
-        self._log_per_source_totals("test")
+        self._log_loss_by_kind("test")
 
     def on_validation_epoch_end(self) -> None:
-        """Loss per source, and generation-based VQA accuracy on a few validation questions."""
-        self._log_per_source_totals("val")
+        """Loss per kind, and generation-based VQA accuracy on a few validation questions."""
+        self._log_loss_by_kind("val")
         datamodule = getattr(self.trainer, "datamodule", None)
         questions = datamodule.vqa_examples() if datamodule is not None else []
         if not questions or self.trainer.sanity_checking:
@@ -199,13 +171,6 @@ class VLMModule(L.LightningModule):
         self.model.train(was_training)
         accuracy = sum(vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)) / len(questions)
         self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)
-
-    def _log_per_source(self, token_losses: Optional[torch.Tensor], batch: dict[str, Any]) -> None:
-        """Mean loss of supervised tokens for each source kind in the training batch (this rank's)."""
-        if token_losses is None or not batch.get("sources"):
-            return
-        for kind, (loss, samples) in loss_per_kind(token_losses, batch).items():
-            self.log(f"train/loss_{kind}", loss, on_step=True, on_epoch=False, batch_size=samples)
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -252,51 +217,49 @@ class VLMModule(L.LightningModule):
         checkpoint["mmllm_tokenizer"] = self.tokenizer.to_str()
 
 
-MODEL_KEYS = ("input_ids", "pixel_values", "image_counts", "attention_mask", "position_ids", "segment_ids",
-              "prefix_mask", "labels", "sources")
+FORWARD_KEYS = ("input_ids", "pixel_values", "image_counts", "attention_mask", "position_ids", "segment_ids",
+                "prefix_mask", "labels")
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a collated batch that VLM.forward takes (packing adds segment_sources, for logging)."""
-    return {key: value for key, value in batch.items() if key in MODEL_KEYS}
+def forward_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a collated batch that VLM.forward takes (not the sample kinds, which the loss uses)."""
+    return {key: value for key, value in batch.items() if key in FORWARD_KEYS}
 
 
-def token_kinds(batch: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
-    """(the source kinds in the batch, sorted; (B, T) index into them of each token's kind, -1 on padding)."""
+def samples_by_kind(batch: dict[str, Any]) -> Counter:
+    """kind -> samples of that kind in the batch (packed rows count each of their segments)."""
+    if "segment_kinds" in batch:
+        return Counter(kind for row in batch["segment_kinds"] for kind in row)
+    return Counter(batch["kinds"])
+
+
+def token_kinds(batch: dict[str, Any]) -> torch.Tensor:
+    """(B, T): index into KINDS of the kind of the sample each token belongs to (-1 on packing's padding)."""
     input_ids = batch["input_ids"]
-    segment_sources = batch.get("segment_sources")
-    if segment_sources is not None and batch.get("segment_ids") is not None:
-        kinds = sorted({kind for row in segment_sources for kind in row})
+    if "segment_kinds" in batch and batch.get("segment_ids") is not None:
+        segment_kinds = batch["segment_kinds"]
         # table[b, k] = kind index of row b's segment k (segment 0 is padding)
-        table = torch.full((len(segment_sources), 1 + max(map(len, segment_sources), default=0)), -1,
-                           dtype=torch.long)
-        for row, row_kinds in enumerate(segment_sources):
-            table[row, 1:1 + len(row_kinds)] = torch.tensor([kinds.index(kind) for kind in row_kinds],
-                                                            dtype=torch.long)
-        return kinds, table.to(input_ids.device).gather(1, batch["segment_ids"])
-    kinds = sorted(set(batch["sources"]))
-    rows = torch.tensor([kinds.index(kind) for kind in batch["sources"]], device=input_ids.device)
-    return kinds, rows[:, None].expand_as(input_ids)
+        table = torch.full((len(segment_kinds), 1 + max(map(len, segment_kinds), default=0)), -1, dtype=torch.long)
+        for row, kinds in enumerate(segment_kinds):
+            table[row, 1:1 + len(kinds)] = torch.tensor([KINDS.index(kind) for kind in kinds], dtype=torch.long)
+        return table.to(input_ids.device).gather(1, batch["segment_ids"])
+    rows = torch.tensor([KINDS.index(kind) for kind in batch["kinds"]], device=input_ids.device)
+    return rows[:, None].expand_as(input_ids)
 
 
-def loss_per_kind(token_losses: torch.Tensor, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, int]]:
-    """kind -> (mean loss of its supervised tokens, samples of that kind) for one batch.
+def loss_sums_by_kind(token_losses: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """(len(KINDS), 2): each kind's summed loss over its supervised tokens, and their count, in one batch. The one
+    helper behind train/loss_KIND (sum / count per batch) and val/loss_KIND (sums over the pass).
 
-    token_losses: (B, T-1) from VLM.forward, aligned with labels[:, 1:]. With packing a row holds several
-    kinds: each token counts for the kind of its own segment.
+    token_losses: (B, T-1) from VLM.forward, aligned with labels[:, 1:]; a token counts for the kind of the sample
+    it belongs to (with packing, its own segment's).
     """
-    kinds, kind_of_token = token_kinds(batch)
-    supervised = batch["labels"][:, 1:] != -100
-    target_kind = kind_of_token[:, 1:]  # the kind of the token each position predicts
-    losses = {}
-    for index, kind in enumerate(kinds):
-        tokens = supervised & (target_kind == index)
-        count = tokens.sum()
-        if count > 0:
-            samples = (sum(row.count(kind) for row in batch["segment_sources"]) if "segment_sources" in batch
-                       else batch["sources"].count(kind))
-            losses[kind] = ((token_losses * tokens).sum() / count, samples)
-    return losses
+    supervised = batch["labels"][:, 1:] != -100  # (B, T-1)
+    target_kind = token_kinds(batch)[:, 1:]  # the kind of the token each position predicts
+    kinds = torch.arange(len(KINDS), device=target_kind.device)
+    in_kind = (target_kind[None] == kinds[:, None, None]) & supervised[None]  # (K, B, T-1)
+    losses = token_losses.detach().float()[None]
+    return torch.stack([(losses * in_kind).sum(dim=(1, 2)), in_kind.sum(dim=(1, 2)).float()], dim=1)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float,
@@ -319,24 +282,7 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float,
     return multiplier
 
 
-def _preset_config(preset: str, shape: dict[str, dict[str, Any]]) -> VLMConfig:
-    """The preset's config with the `lm` and `vision` fields of `shape` replaced (derived fields derived again)."""
-    config = VLMConfig.from_preset(preset).to_dict()
-    if shape.get("pixel_shuffle"):
-        config["pixel_shuffle"] = int(shape["pixel_shuffle"])
-    for part in ("lm", "vision"):
-        overrides = shape[part]
-        known = set(config[part])
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"model.{part} has no field {unknown}; fields: {sorted(known)}")
-        if part == "lm" and "head_dim" not in overrides:
-            overrides = {**overrides, "head_dim": None}  # dim // n_heads of the new shape
-        config[part] = {**config[part], **overrides}
-    return VLMConfig.from_dict(config)
-
-
-def _build_model(preset: str, shape: dict[str, dict[str, Any]], init_from: Optional[str], attention: Optional[str],
+def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
                  model_inputs: dict[str, Any]):
     """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
     from data_pipelines.tokenizer import load_tokenizer
@@ -362,17 +308,13 @@ def _build_model(preset: str, shape: dict[str, dict[str, Any]], init_from: Optio
         return model, tokenizer
     if not model_inputs:
         raise ValueError("model_inputs (tokenizer ids and image size) must come from the data module")
-    config = _preset_config(preset, shape)
-    config = config.with_tokenizer_ids(
-        vocab_size=model_inputs["vocab_size"],
-        image_token_id=model_inputs["image_token_id"],
-        pad_token_id=model_inputs["pad_token_id"],
-        eos_token_ids=model_inputs["eos_token_ids"],
-    )
+    shape["lm"] = {**shape["lm"], "vocab_size": model_inputs["vocab_size"]}
     if model_inputs.get("image_size"):
-        config.vision.image_size = int(model_inputs["image_size"])
-        config.__post_init__()  # re-check the patch grid against the pixel shuffle
-    if attention:
-        config.attention = attention
+        shape["vision"] = {**shape["vision"], "image_size": int(model_inputs["image_size"])}
+    config = VLMConfig.from_preset(
+        preset, **shape, **({"attention": attention} if attention else {}),
+        image_token_id=model_inputs["image_token_id"], pad_token_id=model_inputs["pad_token_id"],
+        eos_token_ids=list(model_inputs["eos_token_ids"]),
+    )
     tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
     return VLM(config), tokenizer

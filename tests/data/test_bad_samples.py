@@ -21,11 +21,12 @@ from shard_fixtures import (
 
 from data_pipelines.bad_samples import BadSampleCounter, BadSampleHandler, reason_of
 from data_pipelines.chat import NoSupervisedTokens
-from data_pipelines.formats import BadSample
+from data_pipelines.shards import BadSample
 from data_pipelines.images import BadImage, ImageTooLarge
-from data_pipelines.mixture import make_loader
-from data_pipelines.pipeline import Slot, StreamOptions, source_pass, tar_samples
-from data_pipelines.shard_lists import load_shard_set
+from data_pipelines.loader import make_loader
+from data_pipelines.loader import Slot, StreamOptions, source_pass
+from data_pipelines.shards import tar_samples
+from data_pipelines.shards import load_shard_set
 
 
 def test_reason_of_names_each_failure_class():
@@ -94,7 +95,7 @@ def test_every_bad_caption_sample_is_skipped_by_reason_and_every_good_one_arrive
     source = load_shard_set(tmp_path / "captions")
     options = StreamOptions(shuffle=False)
     processor = tiny_processor()
-    encoded = list(source_pass(source, "caption", Slot(), options, 0, handler, processor))
+    encoded = list(source_pass(source, "caption", Slot(), options, 0, 0, handler, processor))
     arrived = [re.search(r"caption \d+", processor.decode(sample.input_ids)).group(0) for sample in encoded]
     assert sorted(arrived) == sorted(good)  # each good sample exactly once
     assert handler.counts == EXPECTED_CAPTION_REASONS
@@ -107,7 +108,7 @@ def test_chat_without_assistant_turn_is_counted_as_no_supervised_token(tmp_path)
     handler = BadSampleHandler()
     processor = tiny_processor()
     encoded = list(source_pass(load_shard_set(tmp_path / "chat"), "chat", Slot(), StreamOptions(shuffle=False), 0,
-                               handler, processor))
+                               0, handler, processor))
     answers = [re.search(r"answer \d+", processor.decode(sample.input_ids)).group(0) for sample in encoded]
     assert answers == ["answer 0", "answer 1"]
     assert handler.counts == Counter({"no supervised token": 1})
@@ -134,4 +135,4 @@ def test_loader_batches_carry_skipped_counts_that_sum_to_the_handlers(tmp_path):
     # replace the 8 bad ones, and meets some of them again there: at least one of each reason.
     assert set(counter.counts) == set(EXPECTED_CAPTION_REASONS)
     assert counter.counts == loader.dataset.handler.counts  # no worker processes: one handler saw everything
-    assert sum(len(batch["sources"]) for batch in batches) == 18
+    assert sum(len(batch["kinds"]) for batch in batches) == 18

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_pipelines.collate import collate, pack, pack_rows
+from data_pipelines.processor import collate, pack, pack_rows
 from data_pipelines.processor import EncodedSample
 
 PAD = 0
@@ -36,7 +36,7 @@ def test_right_padding_puts_tokens_first_and_masks_the_rest():
     assert batch["prefix_mask"].tolist() == [[True] * 3 + [False] * 2, [False] * 5, [True] * 2 + [False] * 3]
     assert batch["image_counts"].tolist() == [2, 0, 1]
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1000.0, 1001.0, 3000.0]
-    assert batch["sources"] == ["chat", "text", "caption"]
+    assert batch["kinds"] == ["chat", "text", "caption"]
     assert batch["input_ids"].dtype == torch.long and batch["prefix_mask"].dtype == torch.bool
 
 
@@ -96,8 +96,8 @@ def test_packed_rows_equal_samples_collated_one_at_a_time():
     assert batch["image_counts"].tolist() == [1, 2]
     # Reading order of the packed batch: row 0 (sample 0), then row 1 (sample 1 has none, sample 2 has two).
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1000.0, 3000.0, 3001.0]
-    assert batch["sources"] == ["mixed", "mixed"]
-    assert batch["segment_sources"] == [["chat", "text"], ["text", "chat"]]
+    assert batch["kinds"] == ["mixed", "mixed"]
+    assert batch["segment_kinds"] == [["chat", "text"], ["text", "chat"]]
 
 
 def test_packing_pads_the_short_row_with_segment_zero_and_no_targets():
@@ -107,4 +107,4 @@ def test_packing_pads_the_short_row_with_segment_zero_and_no_targets():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     assert batch["labels"].tolist() == [[IGNORE, 101, 102, 103, IGNORE], [IGNORE, 201, 202, IGNORE, 301]]
-    assert "pixel_values" not in batch and batch["sources"] == ["chat", "chat"]
+    assert "pixel_values" not in batch and batch["kinds"] == ["chat", "chat"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipelines.formats import parse_sample
+from data_pipelines.shards import parse_sample
 from data_pipelines.from_folder import convert_folder
 from data_pipelines.from_llava import convert_llava
 from data_pipelines.from_text import convert_text, documents

@@ -7,7 +7,7 @@ import json
 import pytest
 from shard_fixtures import png_bytes
 
-from data_pipelines.formats import BadSample, parse_sample
+from data_pipelines.shards import BadSample, parse_sample
 from data_pipelines.special_tokens import CAPTION_INSTRUCTION
 
 

@@ -188,3 +188,25 @@ def test_transform_is_deterministic():
 def test_unknown_resize_policy_is_rejected():
     with pytest.raises(ValueError, match="resize must be one of"):
         ImageTransform(16, MEAN, STD, "random_crop")
+
+
+@pytest.mark.parametrize("resize", ["squash", "center_crop", "pad"])
+def test_transform_agrees_with_pillows_bicubic_resize_within_one_grey_level(resize):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((60, 90, 3)) * 255).astype(np.uint8))
+    size = 32
+    if resize == "squash":
+        reference, box = image.resize((size, size), Image.Resampling.BICUBIC), (0, 0, size, size)
+    elif resize == "center_crop":  # short side to 32: 48 x 32, the middle 32 columns
+        reference, box = image.resize((48, 32), Image.Resampling.BICUBIC).crop((8, 0, 40, 32)), (0, 0, size, size)
+    else:  # long side to 32: 32 x 21, centred with 5 rows of padding above
+        reference, box = image.resize((32, 21), Image.Resampling.BICUBIC), (0, 5, 32, 26)
+    expected = torch.from_numpy(np.asarray(reference, dtype=np.float32)).permute(2, 0, 1) / 255 * 2 - 1
+    got = ImageTransform(size, (0.5,) * 3, (0.5,) * 3, resize)(image)
+    left, top, right, bottom = box
+    assert got.shape == (3, size, size)
+    assert (got[:, top:bottom, left:right] - expected).abs().max() <= 2.5 / 255 * 2
+    if resize == "pad":
+        assert got[:, :top].abs().max() == 0 and got[:, bottom:].abs().max() == 0

@@ -11,8 +11,9 @@ import pytest
 from shard_fixtures import caption_sample, chat_sample, text_sample, tiny_processor, write_shards
 
 from data_pipelines.bad_samples import BadSampleHandler
-from data_pipelines.mixture import MixtureDataset, Source, make_loader, source_names
-from data_pipelines.pipeline import parse_samples, single_turn
+from data_pipelines.loader import MixtureDataset, Source, make_loader, source_names
+from data_pipelines.loader import single_turn
+from data_pipelines.shards import parse_samples
 
 
 def parse_chat(raw: dict):
@@ -62,10 +63,10 @@ def test_mixture_of_kinds_yields_batches_naming_each_rows_source(tmp_path):
     loader = make_loader(sources, tiny_processor(), batch_size=6, seed=1)
     batches = list(loader)
     assert len(batches) == len(loader) == 4  # 24 samples in all
-    kinds = Counter(kind for batch in batches for kind in batch["sources"])
+    kinds = Counter(kind for batch in batches for kind in batch["kinds"])
     assert set(kinds) == {"caption", "chat", "text"} and sum(kinds.values()) == 24
     for batch in batches:  # image rows and image blocks agree
-        images = [kind != "text" for kind in batch["sources"]]
+        images = [kind != "text" for kind in batch["kinds"]]
         assert batch["image_counts"].tolist() == [int(has_image) for has_image in images]
 
 

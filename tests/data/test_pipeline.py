@@ -8,13 +8,20 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 from shard_fixtures import caption_sample, text_sample, tiny_processor, write_shards
 
 from data_pipelines.bad_samples import BadSampleHandler
-from data_pipelines.collate import pack_rows
-from data_pipelines.mixture import MixtureDataset, MixtureLoader, make_loader
-from data_pipelines.pipeline import Slot, StreamOptions, pack_batches, source_stream
-from data_pipelines.shard_lists import expand_shards, load_shard_set
+from data_pipelines.loader import (
+    MixtureDataset,
+    MixtureLoader,
+    Slot,
+    StreamOptions,
+    make_loader,
+    pack_batches,
+    source_stream,
+)
+from data_pipelines.shards import expand_shards, load_shard_set
 
 pytestmark = pytest.mark.timeout(120)  # a rank that waits forever fails here instead of hanging the suite
 
@@ -74,7 +81,8 @@ def test_uneven_shards_over_ranks_without_workers_cover_the_data(tmp_path):
     expected = text_shards(tmp_path, [6, 6, 6])  # 3 shards over 2 ranks: rank 0 is dealt 2, rank 1 is dealt 1
     per_rank = [keys_seen_by_rank(tmp_path, rank, 2, num_workers=0) for rank in (0, 1)]
     assert [len(keys) for keys in per_rank] == [9, 9]  # equal shares of 18, so no rank waits
-    assert len(set(per_rank[0]) | set(per_rank[1])) >= 15  # rank 1 repeats 3 of its own; rank 0 leaves 3
+    seen = set(per_rank[0]) | set(per_rank[1])
+    assert seen <= expected and len(seen) >= 15  # rank 1 repeats 3 of its own; rank 0 leaves 3
 
 
 def test_epochs_reshuffle_but_same_seed_and_epoch_repeat_exactly(tmp_path):
@@ -131,28 +139,29 @@ def test_missing_shards_are_reported_by_name(tmp_path):
 def test_packed_batches_fill_at_most_batch_size_rows_of_max_length_tokens(tmp_path):
     text_shards(tmp_path, [20])
     processor = tiny_processor()
-    stream = source_stream(load_shard_set(tmp_path), "text", Slot(), StreamOptions(shuffle=False),
+    stream = source_stream(load_shard_set(tmp_path), "text", Slot(), StreamOptions(shuffle=False), 0,
                            BadSampleHandler(), processor)
-    groups = []
-    batches = list(pack_batches(stream, batch_size=2, max_length=24, num_batches=3, handler=BadSampleHandler(),
-                                pack_fn=lambda group: groups.append([len(s) for s in group]) or {}))
+    batches = list(pack_batches(stream, batch_size=2, max_length=24, pad_id=processor.pad_id, num_batches=3,
+                                handler=BadSampleHandler()))
     assert len(batches) == 3 and all("skipped" in batch for batch in batches)
-    for lengths in groups:
-        assert len(pack_rows(lengths, 24)) <= 2  # collate.pack will lay them out in at most 2 rows
-    # The stream is consumed in order with nothing lost between batches.
-    total = sum(len(group) for group in groups)
-    again = source_stream(load_shard_set(tmp_path), "text", Slot(), StreamOptions(shuffle=False), BadSampleHandler(),
-                          processor)
-    assert [len(sample) for sample in itertools.islice(again, total)] == [n for group in groups for n in group]
+    for batch in batches:
+        assert batch["input_ids"].shape[0] <= 2 and batch["input_ids"].shape[1] <= 24
+    # The stream is consumed in order with nothing lost between batches: batch k packs the next samples.
+    packed = [int(n) for batch in batches for row in batch["segment_ids"]
+              for n in torch.bincount(row)[1:].tolist() if n]
+    again = source_stream(load_shard_set(tmp_path), "text", Slot(), StreamOptions(shuffle=False), 0,
+                          BadSampleHandler(), processor)
+    lengths = [len(sample) for sample in itertools.islice(again, len(packed))]
+    assert sorted(packed) == sorted(lengths)
 
 
 def test_make_loader_batches_follow_the_batch_contract(tmp_path):
     write_shards(tmp_path / "caps", [[caption_sample(i) for i in range(6)]])
     loader = make_loader([{"kind": "caption", "path": str(tmp_path / "caps")}], tiny_processor(), batch_size=4)
     batches = list(loader)
-    assert [len(batch["sources"]) for batch in batches] == [4, 2]
+    assert [len(batch["kinds"]) for batch in batches] == [4, 2]
     batch = batches[0]
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert batch["pixel_values"].shape == (4, 3, 16, 16)
     assert batch["image_counts"].tolist() == [1, 1, 1, 1]
-    assert batch["sources"] == ["caption"] * 4 and batch["skipped"] == {}
+    assert batch["kinds"] == ["caption"] * 4 and batch["skipped"] == {}

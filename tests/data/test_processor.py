@@ -144,13 +144,13 @@ def test_text_sample_supervises_every_token_and_ends_with_end_of_text(tokenizer)
 
 def test_text_generation_prompt_is_the_training_text_without_its_end(tokenizer):
     processor = Processor(tokenizer, **FIELDS, max_length=8)
-    prompt = processor.encode_text("plain text", add_end_of_text=False)
+    prompt = processor.encode_text_prompt("plain text")
     assert prompt.input_ids == processor.encode_text("plain text").input_ids[:-1]
     assert set(prompt.labels) == {IGNORE_INDEX} and prompt.prefix_length == 0
     with pytest.raises(ValueError, match="empty prompt"):
-        processor.encode_text("", add_end_of_text=False)
+        processor.encode_text_prompt("")
     with pytest.raises(ValueError, match="no room for an answer"):
-        processor.encode_text("plain text about shapes " * 5, add_end_of_text=False)
+        processor.encode_text_prompt("plain text about shapes " * 5)
 
 
 def test_text_chunks_cover_the_document_within_max_length(tokenizer):
@@ -186,3 +186,19 @@ def test_processor_from_file_matches_processor_from_tokenizer(tokenizer, tmp_pat
     )
     assert from_file.eos_ids == [tokenizer.token_to_id(st.TURN_END), tokenizer.token_to_id(st.END_OF_TEXT)]
     assert load_tokenizer(path)[1] == []
+
+
+def test_processor_leaves_the_callers_tokenizer_as_it_was(tokenizer):
+    from tokenizers import Tokenizer, processors
+
+    # A Llama-style tokenizer.json adds BOS through its post-processor; the processor must not add it, and
+    # must not change the caller's object either.
+    theirs = Tokenizer.from_str(tokenizer.to_str())
+    bos = theirs.token_to_id(st.END_OF_TEXT)
+    theirs.post_processor = processors.TemplateProcessing(single=f"{st.END_OF_TEXT} $A",
+                                                          special_tokens=[(st.END_OF_TEXT, bos)])
+    before = theirs.to_str()
+    processor = Processor(theirs, **FIELDS)
+    assert theirs.to_str() == before and theirs.encode("a red").ids[0] == bos
+    assert processor.encode_text_prompt("a red").input_ids == tokenizer.encode("a red",
+                                                                                add_special_tokens=False).ids

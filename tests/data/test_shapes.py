@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipelines.formats import parse_sample
+from data_pipelines.shards import parse_sample
 from data_pipelines.shapes import (CELL_PHRASES, CELLS, COLOURS, HELD_OUT_PAIRS, SHAPES, SPLITS, generate_shapes,
                                    make_example, questions, sample_scene, scene_rng)
 

@@ -11,7 +11,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import torch
 from inference_helpers import REPO, TrainedRun, run_mmllm
 
 
@@ -56,10 +55,3 @@ def vlm(trained):
 
     return load(trained.model, device="cpu", dtype="float32")
 
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-# On a CPU shared with other jobs torch's thread pool slows tiny models down many times over.
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+from commands import REPO, run_mmllm  # noqa: F401 (re-exported for the inference tests)
 
 
-def run_mmllm(*args, stdin: str | None = None, cwd: Path | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """`mmllm ARGS...` in a fresh interpreter; text stdout and stderr captured."""
-    return subprocess.run([sys.executable, "-m", "mmllm.cli.main", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, env=ONE_THREAD, cwd=cwd or REPO, timeout=timeout)
+
 
 
 @dataclass

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from data_pipelines.collate import collate
+from data_pipelines.processor import collate
 from data_pipelines.shapes import CELLS, render, sample_scene, scene_rng
 from data_pipelines.tokenizer import TokenIds, load_tokenizer, train_tokenizer, vocab_size
 from mmllm.config import LMConfig, VisionConfig, VLMConfig

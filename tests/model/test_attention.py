@@ -7,7 +7,7 @@ import itertools
 
 import torch
 
-from mmllm.model.attention_mask import build_attention_mask, default_position_ids
+from mmllm.model.vlm import build_attention_mask, default_position_ids
 
 
 def logits(model, input_ids, **kwargs):

@@ -6,7 +6,7 @@ import torch
 
 from mmllm.config import VLMConfig
 from mmllm.model import VLM
-from mmllm.model.projector import pixel_shuffle
+from mmllm.model.vlm import pixel_shuffle
 
 
 def test_pixel_shuffle_concatenates_each_2x2_block_of_patches():

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from fit_helpers import ddp_config, finish, fit_config, start_mmllm, write_config
 
@@ -27,14 +26,6 @@ def shapes_data(tmp_path_factory) -> Path:
     tokenizer.save(str(root / "tokenizer.json"))
     return root
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is as fast as two on a shared 2-core machine, and leaves room for others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 BACKGROUND_FITS = {"test_fit_cli": ("fit", fit_config), "test_ddp": ("ddp", ddp_config)}

@@ -7,17 +7,15 @@ second on a loaded CPU.
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from commands import SUBPROCESS_ENV, mmllm_command, run_mmllm, start_mmllm  # noqa: F401 (the tests' one spelling)
 
 # A model of ~120k parameters: 2-layer LM of width 64, 1-layer ViT of width 32, 4 tokens per 32 px image.
 MICRO_LM = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "mlp_dim": 128, "max_seq_len": 256}
 MICRO_VISION = {"dim": 32, "n_layers": 1, "n_heads": 2, "mlp_dim": 64}
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def fit_config(shapes: Path, run_dir: Path, **sections) -> dict:
@@ -63,14 +61,8 @@ def write_config(config: dict, path: Path) -> Path:
     return path
 
 
-def mmllm_command(*args: str) -> list[str]:
-    """The installed `mmllm` script next to this Python (so DDP can start its other ranks the same way)."""
-    return [str(Path(sys.executable).with_name("mmllm")), *args]
 
 
-def run_mmllm(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(mmllm_command(*args), cwd=cwd, env=SUBPROCESS_ENV, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -86,10 +78,6 @@ def column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
     return [(int(row["step"]), float(row[name])) for row in rows if row.get(name)]
 
 
-def start_mmllm(*args: str, cwd: Path) -> subprocess.Popen:
-    """`mmllm ARGS` started in the background (stdout and stderr into files in cwd, read by `finish`)."""
-    return subprocess.Popen(mmllm_command(*args), cwd=cwd, env=SUBPROCESS_ENV,
-                            stdout=open(cwd / "stdout.txt", "w"), stderr=open(cwd / "stderr.txt", "w"))
 
 
 def finish(process: subprocess.Popen, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

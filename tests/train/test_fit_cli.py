@@ -40,12 +40,25 @@ def test_fit_logs_loss_per_source_kind_and_validation(fitted_run):
     assert column(rows, "val/vqa_accuracy")
 
 
-def test_exported_folder_loads_and_answers(fitted_run, shapes_data):
+def test_exported_folder_loads_and_answers_as_greedy_recomputation_does(fitted_run, shapes_data):
+    import torch
+
     model, tokenizer, config = load_model_folder(fitted_run / "model")
     assert config.vision.image_size == 32 and config.lm.dim == 64
     image = Image.new("RGB", (32, 32), (200, 40, 40))
-    answer = VisionLanguageModel(model, tokenizer).ask(image, "What colour is the circle?", max_new_tokens=4)
-    assert isinstance(answer, str)
+    vlm = VisionLanguageModel(model, tokenizer)
+    answer = vlm.ask(image, "What colour is the circle?", max_new_tokens=4)
+    # The reference: the prompt through the model's full forward pass, one argmax token at a time.
+    prompt = vlm.processor.encode_question("What colour is the circle?", image)
+    ids = list(prompt.input_ids)
+    for _ in range(4):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), pixel_values=prompt.pixel_values).logits[0, -1]
+        token = int(logits.argmax())
+        if token in config.eos_token_ids:
+            break
+        ids.append(token)
+    assert answer == vlm.processor.decode(ids[len(prompt.input_ids):]).strip()
 
 
 def test_fit_saves_the_resolved_config_and_last_checkpoint(fitted_run):

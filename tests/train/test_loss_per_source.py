@@ -7,11 +7,12 @@ import itertools
 import torch
 from fit_helpers import MICRO_LM, MICRO_VISION
 
-from data_pipelines.collate import collate, pack
-from data_pipelines.mixture import MixtureDataset
+from data_pipelines.loader import MixtureDataset
+from data_pipelines.processor import collate, pack
 from mmllm.processing import processor_for
 from mmllm.train.datamodule import VLMDataModule
-from mmllm.train.module import VLMModule, loss_per_kind
+from data_pipelines.shards import KINDS
+from mmllm.train.module import VLMModule, forward_inputs, loss_sums_by_kind, samples_by_kind
 
 
 def test_packed_loss_per_kind_equals_unpacked_recomputation(shapes_data):
@@ -25,16 +26,29 @@ def test_packed_loss_per_kind_equals_unpacked_recomputation(shapes_data):
     assert {sample.kind for sample in samples} == {"caption", "chat"}
 
     def per_kind(batch):
-        inputs = {k: v for k, v in batch.items() if k not in ("segment_sources", "skipped")}
         with torch.no_grad():
-            output = model(**inputs)
-        return {kind: (float(loss), count) for kind, (loss, count) in loss_per_kind(output.token_losses, batch).items()}
+            output = model(**forward_inputs(batch))
+        sums, samples = loss_sums_by_kind(output.token_losses, batch), samples_by_kind(batch)
+        return {kind: (float(sums[i, 0] / sums[i, 1]), samples[kind]) for i, kind in enumerate(KINDS)
+                if sums[i, 1] > 0}
+
+    # The reference: each sample alone through VLM.forward, its mean loss weighted by its supervised tokens.
+    reference = {}
+    for sample in samples:
+        alone = collate([sample], pad_id=processor.pad_id)
+        with torch.no_grad():
+            loss = model(**forward_inputs(alone)).loss
+        tokens = int((alone["labels"][:, 1:] != -100).sum())
+        total, count, n = reference.get(sample.kind, (0.0, 0, 0))
+        reference[sample.kind] = (total + float(loss) * tokens, count + tokens, n + 1)
 
     longest = max(len(sample.input_ids) for sample in samples)
     packed = pack(samples, max_length=min(2 * longest, model.config.lm.max_seq_len), pad_id=processor.pad_id)
-    assert "mixed" in packed["sources"]  # at least one row holds both kinds
+    assert "mixed" in packed["kinds"]  # at least one row holds both kinds
     assert set(per_kind(packed)) == {"caption", "chat"}
     one_per_row = per_kind(collate(samples, pad_id=processor.pad_id, padding_side="right"))
     for kind, (loss, count) in per_kind(packed).items():
-        assert count == one_per_row[kind][1]
-        assert abs(loss - one_per_row[kind][0]) < 1e-4, (kind, loss, one_per_row[kind][0])
+        total, tokens, n = reference[kind]
+        assert count == one_per_row[kind][1] == n
+        assert abs(loss - total / tokens) < 1e-4, (kind, loss, total / tokens)
+        assert abs(one_per_row[kind][0] - total / tokens) < 1e-4

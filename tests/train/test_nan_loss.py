@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-import torch
 from fit_helpers import MICRO_LM, MICRO_VISION
 
 from mmllm.train.datamodule import VLMDataModule
@@ -12,7 +11,7 @@ from mmllm.train.module import VLMModule
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_loss_stops_the_run_naming_step_and_sources(shapes_data, tmp_path, bad):
+def test_non_finite_loss_stops_the_run_naming_step_and_kinds(shapes_data, tmp_path, bad):
     data = VLMDataModule(str(shapes_data / "tokenizer.json"), image_size=32, batch_size=4, num_workers=0,
                          sources=[{"kind": "caption", "path": str(shapes_data / "train" / "captions")}])
     module = VLMModule(lm=dict(MICRO_LM), vision=dict(MICRO_VISION), warmup_steps=1,
@@ -30,6 +29,6 @@ def test_non_finite_loss_stops_the_run_naming_step_and_sources(shapes_data, tmp_
     module.model.forward = forward_that_diverges_at_step_2
     trainer = L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(FloatingPointError, match=r"not finite at step 2 .*sources \['caption'\]"):
+    with pytest.raises(FloatingPointError, match=r"not finite at step 2 .*kinds \['caption'\]"):
         trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2  # no optimiser step was taken with the bad loss

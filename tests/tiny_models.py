@@ -1,11 +1,8 @@
-"""Fixtures: a VLM with a handful of dimensions and sharp random weights, prompts with image placeholders.
-
-The fixtures return the factory functions, so a test builds exactly the model variant it needs.
-"""
+"""A VLM with a handful of dimensions and sharp random weights, and prompts with image placeholders: the
+reference models of the model, generation and weight tests (the root conftest serves them as fixtures)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from mmllm.config import LMConfig, VisionConfig, VLMConfig
@@ -31,7 +28,11 @@ def tiny_config(attention: str = "causal", **lm_overrides) -> VLMConfig:
 def tiny_model(attention: str = "causal", seed: int = 0, **lm_overrides) -> VLM:
     """Weights far larger than the 0.02 init, so logits are sharp and differ from token to token."""
     torch.manual_seed(seed)
-    model = VLM(tiny_config(attention, **lm_overrides)).eval()
+    return sharpen_(VLM(tiny_config(attention, **lm_overrides)).eval())
+
+
+def sharpen_(model: VLM) -> VLM:
+    """Norm weights near 1, every other weight N(0, 0.3): sharp logits that differ from token to token."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -51,27 +52,3 @@ def prompt(model: VLM, n_text: int, n_images: int = 0, seed: int = 0) -> torch.T
 
 def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread; more threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def make_model():
-    return tiny_model
-
-
-@pytest.fixture
-def make_prompt():
-    return prompt
-
-
-@pytest.fixture
-def make_images():
-    return images
