@@ -28,7 +28,8 @@ def main() -> None:
 
     from data_pipelines.eval_samples import vqa_questions
     from data_pipelines.shapes import generate_split
-    from data_pipelines.tokenizer import TokenIds, find_shards, shard_texts, train_tokenizer, vocab_size
+    from data_pipelines.shards import find_shards, shard_texts
+    from data_pipelines.tokenizer import TokenIds, train_tokenizer, vocab_size
     from mmllm.config import VLMConfig
     from mmllm.inference import load
     from mmllm.model import VLM

@@ -37,7 +37,6 @@ INVALID_CONVERSATION = "invalid conversation"
 
 REASON_BY_EXCEPTION = {
     "BadImage": CORRUPT_IMAGE,  # images.load_image
-    "UnreadableImage": CORRUPT_IMAGE,  # writers.encode_image
     "UnidentifiedImageError": CORRUPT_IMAGE,  # Pillow
     "ImageTooLarge": IMAGE_TOO_LARGE,  # images.load_image's pixel guard
     "DecompressionBombError": IMAGE_TOO_LARGE,  # Pillow's own pixel guard
@@ -63,7 +62,22 @@ def reason_of(exn: BaseException) -> str:
     return f"other: {type(exn).__name__}"
 
 
-class BadSampleHandler:
+class SkippedCounts:
+    """Samples skipped, by reason: what every command prints when it ends."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()  # reason -> samples skipped
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """E.g. "skipped 7 bad samples: corrupt image 4, empty caption 3"."""
+        return f"skipped {self.total} bad samples" + (f": {format_counts(self.counts)}" if self.counts else "")
+
+
+class BadSampleHandler(SkippedCounts):
     """Counts and logs skipped samples; `handler(exn)` returns True ("skip it and continue"), never raises.
 
     Logging: the first `log_first` samples of each reason are logged one by one with their message; after
@@ -76,7 +90,7 @@ class BadSampleHandler:
         self.log_every = log_every
         self.log_interval_s = log_interval_s
         self.log = log or logger
-        self.counts: Counter = Counter()  # reason -> samples skipped in this process
+        super().__init__()  # counts: reason -> samples skipped in this process
         self._unreported: Counter = Counter()  # reason -> skipped since the last `take_unreported()`
         self._last_summary = time.monotonic()
 
@@ -92,10 +106,6 @@ class BadSampleHandler:
         unreported, self._unreported = self._unreported, Counter()
         return unreported
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
     def _maybe_log(self, reason: str, exn: BaseException) -> None:
         if self.counts[reason] <= self.log_first:
             self.log.warning("skipping a bad sample (%s): %s", reason, _short(exn))
@@ -108,11 +118,8 @@ class BadSampleHandler:
             self.log.warning("skipped %d bad samples so far: %s", self.total, format_counts(self.counts))
 
 
-class BadSampleCounter:
+class BadSampleCounter(SkippedCounts):
     """Main-process totals of skipped samples, fed by the `skipped` Counter each batch carries."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
 
     def absorb(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Remove `batch["skipped"]` (if any), add it to the totals, and return the batch."""
@@ -120,14 +127,6 @@ class BadSampleCounter:
         if skipped:
             self.counts.update(skipped)
         return batch
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        """E.g. "skipped 7 bad samples: corrupt image 4, empty caption 3"."""
-        return f"skipped {self.total} bad samples" + (f": {format_counts(self.counts)}" if self.counts else "")
 
 
 def format_counts(counts: Counter) -> str:

@@ -14,7 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from data_pipelines.writers import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, UnreadableImage, WriteStats
+from data_pipelines.bad_samples import reason_of
+from data_pipelines.images import ImageError
+from data_pipelines.writers import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, WriteStats
 
 FILE_FIELDS = ("file", "image", "file_name")
 CAPTION_FIELDS = ("caption", "text")
@@ -88,6 +90,6 @@ def convert_folder(
             meta = {"file": file, "captions": references} if len(references) > 1 else None
             try:
                 writer.write_caption(image, references[0], key=f"{index:09d}", meta=meta)
-            except UnreadableImage:
-                writer.skip("unreadable image")
+            except ImageError as error:
+                writer.skip(reason_of(error))
     return writer.stats

@@ -17,7 +17,9 @@ from typing import Any, Iterator
 
 from data_pipelines.chat import content_of_parts
 from data_pipelines.special_tokens import IMAGE_MARKER
-from data_pipelines.writers import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, UnreadableImage, WriteStats
+from data_pipelines.bad_samples import reason_of
+from data_pipelines.images import ImageError
+from data_pipelines.writers import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, WriteStats
 
 # every spelling of a speaker seen in LLaVA and OpenAI files -> the LLaVA "from" value written to shards
 SPEAKERS = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
@@ -141,8 +143,8 @@ def convert_llava(
                 writer.write_chat(turns, image=image, key=f"{index:09d}", meta=meta)
             except SkipRow as reason:
                 writer.skip(str(reason))
-            except UnreadableImage:
-                writer.skip("unreadable image")
+            except ImageError as error:
+                writer.skip(reason_of(error))
     return writer.stats
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_PIXELS = 64_000_000
 ImageSource = bytes | str | Path | Image.Image
@@ -119,19 +120,25 @@ class ImageTransform:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        import torch  # here, not at the top: the converters decode images without paying torch's import
+
         self.image_size = image_size
         self.resize = resize
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def _resized(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        from torch.nn.functional import interpolate
+
         # (3, H, W) uint8 -> (3, height, width) uint8, rounded and clamped as Pillow's is
-        return F.interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True)[0]
+        return interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True)[0]
 
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() / 255.0 - self.mean) / self.std  # uint8 (3, H, W) -> float (3, H, W)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torch
+
         if image.mode != "RGB":
             image = _to_rgb(image)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) uint8, channels last

@@ -106,7 +106,6 @@ def samples_per_slot(total_samples: int, slots: int) -> int:
     return math.ceil(total_samples / slots)
 
 
-
 @dataclass(frozen=True)
 class StreamOptions:
     """How the mixture is read: the one spelling of the loader options (the data module fills it from its
@@ -318,23 +317,34 @@ class Source:
 
     @classmethod
     def of(cls, spec: "Source | dict[str, Any]") -> "Source":
-        """A Source from a config entry `{kind, path, weight, single_turn}` (weight 1 and single_turn 0 unless given)."""
+        """A Source from a config entry `{kind, path, weight, single_turn}` (weight 1 and single_turn 0 unless
+        given); ValueError saying what is wrong with any other value."""
         if isinstance(spec, Source):
             source = spec
         else:
-            unknown = set(spec) - {"kind", "path", "weight", "single_turn"}
-            if unknown or "kind" not in spec or "path" not in spec:
-                raise ValueError(f"a source is {{kind, path, weight, single_turn}}; got {dict(spec)}")
-            source = cls(spec["kind"], spec["path"], float(spec.get("weight", 1.0)),
-                         float(spec.get("single_turn", 0.0)))
-        if source.kind not in KINDS:
+            if not isinstance(spec, dict) or set(spec) - {"kind", "path", "weight", "single_turn"} \
+                    or "kind" not in spec or "path" not in spec:
+                raise ValueError(f"a source is {{kind, path, weight, single_turn}}; got {spec!r}")
+            source = cls(spec["kind"], spec["path"], _number(spec, "weight", 1.0), _number(spec, "single_turn", 0.0))
+        if not isinstance(source.kind, str) or source.kind not in KINDS:
             raise ValueError(f"source kind {source.kind!r} is not one of {', '.join(KINDS)}")
+        paths = source.path if isinstance(source.path, list) else [source.path]
+        if not paths or not all(isinstance(path, str) and path for path in paths):
+            raise ValueError(f"source path must be a folder, pattern or .tar file (or a list of them), got "
+                             f"{source.path!r}")
         if not source.weight >= 0 or math.isinf(source.weight):
             raise ValueError(f"source weight must be a finite number >= 0, got {source.weight}")
         if not 0 <= source.single_turn <= 1 or (source.single_turn and source.kind != "chat"):
             raise ValueError(f"single_turn is a probability for chat sources; got {source.single_turn} for "
                              f"{source.kind}")
         return source
+
+
+def _number(spec: dict[str, Any], name: str, default: float) -> float:
+    value = spec.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"source {name} must be a number, got {value!r}")
+    return float(value)
 
 
 def source_names(sources: Sequence[Source]) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -55,8 +56,10 @@ class ShardSet:
 
 
 def load_shard_set(path: str | os.PathLike | list) -> ShardSet:
-    """Shards and sample counts of a folder, brace pattern, `.tar` file or list of those."""
+    """Shards and sample counts of a folder, brace pattern, `.tar` file or list of those. FileNotFoundError or
+    UnreadableShard names a shard that is missing or not a tar file."""
     shards = expand_shards(path)
+    check_shards(shards)
     folder_sizes: dict[str, dict[str, int]] = {}  # each sizes.json is read once
     return ShardSet(tuple(shards), tuple(shard_size(shard, folder_sizes) for shard in shards))
 
@@ -128,20 +131,57 @@ class TruncatedShard(tarfile.ReadError):
     reason = "truncated tar member"
 
 
+class UnreadableShard(ValueError):
+    """A shard that cannot be read at all (missing, unreadable, not a tar file): an error naming the file, where a
+    bad sample inside a shard is only skipped and counted."""
+
+
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: tarfile's "r|*" reads these
+
+
+def check_shards(shards: Iterable[str]) -> None:
+    """UnreadableShard for the first local shard that cannot be opened or does not start with a tar header
+    (remote URLs are left to the reader). Reads 512 bytes of each."""
+    for shard in shards:
+        if "://" in shard or shard.startswith("pipe:"):
+            continue
+        try:
+            with open(shard, "rb") as handle:
+                head = handle.read(tarfile.BLOCKSIZE)
+        except OSError as error:
+            raise UnreadableShard(f"cannot read shard {shard}: {error.strerror or error}") from None
+        if head.startswith(COMPRESSED_MAGIC):
+            continue
+        try:
+            tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+        except tarfile.EmptyHeaderError:
+            continue  # an empty archive: a tar with no samples
+        except tarfile.HeaderError as error:
+            raise UnreadableShard(f"shard {shard} is not a tar file ({error})") from None
+
+
 def tar_samples(shards: Iterable[str], handler: BadSampleHandler) -> Iterator[dict[str, Any]]:
     """Tar shards -> webdataset sample dicts `{"__key__", "__url__", ext: bytes, ...}`, grouped by key.
 
-    A shard that ends inside a member (a truncated copy) yields the samples before the cut; the cut sample
-    goes to the handler once, as "truncated tar member"; a shard that cannot be opened goes there too.
+    A shard that ends inside a member (a truncated copy) yields the samples before the cut; the cut sample goes
+    to the handler once, as "truncated tar member". A key met a second time in one shard (a repeated member, or
+    the same key again later) makes that second sample a "duplicate key". A shard that cannot be opened at all
+    raises UnreadableShard (`check_shards` finds those before any reading starts).
     """
     for shard in shards:
         yield from _shard_samples(shard, handler)
 
 
 def _shard_samples(shard: str, handler: BadSampleHandler) -> Iterator[dict[str, Any]]:
-    current: dict[str, Any] | None = None
     try:
-        with gopen(shard, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        stream = gopen(shard, "rb")
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise UnreadableShard(f"cannot open shard {shard}: {error}") from None
+    current: dict[str, Any] | None = None
+    seen: set[str] = set()  # keys of this shard so far
+    with stream, tar:
+        try:
             for member in tar:
                 if not member.isreg():
                     continue
@@ -150,17 +190,27 @@ def _shard_samples(shard: str, handler: BadSampleHandler) -> Iterator[dict[str, 
                     continue
                 data = tar.extractfile(member).read()
                 if current is not None and key != current["__key__"]:
-                    yield current
+                    yield from _complete(current, handler)
                     current = None
                 if current is None:
-                    current = {"__key__": key, "__url__": shard}
-                current[extension.lower()] = data
-    except (tarfile.TarError, OSError, EOFError) as exn:
-        key = current["__key__"] if current else "?"
-        handler(TruncatedShard(f"{shard}: stopped at sample {key}: {exn}"))
-        return
+                    current = {"__key__": key, "__url__": shard, "__duplicate__": key in seen}
+                    seen.add(key)
+                extension = extension.lower()
+                current["__duplicate__"] |= extension in current
+                current[extension] = data
+        except (tarfile.TarError, OSError, EOFError) as exn:
+            key = current["__key__"] if current else "?"
+            handler(TruncatedShard(f"{shard}: stopped at sample {key}: {exn}"))
+            return
     if current is not None:
-        yield current
+        yield from _complete(current, handler)
+
+
+def _complete(sample: dict[str, Any], handler: BadSampleHandler) -> Iterator[dict[str, Any]]:
+    if sample.pop("__duplicate__"):
+        handler(BadSample(DUPLICATE_KEY, f"{sample['__url__']}: key {sample['__key__']} appears twice"))
+        return
+    yield sample
 
 
 def skip_bad(items: Iterable, transform: Callable[[Any], Any], handler: BadSampleHandler) -> Iterator:
@@ -186,6 +236,7 @@ EMPTY_TEXT = "empty text"
 MISSING_TEXT = "missing text"
 MISSING_IMAGE = "missing image"
 MISSING_CONVERSATION = "missing conversation"
+DUPLICATE_KEY = "duplicate key"
 
 
 class BadSample(ValueError):
@@ -336,7 +387,9 @@ def read_samples(path: str | os.PathLike | list, kind: str, handler: BadSampleHa
     evaluation, the tokenizer trainer and the benchmarks read; bad samples go to the handler.
     FileNotFoundError names a shard that does not exist."""
     handler = handler or BadSampleHandler()
-    samples = parse_samples(tar_samples(expand_shards(path), handler), kind, handler)
+    shards = expand_shards(path)
+    check_shards(shards)
+    samples = parse_samples(tar_samples(shards, handler), kind, handler)
     return decode_samples(samples, handler, max_pixels) if decode else samples
 
 
@@ -355,3 +408,60 @@ def decode_sample(sample: Sample, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
 def decode_samples(samples: Iterable[Sample], handler: BadSampleHandler,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Sample]:
     return skip_bad(samples, lambda sample: decode_sample(sample, max_pixels), handler)
+
+
+# -- the text of any shard, for the tokenizer trainer ------------------------------------------------------------
+
+def find_shards(folders: Iterable[str | os.PathLike]) -> list[str]:
+    """Every *.tar under the folders (recursively, sorted); a `.tar` file is taken as it is.
+    FileNotFoundError for a folder that is missing."""
+    shards: list[str] = []
+    for folder in map(Path, folders):
+        if folder.is_file() and folder.suffix == ".tar":
+            shards.append(str(folder))
+            continue
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        shards.extend(sorted(str(p) for p in folder.rglob("*.tar")))
+    return shards
+
+
+def record_texts(raw: dict[str, Any]) -> list[str]:
+    """Texts of one sample dict of any kind: its .txt and the captions / turns of its .json, `<image>` markers
+    removed (they become image tokens, never text). BadSample for text that is not UTF-8, JSON that is not an
+    object, or turns that are not a conversation."""
+    texts: list[str] = []
+    if "txt" in raw:
+        texts.append(_text(raw, "txt"))
+    if "json" in raw:
+        data = _json(raw)
+        if not isinstance(data, dict):
+            raise BadSample(INVALID_JSON, f"{_where(raw)}: the json member is not an object")
+        rows = data.get("conversations", data.get("messages"))
+        if rows:
+            try:
+                texts.extend(turn["content"] for turn in normalise_conversation(rows))
+            except ValueError as exn:
+                raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {exn}") from exn
+        captions = data.get("captions")
+        if isinstance(captions, list):
+            texts.extend(c for c in captions if isinstance(c, str) and c not in texts)
+    cleaned = (text.replace(IMAGE_MARKER, "").strip() for text in texts)
+    return [text for text in cleaned if text]
+
+
+def shard_texts(shards: Iterable[str | os.PathLike], handler: BadSampleHandler | None = None,
+                stats: Counter | None = None) -> Iterator[str]:
+    """Texts of every usable sample of the shards, in order; unusable samples go to the handler. Counts
+    'shards', 'records', 'texts' and 'chars' into stats. UnreadableShard names a shard that is not a tar."""
+    shards = [str(shard) for shard in shards]
+    check_shards(shards)
+    handler = handler or BadSampleHandler()
+    stats = Counter() if stats is None else stats
+    stats["shards"] += len(shards)
+    for texts in skip_bad(tar_samples(shards, handler), record_texts, handler):
+        stats["records"] += 1
+        for text in texts:
+            stats["texts"] += 1
+            stats["chars"] += len(text)
+            yield text

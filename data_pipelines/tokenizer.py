@@ -9,12 +9,9 @@ user typing `<|im_end|>` or `<|image|>` in a prompt cannot forge a turn end or a
 
 from __future__ import annotations
 
-import json
-import tarfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -116,62 +113,3 @@ class TokenIds:
 
     def role(self, role: str) -> int:
         return {"user": self.user, "assistant": self.assistant, "system": self.system}[role]
-
-
-# --- Training text from shards (captions, chat turns, text documents) -------------------------------------
-
-
-def record_texts(record: dict[str, bytes]) -> list[str]:
-    """Texts of one webdataset record (extension -> bytes): its .txt and the captions / turns of its .json.
-
-    `<image>` markers are removed: they become image tokens, never text.
-    """
-    from data_pipelines.chat import normalise_conversation  # chat imports this module
-
-    texts: list[str] = []
-    if "txt" in record:
-        texts.append(record["txt"].decode("utf-8"))
-    if "json" in record:
-        data = json.loads(record["json"])
-        if isinstance(data, dict):
-            rows = data.get("conversations", data.get("messages"))
-            if rows:
-                texts.extend(turn["content"] for turn in normalise_conversation(rows))
-            captions = data.get("captions")
-            if isinstance(captions, list):
-                texts.extend(c for c in captions if isinstance(c, str) and c not in texts)
-    cleaned = (text.replace(st.IMAGE_MARKER, "").strip() for text in texts)
-    return [text for text in cleaned if text]
-
-
-def find_shards(folders: Iterable[str | Path]) -> list[Path]:
-    """Every *.tar under the folders (recursively), sorted; FileNotFoundError for a folder that is missing."""
-    shards: list[Path] = []
-    for folder in folders:
-        folder = Path(folder)
-        if folder.is_file() and folder.suffix == ".tar":
-            shards.append(folder)
-            continue
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no such folder: {folder}")
-        shards.extend(sorted(folder.rglob("*.tar")))
-    return shards
-
-
-def shard_texts(shards: Iterable[str | Path], stats: Counter | None = None) -> Iterator[str]:
-    """Texts of every record of the shards, in order; counts 'shards', 'records', 'texts', 'chars' into stats."""
-    import webdataset as wds
-
-    stats = Counter() if stats is None else stats
-    for shard in shards:
-        stats["shards"] += 1
-        dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
-        try:
-            for record in dataset:
-                stats["records"] += 1
-                for text in record_texts(record):
-                    stats["texts"] += 1
-                    stats["chars"] += len(text)
-                    yield text
-        except (tarfile.TarError, OSError, ValueError) as error:  # incl. bad JSON, UTF-8, conversation rows
-            raise ValueError(f"cannot read shard {shard}: {error}") from error

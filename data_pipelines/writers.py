@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from data_pipelines.images import load_image
+
 DEFAULT_MAXCOUNT = 1000  # samples per shard: enough shards for every dataloader worker on small data
 DEFAULT_MAXSIZE = 256 * 1024**2  # bytes per shard
 TAR_BLOCK = 512  # every tar member costs a header block plus padding to a whole block
@@ -35,27 +37,20 @@ SHARD_NAME = re.compile(r"^\d{5,}\.tar$")
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")  # webdataset groups members by the name up to the first dot
 
 
-class UnreadableImage(ValueError):
-    """Image bytes that Pillow cannot decode completely."""
-
-
 def encode_image(image: bytes | Image.Image) -> tuple[str, bytes]:
     """(member extension, bytes) for an image: original bytes for JPEG/PNG/WEBP, PNG otherwise.
 
-    Bytes are fully decoded once, so a truncated or corrupt file raises UnreadableImage here rather than
-    in the middle of a training run.
+    Bytes are decoded once by the loader's own `images.load_image` (the same pixel guard and checks), so a
+    truncated, corrupt or oversized file raises its ImageError here rather than in the middle of a training run.
     """
     if isinstance(image, Image.Image):
         return "png", _png_bytes(image)
-    try:
-        with Image.open(io.BytesIO(image)) as decoded:
-            decoded.load()
-            image_format = decoded.format
-            if image_format in KEPT_IMAGE_FORMATS:
-                return KEPT_IMAGE_FORMATS[image_format], bytes(image)
-            return "png", _png_bytes(decoded)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise UnreadableImage(str(error) or type(error).__name__) from error
+    decoded = load_image(image)  # BadImage / ImageTooLarge
+    with Image.open(io.BytesIO(image)) as header:  # the format, from the header alone
+        image_format = header.format
+    if image_format in KEPT_IMAGE_FORMATS:
+        return KEPT_IMAGE_FORMATS[image_format], bytes(image)
+    return "png", _png_bytes(decoded)
 
 
 def _png_bytes(image: Image.Image) -> bytes:

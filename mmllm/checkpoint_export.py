@@ -17,13 +17,14 @@ from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, or a UsageError naming the file when it is missing, not ours, or corrupt."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict, or a UsageError naming the file when it is missing, not ours, or corrupt.
+    mmap=True maps the tensors instead of reading them (a cheap look at names and shapes)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
         raise UsageError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from None
     if not isinstance(checkpoint, dict) or "mmllm_config" not in checkpoint or "state_dict" not in checkpoint:

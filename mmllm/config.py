@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, get_type_hints
+import math
+import types
+from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
 
 
 @dataclass
@@ -35,6 +37,7 @@ class LMConfig:
     head_dim: int | None = None  # derived: dim // n_heads unless set
 
     def __post_init__(self) -> None:
+        _check_types(self, "lm")
         _check_positive(self, "lm", ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
                                      "max_seq_len", "head_dim"))
         if self.head_dim is None:
@@ -64,6 +67,7 @@ class VisionConfig:
         return self.image_size // self.patch_size
 
     def __post_init__(self) -> None:
+        _check_types(self, "vision")
         _check_positive(self, "vision", ("image_size", "patch_size", "dim", "n_layers", "n_heads", "mlp_dim"))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -94,11 +98,11 @@ class VLMConfig:
             self.lm = _build(LMConfig, self.lm, "lm")
         if isinstance(self.vision, dict):
             self.vision = _build(VisionConfig, self.vision, "vision")
+        _check_types(self, "model")
         _check_positive(self, "model", ("pixel_shuffle",))
-        if self.attention not in ("causal", "prefix"):
-            raise ValueError(f"attention must be causal or prefix, got {self.attention!r}")
-        if self.resize not in ("squash", "center_crop", "pad"):
-            raise ValueError(f"resize must be squash, center_crop or pad, got {self.resize!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or not all(self.image_std):
+            raise ValueError(f"image_mean and image_std need 3 values (RGB), std non-zero; got {self.image_mean} "
+                             f"and {self.image_std}")
         if self.vision.grid_size % self.pixel_shuffle:
             raise ValueError(
                 f"patch grid {self.vision.grid_size} is not divisible by pixel_shuffle {self.pixel_shuffle}"
@@ -128,6 +132,9 @@ class VLMConfig:
         """A config from `to_dict`'s layout; ValueError naming any unknown or bad field."""
         data = dict(data)
         lm, vision = data.pop("lm", {}), data.pop("vision", {})
+        for name, part in (("lm", lm), ("vision", vision)):
+            if not isinstance(part, dict):
+                raise ValueError(f"model.{name} must be a mapping of its fields, got {part!r}")
         return _build(cls, {**data, "lm": dict(lm), "vision": dict(vision)}, "model")
 
     @classmethod
@@ -153,6 +160,60 @@ def _build(cls: type, data: dict[str, Any], where: str):
     if unknown:
         raise ValueError(f"{where} config has no field {', '.join(unknown)}; fields: {', '.join(names)}")
     return cls(**data)
+
+
+def _check_types(config: Any, where: str) -> None:
+    """Every field of a config dataclass holds a value of its declared type (ints as floats where a float is
+    declared; floats finite and, for rope_theta and norm_eps, positive); ValueError naming the field."""
+    hints = get_type_hints(type(config))
+    for field_ in dataclasses.fields(config):
+        hint, value = hints[field_.name], getattr(config, field_.name)
+        if dataclasses.is_dataclass(hint):
+            continue  # a nested config checks itself
+        ok, value = _conform(value, hint)
+        if not ok or (field_.name in ("rope_theta", "norm_eps") and not value > 0):
+            raise ValueError(f"{where}.{field_.name} must be {_describe(hint)}, got {getattr(config, field_.name)!r}")
+        setattr(config, field_.name, value)
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether value fits the type hint, the value as stored: ints become floats for float fields)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            ok, conformed = _conform(value, option)
+            if ok:
+                return True, conformed
+        return False, value
+    if origin is Literal:
+        return value in get_args(hint) and isinstance(value, str), value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_conform(item, get_args(hint)[0]) for item in value]
+        return all(ok for ok, _ in items), [item for _, item in items]
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return number, float(value) if number else value
+    return isinstance(value, hint), value
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(option) for option in get_args(hint))
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    if get_origin(hint) is list:
+        item = get_args(hint)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _describe(item))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+            type(None): "null"}.get(hint, str(hint))
 
 
 def _check_positive(config: Any, where: str, names: tuple[str, ...]) -> None:

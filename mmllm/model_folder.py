@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmllm.config import VLMConfig
-from mmllm.errors import UsageError
+from mmllm.errors import UsageError, write_failure
 from mmllm.user_files import read_json_object
 
 CONFIG_FILE = "config.json"
@@ -93,30 +92,35 @@ def save_model_folder(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> 
     """Write `config.json`, `model.safetensors` and `tokenizer.json` for a VLM and its tokenizer into `out_dir`.
 
     The model's dtype is kept; tied weights are stored once. `tokenizer` is a `tokenizers.Tokenizer`.
-    Each file is written under a temporary name and renamed, config.json last, so an interrupted save never
-    leaves a half-written file under a final name.
+    All three files are written under temporary names first and renamed only when every one is complete,
+    config.json last: a save that fails (a full disk) or is killed half-way leaves the folder as it was, and
+    the OSError names the file that could not be written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config: VLMConfig = model.config
-    with _written(out_dir / TOKENIZER_FILE) as path:
-        tokenizer.save(str(path))
-    with _written(out_dir / WEIGHTS_FILE) as path:
-        save_file(unique_state_dict(model), str(path), metadata={"format": "pt"})
-    with _written(out_dir / CONFIG_FILE) as path:
-        path.write_text(json.dumps(config_to_json(config), indent=2) + "\n", encoding="utf-8")
-    return out_dir
-
-
-@contextmanager
-def _written(final_path: Path) -> Iterator[Path]:
-    """A temporary path next to `final_path`, renamed onto it once the body has written it."""
-    temporary = final_path.with_name(final_path.name + ".partial")
+    writers = {
+        TOKENIZER_FILE: lambda path: tokenizer.save(str(path)),
+        WEIGHTS_FILE: lambda path: save_file(unique_state_dict(model), str(path), metadata={"format": "pt"}),
+        CONFIG_FILE: lambda path: path.write_text(json.dumps(config_to_json(config), indent=2) + "\n",
+                                                  encoding="utf-8"),
+    }
+    partial = {name: out_dir / f".{name}.partial" for name in writers}
     try:
-        yield temporary
-        os.replace(temporary, final_path)
+        for name, write in writers.items():
+            try:
+                write(partial[name])
+            except Exception as error:  # a full disk or quota: name the file (libraries wrap the OSError)
+                failure = write_failure(error, str(out_dir / name), name)
+                if failure is None:
+                    raise
+                raise failure from error
+        for name in writers:  # in order, config.json last
+            os.replace(partial[name], out_dir / name)
     finally:
-        temporary.unlink(missing_ok=True)
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+    return out_dir
 
 
 def config_to_json(config: VLMConfig) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from data_pipelines.from_folder import convert_folder
 from mmllm.cli.data_options import add_output_arguments, converting, require_samples
 from mmllm.errors import UsageError
 
+
 def add_arguments(parser) -> None:
     parser.add_argument("folder", help="folder the captions file's image paths are relative to")
     parser.add_argument("--captions", required=True,

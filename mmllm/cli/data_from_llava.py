@@ -12,6 +12,7 @@ from data_pipelines.from_llava import convert_llava
 from mmllm.cli.data_options import add_output_arguments, converting, require_samples
 from mmllm.errors import UsageError
 
+
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="LLaVA-style .json or .jsonl file")
     parser.add_argument("--images", help="folder the rows' image paths are relative to")

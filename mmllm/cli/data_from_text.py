@@ -9,6 +9,7 @@ from __future__ import annotations
 from data_pipelines.from_text import DEFAULT_DOC_CHARS, convert_text
 from mmllm.cli.data_options import add_output_arguments, converting
 
+
 def add_arguments(parser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="text files or folders of them")
     parser.add_argument("--doc-chars", type=int, default=DEFAULT_DOC_CHARS,

@@ -62,7 +62,7 @@ def _config_path(given: str | None, default: str) -> str:
 
 
 def _fit_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = []
+    overrides = ["--checkpoint.overwrite", "true"]  # a demo run again replaces the demo's own earlier run
     if args.max_steps is not None:
         overrides += ["--trainer.max_steps", str(args.max_steps)]
     if args.max_time is not None:

@@ -102,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
     report["items_per_second"] = round(len(samples) / seconds, 2) if seconds > 0 else None
     print(format_report(report))
     if handler.total:
-        from data_pipelines.bad_samples import format_counts
-
-        print(f"skipped {handler.total} bad samples: {format_counts(handler.counts)}", file=sys.stderr)
+        print(handler.summary(), file=sys.stderr)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"mmllm: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a quota, no permission: the file, and that what was there is intact
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"mmllm: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

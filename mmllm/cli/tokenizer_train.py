@@ -1,7 +1,8 @@
 """Train a byte-level BPE tokenizer on the text of webdataset shards (captions, chat turns, text documents).
 
 Every *.tar under each --data folder (searched recursively) is read: KEY.txt members and the captions /
-conversation turns of KEY.json members. The project's special tokens get the first ids.
+conversation turns of KEY.json members. The project's special tokens get the first ids. Samples that cannot be
+read (text that is not UTF-8, broken JSON, a shard cut short) are skipped and counted, as in training.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from data_pipelines.tokenizer import find_shards, shard_texts, train_tokenizer, vocab_size
+from data_pipelines.bad_samples import BadSampleHandler
+from data_pipelines.shards import UnreadableShard, find_shards, shard_texts
+from data_pipelines.tokenizer import train_tokenizer, vocab_size
 from mmllm.errors import UsageError
 
 
@@ -28,9 +31,10 @@ def run(args) -> int:
     if not shards:
         raise UsageError(f"no *.tar shards under {' '.join(args.data)}")
     stats: Counter = Counter()
+    handler = BadSampleHandler()
     try:
-        tokenizer = train_tokenizer(shard_texts(shards, stats), args.vocab_size, args.min_frequency)
-    except ValueError as error:
+        tokenizer = train_tokenizer(shard_texts(shards, handler, stats), args.vocab_size, args.min_frequency)
+    except (UnreadableShard, ValueError) as error:
         raise UsageError(str(error)) from error
     if not stats["texts"]:
         raise UsageError(f"the {len(shards)} shards under {' '.join(args.data)} hold no text (.txt or .json members)")
@@ -40,5 +44,7 @@ def run(args) -> int:
     print(
         f"read {stats['shards']} shards, {stats['records']} samples, {stats['texts']} texts, {stats['chars']} characters"
     )
+    if handler.total:
+        print(handler.summary())
     print(f"vocab size {vocab_size(tokenizer)}; wrote {out}")
     return 0

@@ -1,14 +1,19 @@
 """Callbacks of a training run: checkpoints whose `last` holds the final step, a progress bar that counts
-steps, and the model folder export."""
+steps, the model folder export, and a checkpoint when the job is preempted."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, Timer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Checkpoint(ModelCheckpoint):
@@ -18,6 +23,12 @@ class Checkpoint(ModelCheckpoint):
     stopped by max_steps would otherwise leave `last` some steps behind the weights it exports, and a
     `--ckpt_path last` with a larger max_steps would redo those steps.
     """
+
+    def __init__(self, *args, overwrite: bool = False, **kwargs) -> None:
+        """overwrite: a new fit may replace the checkpoints an earlier run left in `dirpath` (otherwise it stops
+        with an error, see mmllm.train.guards); every other argument is ModelCheckpoint's."""
+        super().__init__(*args, **kwargs)
+        self.overwrite = overwrite
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -148,3 +159,44 @@ def plot_curves(trainer: L.Trainer) -> None:
         return
     except (FileNotFoundError, ValueError) as error:  # nothing logged yet
         print(f"no learning curves drawn: {error}")
+
+
+class Preemption(L.Callback):
+    """SIGTERM (a scheduler stopping the job) or SIGUSR1 (SLURM's warning before the time limit, `--signal=USR1@90`)
+    during fit: finish the current step, write `last.ckpt` where `--ckpt_path last` finds it, and stop.
+
+    SIGTERM is Lightning's own: it sets `trainer.received_sigterm` and raises SIGTERMException after the batch;
+    here, in `on_exception`, the checkpoint is written. SIGUSR1 is turned into the same path, except under SLURM
+    with auto-requeue, where Lightning's handler saves its own checkpoint and requeues the job.
+    """
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None  # the signal that stopped the run
+        self.checkpoint: Optional[str] = None  # where its checkpoint went
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has installed its handlers by now (after on_fit_start); USR1 is ours unless SLURM's took it.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._remember(signal.getsignal(signal.SIGTERM)))
+            if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGUSR1, self._as_sigterm)
+
+    def _remember(self, lightning_handler):
+        def handler(signum, frame):
+            self.signal = self.signal or signum
+            if callable(lightning_handler):
+                lightning_handler(signum, frame)
+        return handler
+
+    def _as_sigterm(self, signum, frame) -> None:
+        self.signal = signum
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM path: stop after this batch, on every rank
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None) or os.path.join(trainer.default_root_dir,
+                                                                                       "checkpoints")
+        self.checkpoint = os.path.join(folder, "last.ckpt")
+        trainer.save_checkpoint(self.checkpoint)  # every rank takes part; rank 0 writes
+        self.signal = self.signal or signal.SIGTERM

@@ -16,6 +16,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mmllm.errors import write_failure
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO whose local saves are atomic (remote paths keep Lightning's behaviour)."""
@@ -34,5 +36,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
             os.replace(temporary, path)
+        except Exception as error:  # a full disk or quota: say which checkpoint could not be written
+            failure = write_failure(error, str(path), "checkpoint")
+            if failure is None:
+                raise
+            raise failure from error
         finally:
             temporary.unlink(missing_ok=True)

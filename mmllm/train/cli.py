@@ -7,14 +7,20 @@ the model through a linked argument, so a config never states them twice.
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 import warnings
 
+import signal
+
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from data_pipelines.shards import UnreadableShard
 from mmllm.errors import UsageError
-from mmllm.train.callbacks import Checkpoint, ExportModel
+from mmllm.train import guards
+from mmllm.train.callbacks import Checkpoint, ExportModel, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
 
@@ -30,14 +36,64 @@ class MMLLMCLI(LightningCLI):
             print(f"mmllm {self.subcommand}: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyperparameters of a --ckpt_path file before anything else: a truncated or
+        # foreign file fails there, and is said in one line naming it.
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path")
+            reason = str(error).splitlines()[0][:200]
+            print(f"mmllm {subcommand}: error: checkpoint {path} is corrupt or truncated ({reason})", file=sys.stderr)
+            raise SystemExit(2) from None
+
     def instantiate_trainer(self, **kwargs):
         # The step-counting progress bar, unless the config turns the bar off or brings its own.
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer_config.get("callbacks") or [])
         wants_bar = trainer_config.get("enable_progress_bar") is not False
         if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
-            kwargs["callbacks"] = callbacks + progress_bar()
+            callbacks = callbacks + progress_bar()
+        self.preemption = Preemption()
+        kwargs["callbacks"] = callbacks + [self.preemption]
         return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """The subcommand after its checks (mmllm.train.guards), with what can go wrong outside the code said in
+        one line: a preempted fit (exit 128 + the signal), a file that cannot be written (exit 1), a bad
+        checkpoint or shard (exit 2)."""
+        lock = None
+        try:
+            if guards.is_first_process():
+                checkpoint = self.trainer.checkpoint_callback
+                folder = getattr(checkpoint, "dirpath", None)
+                ckpt_path = self.config_init[subcommand].get("ckpt_path")
+                resumed = guards.resolve_checkpoint(ckpt_path, folder)
+                if resumed is not None:
+                    guards.check_checkpoint_fits(resumed, self.model)
+                if subcommand == "fit":
+                    lock = guards.claim_checkpoint_folder(folder, resuming=ckpt_path is not None,
+                                                          overwrite=getattr(checkpoint, "overwrite", False))
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            name = signal.Signals(self.preemption.signal or signal.SIGTERM).name
+            wrote = (f"wrote {self.preemption.checkpoint}; continue with --ckpt_path last" if self.preemption.checkpoint
+                     else "no checkpoint written")
+            print(f"mmllm {subcommand}: stopped by {name} at step {self.trainer.global_step}: {wrote}",
+                  file=sys.stderr)
+            raise SystemExit(128 + (self.preemption.signal or signal.SIGTERM)) from None
+        except (UsageError, UnreadableShard) as error:
+            print(f"mmllm {subcommand}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as error:  # a full disk, a quota, a folder without write permission
+            where = f" ({error.filename})" if error.filename else ""
+            print(f"mmllm {subcommand}: error: {error.strerror or error}{where}; files already written are intact",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
+        finally:
+            if lock is not None:
+                lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.model_inputs", "model.model_inputs", apply_on="instantiate")

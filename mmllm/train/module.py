@@ -40,7 +40,8 @@ class VLMModule(L.LightningModule):
             mmllm.config.VisionConfig). Only with a preset; the image size comes from the data module.
         pixel_shuffle: image patches merged per side into one image token (default: the preset's). Only with
             a preset.
-        init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage) to start from.
+        init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage), or a training checkpoint
+            (.ckpt), to start from.
         attention: `causal`, or `prefix` (bidirectional over image + prompt, causal over the answer).
         freeze: parts not trained in this stage, any of `vision`, `projector`, `lm`.
         lr: peak learning rate of every part without its own rate.
@@ -288,9 +289,12 @@ def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], a
     from data_pipelines.tokenizer import load_tokenizer
 
     if init_from:
+        from mmllm.checkpoint_export import model_from_checkpoint
         from mmllm.model_folder import load_model_folder
 
-        model, tokenizer, config = load_model_folder(init_from)
+        # A model folder, or a training checkpoint (a truncated or foreign one is a UsageError naming it).
+        load = model_from_checkpoint if str(init_from).endswith(".ckpt") else load_model_folder
+        model, tokenizer, config = load(init_from)
         model.train()  # folders load in eval mode, for inference
         # The data's tokenizer must be the model's: no more tokens than the embedding has rows (a pretrained
         # embedding may have spare rows), and the same image and pad ids.

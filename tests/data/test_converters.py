@@ -77,7 +77,7 @@ def test_llava_json_list_round_trip_keeps_turns_images_and_counts_skips(llava_ro
     stats = convert_llava(tmp_path / "chat.json", images, tmp_path / "out")
     summary = capsys.readouterr().out.strip()
     assert summary == (f"wrote 4 samples in 1 shards to {tmp_path / 'out'}; "
-                       "skipped 3: missing image 1, unreadable image 1, no assistant turn 1")
+                       "skipped 3: missing image 1, corrupt image 1, no assistant turn 1")
     assert stats.written == 4
     samples = read_samples(tmp_path / "out")
     assert sorted(samples) == ["000000000", "000000001", "000000005", "000000006"]
@@ -155,7 +155,7 @@ def test_folder_jsonl_groups_captions_of_one_image_and_skips_bad_rows(tmp_path, 
     stats = convert_folder(tmp_path / "imgs", tmp_path / "caps.jsonl", tmp_path / "out")
     assert capsys.readouterr().out.strip() == (
         f"wrote 2 samples in 1 shards to {tmp_path / 'out'}; skipped 4: "
-        "empty caption 1, row without file 1, missing image 1, unreadable image 1")
+        "empty caption 1, row without file 1, missing image 1, corrupt image 1")
     assert stats.written == 2
     samples = read_samples(tmp_path / "out")
     assert samples["000000000"] == {"jpg": cat, "txt": b"a cat", "json": json.dumps(

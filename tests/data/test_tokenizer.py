@@ -13,7 +13,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from data_pipelines import special_tokens as st
-from data_pipelines.tokenizer import TokenIds, load_tokenizer, record_texts, train_tokenizer, vocab_size
+from data_pipelines.shards import record_texts
+from data_pipelines.tokenizer import TokenIds, load_tokenizer, train_tokenizer, vocab_size
 
 CORPUS = [
     "A red circle is on the left of a blue square.",

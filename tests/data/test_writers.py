@@ -11,7 +11,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.writers import ShardWriter, UnreadableImage, WriteStats, encode_image
+from data_pipelines.images import ImageError
+from data_pipelines.writers import ShardWriter, WriteStats, encode_image
 
 
 def image_bytes(image_format: str, colour=(200, 40, 40), size=(6, 5), mode="RGB") -> bytes:
@@ -81,7 +82,7 @@ def test_pil_image_is_stored_as_png():
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", image_bytes("JPEG", size=(64, 64))[:200]])
 def test_unreadable_image_bytes_raise_unreadable_image(data):
-    with pytest.raises(UnreadableImage):
+    with pytest.raises(ImageError):
         encode_image(data)
 
 

@@ -24,7 +24,8 @@ def _extract_pngs(shard: Path, out: Path, count: int) -> None:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> TrainedRun:
     from data_pipelines.shapes import generate_shapes
-    from data_pipelines.tokenizer import find_shards, shard_texts, train_tokenizer
+    from data_pipelines.shards import find_shards, shard_texts
+    from data_pipelines.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"
@@ -54,4 +55,3 @@ def vlm(trained):
     from mmllm.inference import load
 
     return load(trained.model, device="cpu", dtype="float32")
-

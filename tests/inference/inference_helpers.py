@@ -8,9 +8,6 @@ from pathlib import Path
 from commands import REPO, run_mmllm  # noqa: F401 (re-exported for the inference tests)
 
 
-
-
-
 @dataclass
 class TrainedRun:
     root: Path
@@ -22,4 +19,3 @@ class TrainedRun:
     @property
     def image(self) -> Path:
         return sorted(self.images.glob("*.png"))[0]
-

@@ -14,7 +14,8 @@ import pytest
 from fit_helpers import ddp_config, finish, fit_config, start_mmllm, write_config
 
 from data_pipelines.shapes import generate_shapes
-from data_pipelines.tokenizer import find_shards, shard_texts, train_tokenizer
+from data_pipelines.shards import find_shards, shard_texts
+from data_pipelines.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,6 @@ def shapes_data(tmp_path_factory) -> Path:
     tokenizer = train_tokenizer(shard_texts(find_shards([root / "train"])), vocab_size=300)
     tokenizer.save(str(root / "tokenizer.json"))
     return root
-
 
 
 BACKGROUND_FITS = {"test_fit_cli": ("fit", fit_config), "test_ddp": ("ddp", ddp_config)}

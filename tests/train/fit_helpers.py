@@ -61,10 +61,6 @@ def write_config(config: dict, path: Path) -> Path:
     return path
 
 
-
-
-
-
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     """Rows of the CSVLogger's metrics.csv of the run's (only or latest) version."""
     files = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
@@ -76,8 +72,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 def column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
     """(step, value) of every row where the metric `name` was logged."""
     return [(int(row["step"]), float(row[name])) for row in rows if row.get(name)]
-
-
 
 
 def finish(process: subprocess.Popen, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

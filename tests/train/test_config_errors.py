@@ -61,3 +61,30 @@ def test_schedule_by_time_without_max_time_is_refused_before_training(good_confi
     error = fit_error(["--config", str(write_config(good_config, tmp_path / "bad.yaml"))], capsys)
     assert error_lines(error) == ["mmllm fit: error: model.schedule_by_time needs trainer.max_time (the budget the "
                                   "schedule ends with)"]
+
+
+@pytest.mark.parametrize(("lm", "vision", "named"), [
+    ({"n_heads": 0}, {}, "lm.n_heads must be a positive integer, got 0"),
+    ({"dim": 60, "n_heads": 8}, {}, "LM dim 60 is not divisible by n_heads 8"),
+    ({}, {"patch_size": 5}, "image_size 32 is not a multiple of patch_size 5"),
+])
+def test_a_bad_shape_value_fails_once_naming_the_field(good_config, tmp_path, capsys, lm, vision, named):
+    good_config["model"]["lm"] = {**good_config["model"]["lm"], **lm}
+    good_config["model"]["vision"] = {**good_config["model"]["vision"], **vision}
+    error = fit_error(["--config", str(write_config(good_config, tmp_path / "bad.yaml"))], capsys)
+    assert error_lines(error) == [f"mmllm fit: error: {named}"]
+
+
+def test_presets_are_built_and_checked_the_same_way_by_build_and_fit():
+    from mmllm.config import LMConfig, VisionConfig, VLMConfig
+    from mmllm.train.module import LMShape, VisionShape
+
+    # The trainer's typed shape options are the dataclasses' fields (the vocabulary comes from the tokenizer).
+    assert set(LMShape.__annotations__) == {f for f in LMConfig.__dataclass_fields__} - {"vocab_size"}
+    assert set(VisionShape.__annotations__) == set(VisionConfig.__dataclass_fields__)
+    reshaped = VLMConfig.from_preset("tiny", lm={"dim": 64, "n_heads": 4}, vision={"n_layers": 1})
+    assert reshaped.lm.head_dim == 16 and reshaped.vision.n_layers == 1 and reshaped.vision.dim == 128
+    with pytest.raises(ValueError, match="lm config has no field n_layer"):
+        VLMConfig.from_preset("tiny", lm={"n_layer": 2})
+    with pytest.raises(ValueError, match="model.pixel_shuffle must be a positive integer"):
+        VLMConfig.from_preset("tiny", pixel_shuffle=0)
