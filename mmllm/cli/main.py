@@ -36,6 +36,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "generate": "generate",
     "eval": "evaluate",
     "plot": "plot",
+    "serve": "serve",
     "demo": "demo",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

@@ -55,3 +55,20 @@ def vlm(trained):
     from mmllm.inference import load
 
     return load(trained.model, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def sharp(trained, tmp_path_factory, vlm):
+    """A model folder of the trained model's shape with sharp random weights: long answers that differ from
+    prompt to prompt, so a mix-up between batched requests would show (the 3-step model mostly says nothing)."""
+    import torch
+    from tiny_models import sharpen_
+
+    from mmllm.inference import load
+    from mmllm.model import VLM
+    from mmllm.model_folder import save_model_folder
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("sharp") / "model"
+    save_model_folder(sharpen_(VLM(vlm.config)), vlm.tokenizer, folder)
+    return folder, load(folder, device="cpu", dtype="float32")

@@ -1,0 +1,228 @@
+"""Continuous batching: one thread decodes every running request together; requests join and leave between steps.
+
+A request is prefilled alone (exactly as `mmllm ask` prefills its prompt), then its row joins the running
+batch: the batch's KV cache and the new row's are aligned on the right (left padding, hidden by `key_is_real`)
+so every row keeps its own rotary positions. Each step samples one token per row with that request's own
+settings and generator, and a row leaves the batch when it stops (an end token, max_tokens, a stop string, the
+time limit, or its client going away). A failure while prefilling one request answers that request alone; the
+others go on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from data_pipelines.processor import EncodedSample
+from mmllm.generation import KVCache, decode_step, prefill, sample_next_token
+
+
+@dataclass
+class Request:
+    """One chat completion to generate. `emit(event)` is called from the engine thread with ("delta", text)
+    as text is ready, then ("done", answer, finish_reason, usage) or ("error", message). The deltas add up to
+    the answer, which is `mmllm ask`'s: the decoded tokens, stripped, cut before a stop string."""
+
+    prompt: EncodedSample
+    emit: Callable[[tuple], None]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    deadline: float = float("inf")  # time.monotonic() after which the answer ends with finish_reason "length"
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=list)
+    shown: str = ""  # text already emitted
+    answer: str | None = None  # set when a stop string ends the answer
+    generator: torch.Generator | None = None
+
+
+class Engine:
+    """Runs requests on a VisionLanguageModel with continuous batching (at most `max_batch` rows at once)."""
+
+    def __init__(self, vlm, max_batch: int = 16) -> None:
+        self.vlm = vlm
+        self.model = vlm.model
+        self.config = vlm.config
+        self.max_batch = max_batch
+        self.stop_ids = set(self.config.eos_token_ids)
+        self.waiting: queue.Queue[Request] = queue.Queue()
+        self.running: list[Request] = []
+        self.cache: KVCache | None = None
+        self.positions: torch.Tensor | None = None  # (b,) next rotary position of each row
+        self.key_is_real: torch.Tensor | None = None  # (b, cache.max_len)
+        self.logits: torch.Tensor | None = None  # (b, V): each row's next-token logits
+        self.steps = 0  # decode steps run (for the batching statistics)
+        self.rows_stepped = 0  # rows summed over those steps
+        self._thread = threading.Thread(target=self._loop, name="mmllm-engine", daemon=True)
+        self._stopping = threading.Event()
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def submit(self, request: Request) -> None:
+        if request.seed is not None:
+            request.generator = torch.Generator(device=self.vlm.device).manual_seed(request.seed)
+        self.waiting.put(request)
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows_stepped / self.steps if self.steps else 0.0
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._admit(block=not self.running)
+                if self.running:
+                    with torch.inference_mode():
+                        self._step()
+            except Exception as error:  # a bug must not leave clients waiting forever: fail what is running
+                for request in self.running:
+                    request.emit(("error", f"generation failed: {type(error).__name__}: {error}"))
+                self._reset()
+
+    def _admit(self, block: bool) -> None:
+        while len(self.running) < self.max_batch:
+            try:
+                request = self.waiting.get(timeout=0.1) if block else self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if request.cancelled.is_set():
+                continue
+            try:
+                with torch.inference_mode():
+                    self._join(request, *self._prefill(request))
+            except Exception as error:  # this request's problem only
+                request.emit(("error", f"{type(error).__name__}: {error}"))
+
+    def _prefill(self, request: Request) -> tuple[KVCache, torch.Tensor]:
+        """The request's prompt alone through the model (as `mmllm ask` does): its cache and last logits."""
+        prompt = request.prompt
+        ids = torch.tensor([prompt.input_ids], device=self.vlm.device)
+        pixels = None
+        if prompt.pixel_values is not None:
+            pixels = prompt.pixel_values.to(device=self.vlm.device, dtype=self.vlm.dtype)
+        embeds = self.model.embed(ids, pixels)
+        length = ids.size(1)
+        cache = KVCache(self.config.lm, 1, length + request.max_tokens, dtype=self.vlm.dtype, device=self.vlm.device)
+        logits = prefill(self.model, embeds, torch.ones_like(ids), cache)
+        return cache, logits
+
+    def _join(self, request: Request, cache: KVCache, logits: torch.Tensor) -> None:
+        """Add a prefilled row to the running batch, right-aligning the two caches."""
+        position = torch.tensor([cache.length], device=logits.device)
+        if not self.running:
+            self.cache, self.logits, self.positions = cache, logits, position
+            self.key_is_real = torch.ones(1, cache.max_len, dtype=torch.bool, device=logits.device)
+            self.running = [request]
+            return
+        old, new = self.cache, cache
+        length = max(old.length, new.length)
+        budget = max([r.max_tokens - len(r.tokens) for r in self.running] + [request.max_tokens])
+        merged = KVCache(self.config.lm, len(self.running) + 1, length + budget, dtype=self.vlm.dtype,
+                         device=logits.device)
+        for layer in range(self.config.lm.n_layers):
+            for mine, theirs, fresh in ((merged.keys, old.keys, new.keys), (merged.values, old.values, new.values)):
+                mine[layer][:-1, :, length - old.length:length] = theirs[layer][:, :, :old.length]
+                mine[layer][-1:, :, length - new.length:length] = fresh[layer][:, :, :new.length]
+        merged.length = length
+        real = torch.zeros(len(self.running) + 1, merged.max_len, dtype=torch.bool, device=logits.device)
+        real[:-1, length - old.length:length] = self.key_is_real[:, :old.length]
+        real[-1, length - new.length:length] = True
+        real[:, length:] = True  # the positions still to be decoded
+        self.cache, self.key_is_real = merged, real
+        self.logits = torch.cat([self.logits, logits])
+        self.positions = torch.cat([self.positions, position])
+        self.running.append(request)
+
+    def _step(self) -> None:
+        """One token for every running row; finished rows leave; the rest advance through the model."""
+        self.logits[:, self.config.image_token_id] = float("-inf")  # never generate an image slot
+        tokens = torch.stack([
+            sample_next_token(self.logits[i:i + 1], r.temperature, None, r.top_p, r.generator)[0]
+            for i, r in enumerate(self.running)])
+        self.steps += 1
+        self.rows_stepped += len(self.running)
+        now = time.monotonic()
+        keep = []
+        for i, (request, token) in enumerate(zip(self.running, tokens.tolist())):
+            reason = self._advance(request, token, now)
+            if reason is None:
+                keep.append(i)
+            else:
+                self._finish(request, reason)
+        if len(keep) < len(self.running):
+            self._keep(keep)
+        if self.running:
+            self.logits = decode_step(self.model, tokens[keep] if len(keep) < len(tokens) else tokens,
+                                      self.positions, self.cache, self.key_is_real)
+            self.positions = self.positions + 1
+
+    def _advance(self, request: Request, token: int, now: float) -> str | None:
+        """Record a row's new token and emit the text it completes; the finish reason when the row is done."""
+        if request.cancelled.is_set():
+            return "cancelled"
+        if token in self.stop_ids:
+            return "stop"
+        request.tokens.append(token)
+        text = self.vlm.processor.decode(request.tokens).lstrip()
+        stop_at = min((text.find(s) for s in request.stop if s in text), default=-1)
+        if stop_at >= 0:
+            request.answer = text[:stop_at].rstrip()
+            return "stop"
+        if len(request.tokens) >= request.max_tokens or now > request.deadline:
+            return "length"
+        if not text.endswith("\ufffd"):  # not half of a multi-byte character
+            # Hold back what could still become a stop string, and trailing spaces (the answer is stripped).
+            hold = max((len(s) - 1 for s in request.stop), default=0)
+            ready = text.rstrip()
+            self._emit_text(request, ready[:len(ready) - hold] if hold else ready)
+        return None
+
+    def _emit_text(self, request: Request, text: str) -> None:
+        if text.startswith(request.shown) and len(text) > len(request.shown):
+            request.emit(("delta", text[len(request.shown):]))
+            request.shown = text
+
+    def _finish(self, request: Request, reason: str) -> None:
+        if reason == "cancelled":
+            return
+        answer = request.answer if request.answer is not None else self.vlm.processor.decode(request.tokens).strip()
+        self._emit_text(request, answer)
+        usage = {"prompt_tokens": len(request.prompt.input_ids), "completion_tokens": len(request.tokens),
+                 "total_tokens": len(request.prompt.input_ids) + len(request.tokens)}
+        request.emit(("done", answer, reason, usage))
+
+    def _keep(self, rows: list[int]) -> None:
+        """Only these rows go on; leading cache columns no remaining row uses are dropped."""
+        self.running = [self.running[i] for i in rows]
+        if not self.running:
+            self._reset()
+            return
+        index = torch.tensor(rows, device=self.logits.device)
+        self.cache.keep_rows(index)
+        self.key_is_real = self.key_is_real[index]
+        self.positions = self.positions[index]
+        first = int(self.key_is_real[:, :self.cache.length].float().argmax(dim=1).min())  # earliest real key
+        if first > 0:
+            self.cache.keys = [k[:, :, first:] for k in self.cache.keys]
+            self.cache.values = [v[:, :, first:] for v in self.cache.values]
+            self.cache.length -= first
+            self.cache.max_len -= first
+            self.key_is_real = self.key_is_real[:, first:]
+
+    def _reset(self) -> None:
+        self.running, self.cache, self.logits, self.positions, self.key_is_real = [], None, None, None, None
