@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import socket
 import statistics
@@ -18,8 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-import httpx
+from urllib.parse import urlsplit
 
 QUESTIONS = ["Describe the image.", "What colour is the circle?", "How many shapes are there?",
              "Is there a red star?", "What shape is at the top?", "What is in the center?"]
@@ -38,9 +38,11 @@ def start_server(model: str, port: int, max_batch: int) -> subprocess.Popen:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
                 return process
-        except httpx.HTTPError:
+        except OSError:
             time.sleep(0.2)
         if process.poll() is not None:
             raise RuntimeError(f"the server stopped: {process.stdout.read()}")
@@ -53,40 +55,47 @@ def data_uri(path: Path) -> str:
         base64.b64encode(path.read_bytes()).decode()
 
 
-def one_request(client: httpx.Client, url: str, image: str, question: str, max_tokens: int) -> dict:
+def one_request(url: str, image: str, question: str, max_tokens: int) -> dict:
     """Stream one completion; (time to first token, latency, completion tokens)."""
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
                                                       {"type": "text", "text": question}]}],
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first, tokens = None, 0
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
-                first = time.perf_counter() - start
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    connection.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    for raw in response:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
+            first = time.perf_counter() - start
+    connection.close()
     latency = time.perf_counter() - start
     return {"ttft": first if first is not None else latency, "latency": latency, "tokens": tokens}
 
 
-def run_clients(url: str, images: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
+def run_clients(url: str, images: list[str], clients: int, seconds: float, max_tokens: int,
+                questions: list[str] = QUESTIONS) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
     def client_loop(index: int) -> None:
-        with httpx.Client() as client:
-            n = index
-            while time.perf_counter() < stop_at:
-                result = one_request(client, url, images[n % len(images)], QUESTIONS[n % len(QUESTIONS)], max_tokens)
-                with lock:
-                    results.append(result)
-                n += clients
+        n = index
+        while time.perf_counter() < stop_at:
+            result = one_request(url, images[n % len(images)], questions[n % len(questions)], max_tokens)
+            with lock:
+                results.append(result)
+            n += clients
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
@@ -117,6 +126,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--question", action="append", help="ask this (repeatable; default: a mix of six)")
     args = parser.parse_args()
     images = [data_uri(p) for p in sorted(args.images.iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
     if not images:
@@ -131,7 +141,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
     try:
         run_clients(url, images, 1, 2.0, args.max_tokens)  # warm-up
-        runs = [run_clients(url, images, n, args.seconds, args.max_tokens) for n in args.clients]
+        questions = args.question or QUESTIONS
+        runs = [run_clients(url, images, n, args.seconds, args.max_tokens, questions) for n in args.clients]
     finally:
         if server is not None:
             server.terminate()
@@ -140,7 +151,10 @@ def main() -> None:
     for run in runs:
         if single is not None:
             run["speedup_over_one_client"] = round(run["tokens_per_s"] / single["tokens_per_s"], 2)
-    print(json.dumps({"url": url, "model": args.model, "max_tokens": args.max_tokens, "runs": runs}, indent=1))
+            # With answers of different lengths, a closed loop re-asks the short ones more often: count requests too.
+            run["requests_speedup_over_one_client"] = round(run["requests_per_s"] / single["requests_per_s"], 2)
+    print(json.dumps({"url": url, "model": args.model, "max_tokens": args.max_tokens, "questions": questions,
+                      "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def create_app(vlm, engine: Engine, model_name: str, api_key: str | None = None,
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "running": len(engine.running),
-                "waiting": engine.waiting.qsize()}
+                "waiting": engine.waiting.qsize(), "mean_batch": round(engine.mean_batch, 2)}
 
     @app.get("/v1/models")
     async def models():
@@ -102,7 +102,8 @@ def create_app(vlm, engine: Engine, model_name: str, api_key: str | None = None,
             if len(body) > limits.max_body_bytes:
                 raise BadRequest(f"request body over {limits.max_body_bytes} bytes", code="body_too_large",
                                  status=413)
-            generation, stream, include_usage = parse_completion(body, vlm, limits)
+            # off the event loop: image decoding and tokenizing release the GIL, so other requests go on meanwhile
+            generation, stream, include_usage = await asyncio.to_thread(parse_completion, body, vlm, limits)
         except BadRequest as error:
             return error_response(error.status, str(error), error.param, error.code)
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"

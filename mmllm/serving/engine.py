@@ -1,8 +1,8 @@
 """Continuous batching: one thread decodes every running request together; requests join and leave between steps.
 
-A request is prefilled alone (exactly as `mmllm ask` prefills its prompt), then its row joins the running
-batch: the batch's KV cache and the new row's are aligned on the right (left padding, hidden by `key_is_real`)
-so every row keeps its own rotary positions. Each step samples one token per row with that request's own
+Requests that arrive together are prefilled together (left-padded, as `mmllm ask` prefills a batch of
+questions), then their rows join the running batch: the batch's KV cache and the new rows' are aligned on the
+right (left padding, hidden by `key_is_real`) so every row keeps its own rotary positions. Each step samples one token per row with that request's own
 settings and generator, and a row leaves the batch when it stops (an end token, max_tokens, a stop string, the
 time limit, or its client going away). A failure while prefilling one request answers that request alone; the
 others go on.
@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from data_pipelines.processor import EncodedSample
+from data_pipelines.processor import EncodedSample, collate
 from mmllm.generation import KVCache, decode_step, prefill, sample_next_token
 
 
@@ -94,66 +94,80 @@ class Engine:
                 self._reset()
 
     def _admit(self, block: bool) -> None:
-        while len(self.running) < self.max_batch:
+        """Take waiting requests into the batch (up to max_batch rows), prefilled in one forward pass."""
+        arrivals: list[Request] = []
+        while len(self.running) + len(arrivals) < self.max_batch:
             try:
-                request = self.waiting.get(timeout=0.1) if block else self.waiting.get_nowait()
+                request = self.waiting.get(timeout=0.1) if block and not arrivals else self.waiting.get_nowait()
             except queue.Empty:
-                return
-            block = False
-            if request.cancelled.is_set():
-                continue
+                break
+            if not request.cancelled.is_set():
+                arrivals.append(request)
+        if not arrivals:
+            return
+        groups = [arrivals]
+        while groups:
+            group = groups.pop()
             try:
                 with torch.inference_mode():
-                    self._join(request, *self._prefill(request))
-            except Exception as error:  # this request's problem only
-                request.emit(("error", f"{type(error).__name__}: {error}"))
+                    self._join(group, *self._prefill(group))
+            except Exception as error:
+                if len(group) == 1:  # this request's problem only
+                    group[0].emit(("error", f"{type(error).__name__}: {error}"))
+                else:  # find which one: each again, alone
+                    groups.extend([request] for request in group)
 
-    def _prefill(self, request: Request) -> tuple[KVCache, torch.Tensor]:
-        """The request's prompt alone through the model (as `mmllm ask` does): its cache and last logits."""
-        prompt = request.prompt
-        ids = torch.tensor([prompt.input_ids], device=self.vlm.device)
-        pixels = None
-        if prompt.pixel_values is not None:
-            pixels = prompt.pixel_values.to(device=self.vlm.device, dtype=self.vlm.dtype)
-        embeds = self.model.embed(ids, pixels)
+    def _prefill(self, arrivals: list[Request]) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+        """The arrivals' prompts through the model, left-padded into one batch: (their cache, their last logits
+        (n, V), which cached keys are real (n, cache.max_len))."""
+        batch = collate([r.prompt for r in arrivals], pad_id=self.config.pad_token_id, padding_side="left")
+        device = self.vlm.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        pixels = batch.get("pixel_values")
+        if pixels is not None:
+            pixels = pixels.to(device=device, dtype=self.vlm.dtype)
+        embeds = self.model.embed(ids, pixels, batch["image_counts"].to(device))
         length = ids.size(1)
-        cache = KVCache(self.config.lm, 1, length + request.max_tokens, dtype=self.vlm.dtype, device=self.vlm.device)
-        logits = prefill(self.model, embeds, torch.ones_like(ids), cache)
-        return cache, logits
+        budget = max(r.max_tokens for r in arrivals)
+        cache = KVCache(self.config.lm, len(arrivals), length + budget, dtype=self.vlm.dtype, device=device)
+        logits = prefill(self.model, embeds, mask, cache)
+        real = torch.ones(len(arrivals), cache.max_len, dtype=torch.bool, device=device)
+        real[:, :length] = mask.bool()
+        return cache, logits, real
 
-    def _join(self, request: Request, cache: KVCache, logits: torch.Tensor) -> None:
-        """Add a prefilled row to the running batch, right-aligning the two caches."""
-        position = torch.tensor([cache.length], device=logits.device)
+    def _join(self, arrivals: list[Request], cache: KVCache, logits: torch.Tensor, real: torch.Tensor) -> None:
+        """Add prefilled rows to the running batch, right-aligning the two caches."""
+        device = logits.device
+        positions = torch.tensor([len(r.prompt.input_ids) for r in arrivals], device=device)
         if not self.running:
-            self.cache, self.logits, self.positions = cache, logits, position
-            self.key_is_real = torch.ones(1, cache.max_len, dtype=torch.bool, device=logits.device)
-            self.running = [request]
+            self.cache, self.logits, self.positions, self.key_is_real = cache, logits, positions, real
+            self.running = list(arrivals)
             return
-        old, new = self.cache, cache
+        old, new, rows = self.cache, cache, len(self.running)
         length = max(old.length, new.length)
-        budget = max([r.max_tokens - len(r.tokens) for r in self.running] + [request.max_tokens])
-        merged = KVCache(self.config.lm, len(self.running) + 1, length + budget, dtype=self.vlm.dtype,
-                         device=logits.device)
+        budget = max(r.max_tokens - len(r.tokens) for r in self.running + arrivals)
+        merged = KVCache(self.config.lm, rows + len(arrivals), length + budget, dtype=self.vlm.dtype, device=device)
         for layer in range(self.config.lm.n_layers):
             for mine, theirs, fresh in ((merged.keys, old.keys, new.keys), (merged.values, old.values, new.values)):
-                mine[layer][:-1, :, length - old.length:length] = theirs[layer][:, :, :old.length]
-                mine[layer][-1:, :, length - new.length:length] = fresh[layer][:, :, :new.length]
+                mine[layer][:rows, :, length - old.length:length] = theirs[layer][:, :, :old.length]
+                mine[layer][rows:, :, length - new.length:length] = fresh[layer][:, :, :new.length]
         merged.length = length
-        real = torch.zeros(len(self.running) + 1, merged.max_len, dtype=torch.bool, device=logits.device)
-        real[:-1, length - old.length:length] = self.key_is_real[:, :old.length]
-        real[-1, length - new.length:length] = True
-        real[:, length:] = True  # the positions still to be decoded
-        self.cache, self.key_is_real = merged, real
+        merged_real = torch.ones(rows + len(arrivals), merged.max_len, dtype=torch.bool, device=device)
+        merged_real[:, :length] = False
+        merged_real[:rows, length - old.length:length] = self.key_is_real[:, :old.length]
+        merged_real[rows:, length - new.length:length] = real[:, :new.length]
+        self.cache, self.key_is_real = merged, merged_real
         self.logits = torch.cat([self.logits, logits])
-        self.positions = torch.cat([self.positions, position])
-        self.running.append(request)
+        self.positions = torch.cat([self.positions, positions])
+        self.running.extend(arrivals)
 
     def _step(self) -> None:
         """One token for every running row; finished rows leave; the rest advance through the model."""
         self.logits[:, self.config.image_token_id] = float("-inf")  # never generate an image slot
-        tokens = torch.stack([
-            sample_next_token(self.logits[i:i + 1], r.temperature, None, r.top_p, r.generator)[0]
-            for i, r in enumerate(self.running)])
+        tokens = self.logits.argmax(dim=-1)  # greedy rows; sampled rows draw with their own settings below
+        for i, r in enumerate(self.running):
+            if r.temperature > 0:
+                tokens[i] = sample_next_token(self.logits[i:i + 1], r.temperature, None, r.top_p, r.generator)[0]
         self.steps += 1
         self.rows_stepped += len(self.running)
         now = time.monotonic()
