@@ -147,18 +147,22 @@ async def stream_chunks(events: asyncio.Queue, generation: Generation, completio
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
-            event = await events.get()
-            if event[0] == "delta":
-                yield chunk({"content": event[1]})
-            elif event[0] == "done":
-                yield chunk({}, event[2])
+            batch = [await events.get()]
+            while not events.empty():  # what queued up while the client was reading goes out together
+                batch.append(events.get_nowait())
+            text = "".join(event[1] for event in batch if event[0] == "delta")
+            if text:
+                yield chunk({"content": text})
+            last = batch[-1]
+            if last[0] == "done":
+                yield chunk({}, last[2])
                 if include_usage:
                     yield "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk",
                                                  "created": created, "model": model_name, "choices": [],
-                                                 "usage": event[3]}) + "\n\n"
+                                                 "usage": last[3]}) + "\n\n"
                 break
-            else:  # an error after the response started: said in the stream, OpenAI style
-                yield f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error'}})}\n\n"
+            if last[0] == "error":  # an error after the response started: said in the stream, OpenAI style
+                yield f"data: {json.dumps({'error': {'message': last[1], 'type': 'server_error'}})}\n\n"
                 break
         yield "data: [DONE]\n\n"
     finally:
