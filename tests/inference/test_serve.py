@@ -166,3 +166,15 @@ def test_the_server_binds_to_loopback_unless_told_otherwise(server):
 
     args = build_parser(["serve"]).parse_args(["serve", "--model", "m"])
     assert args.host == "127.0.0.1"
+
+
+def test_a_request_past_its_time_limit_ends_with_finish_reason_length(trained, sharp):
+    process, url = start_server("--model", sharp[0], "--timeout", "0.001")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="model", messages=question(trained.image, QUESTIONS[3]),
+                                               max_tokens=48)
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens <= 2
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
