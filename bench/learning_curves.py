@@ -74,6 +74,7 @@ def fit_command(name: str, overrides: list[str], args: argparse.Namespace) -> tu
                                          "init_args": {"save_dir": str(run_dir), "name": "logs"}}]),
         "--trainer.accelerator", args.accelerator,
         "--checkpoint.dirpath", str(run_dir / "checkpoints"),
+        "--checkpoint.overwrite", "true",  # a rerun replaces this script's own earlier run of the recipe
         "--export.out", str(run_dir / "model"),
         *expand(overrides, data),
     ]

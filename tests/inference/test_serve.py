@@ -178,3 +178,21 @@ def test_a_request_past_its_time_limit_ends_with_finish_reason_length(trained, s
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_several_images_and_turns_give_mmllm_chats_answer(trained, sharp, client):
+    _, reference = sharp
+    first, second = sorted(trained.images.glob("*.png"))[:2]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(first)}},
+                                     {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "Shapes."},
+        {"role": "user", "content": [{"type": "text", "text": "And this one?"},
+                                     {"type": "image_url", "image_url": {"url": data_uri(second)}}]},
+    ]
+    ours = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nWhat is this?"},
+            {"role": "assistant", "content": "Shapes."}, {"role": "user", "content": "And this one?\n<image>"}]
+    expected = reference.chat(ours, [first, second], max_new_tokens=12)
+    reply = client.chat.completions.create(model="model", messages=messages, max_tokens=12)
+    assert reply.choices[0].message.content == expected and expected
