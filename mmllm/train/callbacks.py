@@ -25,8 +25,8 @@ class Checkpoint(ModelCheckpoint):
     """
 
     def __init__(self, *args, overwrite: bool = False, **kwargs) -> None:
-        """overwrite: a new fit may replace the checkpoints an earlier run left in `dirpath` (otherwise it stops
-        with an error, see mmllm.train.guards); every other argument is ModelCheckpoint's."""
+        """overwrite: a new fit deletes the checkpoints an earlier run left in `dirpath` and writes its own
+        (otherwise it stops with an error, see mmllm.train.guards); every other argument is ModelCheckpoint's."""
         super().__init__(*args, **kwargs)
         self.overwrite = overwrite
 

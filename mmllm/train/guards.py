@@ -106,14 +106,17 @@ class CheckpointFolderLock:
 
 def claim_checkpoint_folder(folder: Optional[str], resuming: bool, overwrite: bool) -> Optional[CheckpointFolderLock]:
     """Lock the folder a fit writes checkpoints to. A new (not resumed) fit refuses a folder that already holds
-    another run's checkpoints unless `checkpoint.overwrite` says to replace them."""
+    another run's checkpoints unless `checkpoint.overwrite` says to replace them (they are deleted first)."""
     if not folder:
         return None  # Lightning's default: a new version folder per run, never shared
     lock = CheckpointFolderLock(folder).acquire()
     earlier = sorted(Path(folder).glob("*.ckpt"))
-    if earlier and not resuming and not overwrite:
-        lock.release()
-        raise UsageError(f"{folder} holds the checkpoints of an earlier run ({earlier[0].name}, ...): continue it "
-                         f"with --ckpt_path last, start elsewhere with another checkpoint.dirpath, or replace them "
-                         f"with --checkpoint.overwrite true")
+    if earlier and not resuming:
+        if not overwrite:
+            lock.release()
+            raise UsageError(f"{folder} holds the checkpoints of an earlier run ({earlier[0].name}, ...): continue "
+                             f"it with --ckpt_path last, start elsewhere with another checkpoint.dirpath, or replace "
+                             f"them with --checkpoint.overwrite true")
+        for path in earlier:  # replaced, as asked: otherwise Lightning would write last-v1.ckpt beside them
+            path.unlink()
     return lock

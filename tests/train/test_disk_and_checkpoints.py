@@ -153,3 +153,14 @@ def test_two_fits_at_once_into_one_folder_the_second_refuses(shapes_data, tmp_pa
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+
+
+def test_checkpoint_overwrite_lets_a_new_fit_replace_an_earlier_runs_checkpoints(shapes_data, tmp_path):
+    config = write_config(fit_config(shapes_data, tmp_path, trainer={"max_steps": 2, "limit_val_batches": 0},
+                                     checkpoint={"monitor": None}), tmp_path / "config.yaml")
+    assert main(["fit", "--config", str(config)]) == 0
+    first = (tmp_path / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--checkpoint.overwrite", "true"]) == 0
+    replaced = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert replaced["global_step"] == 3 and (tmp_path / "checkpoints" / "last.ckpt").stat().st_mtime_ns > first
+    assert not (tmp_path / "checkpoints" / ".fit.lock").exists()  # released when the fit ended
