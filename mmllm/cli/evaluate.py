@@ -113,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
     """The items of --data through one of data_pipelines.eval_samples' readers; none at all is a UsageError."""
+    from data_pipelines.shards import UnreadableShard
+
     try:
         items = reader(args.data, limit=args.limit, handler=handler)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, UnreadableShard) as error:  # missing, or not a tar file: named, exit 2
         raise UsageError(str(error)) from None
     if not items:
         skipped = f" ({handler.total} bad samples skipped)" if handler.total else ""

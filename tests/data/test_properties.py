@@ -72,9 +72,11 @@ def test_a_chat_shard_sample_parses_or_is_a_counted_bad_sample(document, with_im
 @given(st.binary(max_size=64))
 def test_chat_json_bytes_that_are_not_json_are_bad_samples(data):
     try:
-        parse_sample("chat", {"__key__": "k", "json": data})
-    except BadSample:
-        pass
+        sample = parse_sample("chat", {"__key__": "k", "json": data})
+    except BadSample as error:
+        assert error.reason in ("invalid json", "non-utf8 text", "missing conversation", "invalid conversation")
+    else:  # bytes that happen to be a valid chat document
+        assert sample.kind == "chat" and sample.conversation
 
 
 numbers = st.integers(-3, 300) | st.floats(allow_nan=True) | scalars
