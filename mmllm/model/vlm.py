@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from mmllm.config import VLMConfig
@@ -124,7 +125,7 @@ def default_position_ids(
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (B, T, vocab)
+    logits: torch.Tensor | None  # (B, T, vocab); None when the loss was computed in chunks (loss_chunk)
     loss: torch.Tensor | None = None  # mean cross-entropy over supervised tokens
     token_losses: torch.Tensor | None = None  # (B, T-1): loss of predicting token t+1 at t, 0 if unsupervised
 
@@ -218,6 +219,7 @@ class VLM(nn.Module):
         prefix_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
+        loss_chunk: int | None = None,
     ) -> ModelOutput:
         """Full-sequence forward (training, evaluation; generation's reference). Shapes:
 
@@ -226,7 +228,8 @@ class VLM(nn.Module):
         tokens; position_ids (B, T), default from segment_ids or attention_mask; segment_ids (B, T) 1..k per
         packed sample, 0 on padding; prefix_mask (B, T) bidirectional prompt, used only in prefix mode;
         labels (B, T), -100 where unsupervised, shifted here (logits[:, t] predicts labels[:, t + 1]);
-        image_embeds: see `embed`.
+        image_embeds: see `embed`. loss_chunk (with labels): compute the loss without the (B, T, vocab) logits, see
+        `chunked_cross_entropy`; the output then has no logits.
         """
         embeds = self.embed(input_ids, pixel_values, image_counts, image_embeds)
         if position_ids is None:
@@ -235,6 +238,9 @@ class VLM(nn.Module):
             prefix_mask = None  # prefix_mask only matters in prefix mode
         mask = build_attention_mask(input_ids.size(1), attention_mask, segment_ids, prefix_mask)
         hidden = self.lm(embeds, position_ids, attn_mask=mask, is_causal=mask is None)
+        if labels is not None and loss_chunk:
+            loss, token_losses = chunked_cross_entropy(self.lm.logits, hidden, labels, loss_chunk)
+            return ModelOutput(logits=None, loss=loss, token_losses=token_losses)
         logits = self.lm.logits(hidden)  # (B, T, vocab)
         if labels is None:
             return ModelOutput(logits=logits)
@@ -280,3 +286,34 @@ def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     n_supervised = (targets != -100).sum()
     loss = token_losses.sum() / n_supervised.clamp(min=1)
     return loss, token_losses
+
+
+def chunked_cross_entropy(head, hidden: torch.Tensor, labels: torch.Tensor,
+                          chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`shifted_cross_entropy` without the (B, T, vocab) logits: the output head runs only on the positions that
+    have a target, `chunk` of them at a time, each chunk's logits recomputed in the backward pass instead of kept
+    (activation checkpointing). Peak memory for the loss drops from B*T*vocab fp32 logits to chunk*vocab, and
+    the head's FLOPs to the supervised share of the tokens. Same loss and gradients, up to float rounding.
+
+    head: hidden (n, dim) -> logits (n, vocab); hidden (B, T, dim); labels (B, T), -100 where unsupervised.
+    """
+    B, T, dim = hidden.shape
+    targets = labels[:, 1:].reshape(-1)  # (N,), N = B * (T - 1)
+    inputs = hidden[:, :-1].reshape(-1, dim)  # (N, dim)
+    supervised = (targets != -100).nonzero().squeeze(1)  # (S,)
+
+    def piece_losses(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, reduction="none")
+
+    pieces = []
+    for start in range(0, supervised.numel(), chunk):
+        index = supervised[start:start + chunk]
+        h, t = inputs.index_select(0, index), targets.index_select(0, index)
+        if torch.is_grad_enabled():
+            pieces.append(torch.utils.checkpoint.checkpoint(piece_losses, h, t, use_reentrant=False))
+        else:
+            pieces.append(piece_losses(h, t))
+    losses = torch.cat(pieces) if pieces else inputs.new_zeros(0, dtype=torch.float32)
+    token_losses = inputs.new_zeros(targets.numel(), dtype=torch.float32).index_put((supervised,), losses)
+    loss = losses.sum() / max(1, supervised.numel())
+    return loss, token_losses.view(B, T - 1)

@@ -59,6 +59,9 @@ class VLMModule(L.LightningModule):
         schedule_by_time: the cosine follows whichever is further along, the steps towards trainer.max_steps or
             the training time towards trainer.max_time, so a run that max_time stops (a slower machine, a time
             budget) still ends its schedule at the low rate instead of being cut off at a high one.
+        loss_chunk: compute the loss `loss_chunk` supervised tokens at a time without the (batch, tokens, vocab)
+            logits (mmllm.model.vlm.chunked_cross_entropy): for large vocabularies on a GPU, where those logits are
+            gigabytes. Same loss and gradients; on a CPU the recomputed head costs more than it saves.
         model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
     """
 
@@ -82,6 +85,7 @@ class VLMModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.05,
         schedule_by_time: bool = False,
+        loss_chunk: Optional[int] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -109,7 +113,7 @@ class VLMModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        output = self.model(**forward_inputs(batch))
+        output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
         loss = output.loss
         # Decided on every rank together: a rank that stopped alone would leave the others waiting forever.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
@@ -141,7 +145,7 @@ class VLMModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _evaluation_step(self, stage: str, batch: dict[str, Any]) -> None:
-        output = self.model(**forward_inputs(batch))
+        output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
         self.log(f"{stage}/loss", output.loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0],
                  sync_dist=True)
         self._eval_totals += loss_sums_by_kind(output.token_losses, batch)

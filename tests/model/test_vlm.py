@@ -148,3 +148,27 @@ def test_repeated_images_are_encoded_once_without_changing_the_features(make_mod
         reference = torch.cat([model.encode_images(image[None]) for image in pixel_values])
     assert calls[0] == 2  # the first call saw only the two distinct images
     torch.testing.assert_close(features, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_cross_entropy_equals_the_full_logits_loss_and_gradients(make_model, make_prompt, make_images):
+    model = make_model()
+    ids = torch.stack([make_prompt(model, 12, 2, seed=i) for i in range(3)])
+    labels = ids.clone()
+    labels[:, :10] = -100
+    labels[1] = -100  # a row with nothing to learn
+    pixels = make_images(6)
+    full = model(ids, pixels, labels=labels)
+    full.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    chunked = model(ids, pixels, labels=labels, loss_chunk=5)
+    chunked.loss.backward()
+    assert chunked.logits is None
+    torch.testing.assert_close(chunked.loss, full.loss)
+    torch.testing.assert_close(chunked.token_losses, full.token_losses)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # no activation checkpointing needed without gradients; nothing supervised gives 0
+        nothing = model(ids, pixels, labels=torch.full_like(labels, -100), loss_chunk=5)
+    assert float(nothing.loss) == 0.0 and float(nothing.token_losses.abs().sum()) == 0.0

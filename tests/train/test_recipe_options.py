@@ -68,3 +68,17 @@ def test_schedule_by_time_ends_the_cosine_when_max_time_stops_the_run(shapes_dat
     peak = RECIPE["lr"]
     assert max(rate for _, rate in rates) > 0.3 * peak  # the schedule went up ...
     assert rates[-1][1] < 0.15 * peak  # ... and came down by the time the budget was spent
+
+
+def test_a_chunked_loss_trains_exactly_like_the_full_logits(shapes_data, tmp_path):
+    losses = {}
+    for name, chunk in (("full", None), ("chunked", 16)):
+        config = recipe_config(shapes_data, tmp_path / name, trainer={"max_steps": 4, "limit_val_batches": 1,
+                                                                      "val_check_interval": 4})
+        config["model"]["loss_chunk"] = chunk
+        (tmp_path / name).mkdir()
+        assert main(["fit", "--config", str(write_config(config, tmp_path / name / "config.yaml"))]) == 0
+        rows = read_metrics(tmp_path / name)
+        losses[name] = [value for _, value in column(rows, "train/loss")] + [v for _, v in column(rows, "val/loss")]
+    assert len(losses["full"]) == 5
+    assert losses["chunked"] == pytest.approx(losses["full"], rel=1e-4)
