@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one go (a few minutes on one modern GPU): small-preset training step in bf16-mixed with
 # torch.compile and the flash SDPA kernel, then generation at batch 1 and 32 with bf16 weights.
-# Writes train_step.json and generate.json to $OUT (default: bench/results/gpu-DATE).
+# Writes train_step.json, train_step_loss_chunk.json and generate.json to $OUT (default: bench/results/gpu-DATE).
 #   bash bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 "$PYTHON" bench/train_step.py --device cuda --preset small --precision bf16-mixed --compile off on \
     --sdpa flash --adamw fused --batch-size 16 --text-tokens 463 --steps 10 --warmup 3 --timeout 420 \
     > "$OUT/train_step.json" 2> "$OUT/train_step.log"
+
+# The same eager step with the chunked loss (no 8192 x 49152 fp32 logits): memory and time against the first row.
+"$PYTHON" bench/train_step.py --device cuda --preset small --precision bf16-mixed --compile off \
+    --sdpa flash --adamw fused --batch-size 16 --text-tokens 463 --steps 10 --warmup 3 --timeout 300 \
+    --loss-chunk 4096 > "$OUT/train_step_loss_chunk.json" 2> "$OUT/train_step_loss_chunk.log"
 
 "$PYTHON" bench/generate.py --device cuda --preset small --dtype bf16 --batch-size 1 32 --repeats 3 \
     --recompute-steps 16 > "$OUT/generate.json" 2> "$OUT/generate.log"

@@ -103,7 +103,7 @@ def run_one(args: argparse.Namespace) -> dict:
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast, sdpa_context(args.sdpa):
-            loss = forward(**batch).loss
+            loss = forward(**batch, loss_chunk=args.loss_chunk).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -141,7 +141,8 @@ def run_one(args: argparse.Namespace) -> dict:
                   "memory_kind": "growth of the process's peak RSS (model, optimizer, activations, matmul probe)"}
     return {
         "preset": args.preset, "precision": args.precision, "compile": args.compile, "sdpa": args.sdpa,
-        "adamw": args.adamw, "batch_size": B, "seq_len": T, "image_tokens_per_sample": config.tokens_per_image,
+        "adamw": args.adamw, "loss_chunk": args.loss_chunk, "batch_size": B, "seq_len": T,
+        "image_tokens_per_sample": config.tokens_per_image,
         "vocab_size": config.lm.vocab_size, "params": model.num_parameters()["total"],
         "steps_per_s": 1 / median, "steps_per_s_best": 1 / best,
         "tokens_per_s": B * T / median, "samples_per_s": B / median,
@@ -158,7 +159,7 @@ def run_child(args: argparse.Namespace, preset: str, precision: str, compile_: s
     command = [sys.executable, __file__, "--one", "--preset", preset, "--precision", precision, "--compile", compile_,
                "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--sdpa", args.sdpa, "--adamw", args.adamw]
-    for key in ("batch_size", "text_tokens", "vocab_size", "profile", "threads"):
+    for key in ("batch_size", "text_tokens", "vocab_size", "profile", "threads", "loss_chunk"):
         value = getattr(args, key)
         if value is not None:
             command += [f"--{key.replace('_', '-')}", str(value)]
@@ -189,6 +190,9 @@ def main() -> None:
     parser.add_argument("--sdpa", default="default", choices=["default", "flash", "efficient", "math", "cudnn"])
     parser.add_argument("--adamw", default="foreach", choices=["foreach", "fused", "for-loop"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument("--loss-chunk", type=int,
+                        help="the loss from supervised tokens only, this many at a time (model.loss_chunk); "
+                             "flops_per_step still counts the head on every token")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
     parser.add_argument("--profile", type=int, help="print the top-N ops of one profiled step to stderr")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child mode: one configuration
