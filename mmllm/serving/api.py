@@ -222,7 +222,7 @@ def parse_completion(body: bytes, vlm, limits: Limits) -> tuple[Generation, bool
     room = vlm.config.lm.max_seq_len - len(prompt.input_ids)
     generation = Generation(prompt=prompt, emit=lambda event: None, max_tokens=min(max_tokens, room),
                             temperature=temperature, top_p=None if top_p >= 1.0 else top_p, stop=stop, seed=seed,
-                            deadline=time.monotonic() + limits.seconds)
+                            stream=stream, deadline=time.monotonic() + limits.seconds)
     return generation, stream, bool(stream_options.get("include_usage"))
 
 

@@ -35,6 +35,7 @@ class Request:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    stream: bool = True  # send text deltas as they are ready (else only the answer at the end)
     deadline: float = float("inf")  # time.monotonic() after which the answer ends with finish_reason "length"
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)
@@ -192,14 +193,17 @@ class Engine:
         if token in self.stop_ids:
             return "stop"
         request.tokens.append(token)
+        reason = "length" if len(request.tokens) >= request.max_tokens or now > request.deadline else None
+        if not request.stream and not request.stop:
+            return reason  # nothing to show before the end: no decoding on every step
         text = self.vlm.processor.decode(request.tokens).lstrip()
         stop_at = min((text.find(s) for s in request.stop if s in text), default=-1)
         if stop_at >= 0:
             request.answer = text[:stop_at].rstrip()
             return "stop"
-        if len(request.tokens) >= request.max_tokens or now > request.deadline:
-            return "length"
-        if not text.endswith("\ufffd"):  # not half of a multi-byte character
+        if reason is not None:
+            return reason
+        if request.stream and not text.endswith("\ufffd"):  # not half of a multi-byte character
             # Hold back what could still become a stop string, and trailing spaces (the answer is stripped).
             hold = max((len(s) - 1 for s in request.stop), default=0)
             ready = text.rstrip()

@@ -4,6 +4,7 @@ the file (the command line prints it as one line with exit status 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -97,11 +98,9 @@ class CheckpointFolderLock:
         return pid
 
     def release(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already gone, or the folder went away: nothing to release
             if self.path.read_text() == self.owner:
                 self.path.unlink()
-        except OSError:
-            pass
 
 
 def claim_checkpoint_folder(folder: Optional[str], resuming: bool, overwrite: bool) -> Optional[CheckpointFolderLock]:
