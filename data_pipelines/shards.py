@@ -18,6 +18,7 @@ anything malformed raises `BadSample` with a short `reason` ("empty caption", "i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
@@ -59,13 +60,13 @@ def load_shard_set(path: str | os.PathLike | list) -> ShardSet:
     """Shards and sample counts of a folder, brace pattern, `.tar` file or list of those. FileNotFoundError or
     UnreadableShard names a shard that is missing or not a tar file."""
     shards = expand_shards(path)
-    check_shards(shards)
     folder_sizes: dict[str, dict[str, int]] = {}  # each sizes.json is read once
     return ShardSet(tuple(shards), tuple(shard_size(shard, folder_sizes) for shard in shards))
 
 
 def expand_shards(path: str | os.PathLike | list) -> list[str]:
-    """Shard paths of a folder (its `*.tar`, sorted), a brace pattern, a `.tar` file, or a list of those."""
+    """Shard paths of a folder (its `*.tar`, sorted), a brace pattern, a `.tar` file, or a list of those, each one
+    checked to be a readable tar: FileNotFoundError or UnreadableShard names the first that is not."""
     if isinstance(path, (list, tuple)):
         return [shard for item in path for shard in expand_shards(item)]
     path = os.fspath(path)
@@ -73,12 +74,14 @@ def expand_shards(path: str | os.PathLike | list) -> list[str]:
         shards = sorted(str(p) for p in Path(path).glob("*.tar"))
         if not shards:
             raise FileNotFoundError(f"no .tar shards in folder {path}")
+        check_shards(shards)
         return shards
     shards = list(braceexpand.braceexpand(path))
     missing = [shard for shard in shards if not os.path.isfile(shard)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"shard {missing[0]} of {path} does not exist{more}")
+    check_shards(shards)
     return shards
 
 
@@ -108,13 +111,11 @@ def read_sizes(folder: str) -> dict[str, int]:
 def count_tar_samples(shard: str) -> int:
     """Distinct sample keys (member names up to the first dot) in a tar file, read from its headers only."""
     keys = set()
-    try:
-        with tarfile.open(shard, mode="r:*") as tar:
-            for member in tar:
-                if member.isreg():
-                    keys.add(_sample_key(member.name))
-    except tarfile.ReadError:
-        pass  # a truncated shard: count what is readable; the loader skips the rest as bad samples
+    # a truncated shard: count what is readable; the loader skips the rest as bad samples
+    with contextlib.suppress(tarfile.ReadError), tarfile.open(shard, mode="r:*") as tar:
+        for member in tar:
+            if member.isreg():
+                keys.add(_sample_key(member.name))
     return len(keys)
 
 
@@ -387,9 +388,7 @@ def read_samples(path: str | os.PathLike | list, kind: str, handler: BadSampleHa
     evaluation, the tokenizer trainer and the benchmarks read; bad samples go to the handler.
     FileNotFoundError names a shard that does not exist."""
     handler = handler or BadSampleHandler()
-    shards = expand_shards(path)
-    check_shards(shards)
-    samples = parse_samples(tar_samples(shards, handler), kind, handler)
+    samples = parse_samples(tar_samples(expand_shards(path), handler), kind, handler)
     return decode_samples(samples, handler, max_pixels) if decode else samples
 
 
