@@ -1,4 +1,4 @@
-"""Fixtures every test folder shares: one torch thread per test, and the tiny reference models."""
+"""Fixtures every test folder shares: one torch thread for the session, and the tiny reference models."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import torch
 from tiny_models import images, prompt, tiny_model
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Models this small run fastest on one thread; more threads only contend on a shared 2-core machine."""
+    """Models this small run fastest on one thread; more threads only contend on a shared 2-core machine. For the
+    whole session, so that module and session fixtures that train run on one thread too: two processes of two
+    OpenMP threads on two cores (a test beside the background fits, or beside a loaded CI machine's other work)
+    spin against each other and run several times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

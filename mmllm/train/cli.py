@@ -134,10 +134,15 @@ class _DropInfo(logging.Filter):
 
 
 def quiet_lightning() -> None:
+    """Drop Lightning's advertisements; and point its stderr handler at the stderr of this call: Lightning binds
+    the sys.stderr of the moment it was first imported, which a notebook cell or a test may have closed since
+    (every later message would then be a 'Logging error' traceback)."""
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         for handler in logging.getLogger(name).handlers or [logging.getLogger(name)]:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
             handler.addFilter(_DropInfo())
 
 
