@@ -1,5 +1,6 @@
 """Callbacks of a training run: checkpoints whose `last` holds the final step, a progress bar that counts
-steps, the model folder export, and a checkpoint when the job is preempted."""
+steps, the model summary with the model's FLOPs, the model folder export, and a checkpoint when the job is
+preempted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, Timer
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar, Timer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -34,6 +35,29 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class FlopsSummary(ModelSummary):
+    """Lightning's model summary, with the forward FLOPs of one sample (a full-length sequence with one image,
+    mmllm.flops) where Lightning would print "0 Total FLOPs": it counts FLOPs only by running an example batch
+    the module does not have."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table, summarize
+        from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+        from mmllm.flops import forward_flops
+
+        if not self._max_depth or not trainer.is_global_zero or not hasattr(pl_module, "config"):
+            return super().on_fit_start(trainer, pl_module)
+        summary = summarize(pl_module, max_depth=self._max_depth)
+        config = pl_module.config
+        table = _format_summary_table(summary.total_parameters, summary.trainable_parameters, summary.model_size,
+                                      summary.total_training_modes, 0, *summary._get_summary_data())
+        flops = forward_flops(config, batch_size=1, seq_len=config.lm.max_seq_len, n_images=1)
+        line = f"{flops / 1e9:<12.3g}GFLOPs forward per sample ({config.lm.max_seq_len} tokens, 1 image)"
+        rank_zero_info("\n" + "\n".join(line if row.rstrip().endswith("Total Flops") else row
+                                         for row in table.splitlines()))
 
 
 class StepProgressBar(RichProgressBar):

@@ -13,14 +13,14 @@ import warnings
 
 import signal
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipelines.shards import UnreadableShard
 from mmllm.errors import UsageError
 from mmllm.train import guards
-from mmllm.train.callbacks import Checkpoint, ExportModel, Preemption
+from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
 
@@ -55,6 +55,9 @@ class MMLLMCLI(LightningCLI):
         wants_bar = trainer_config.get("enable_progress_bar") is not False
         if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
             callbacks = callbacks + progress_bar()
+        if trainer_config.get("enable_model_summary") is not False and not any(
+                isinstance(callback, ModelSummary) for callback in callbacks):
+            callbacks = callbacks + [FlopsSummary()]  # Lightning's would say "0 Total Flops"
         self.preemption = Preemption()
         kwargs["callbacks"] = callbacks + [self.preemption]
         return super().instantiate_trainer(**kwargs)

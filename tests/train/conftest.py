@@ -42,8 +42,10 @@ def background_fits(request, shapes_data, tmp_path_factory) -> dict:
             config = write_config(make_config(shapes_data, run_dir), run_dir / "config.yaml")
             launched[name] = (start_mmllm("fit", "--config", str(config), cwd=run_dir), run_dir)
     yield launched
-    for process, run_dir in launched.values():
-        finish(process, run_dir, timeout=0.1) if process.poll() is None else None
+    for process, _ in launched.values():  # a fit no selected test waited for (a subset of its module ran)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -135,7 +135,8 @@ def test_a_second_fit_into_a_folder_with_checkpoints_refuses_instead_of_overwrit
 
 
 def test_two_fits_at_once_into_one_folder_the_second_refuses(shapes_data, tmp_path):
-    config = write_config(fit_config(shapes_data, tmp_path, trainer={"max_steps": 400, "limit_val_batches": 0}),
+    # The first fit would run for hours (it is killed at the end): it holds the lock however slow the second is.
+    config = write_config(fit_config(shapes_data, tmp_path, trainer={"max_steps": 10**6, "limit_val_batches": 0}),
                           tmp_path / "config.yaml")
     first = subprocess.Popen(mmllm_command("fit", "--config", str(config)), cwd=tmp_path, env=SUBPROCESS_ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fit_helpers import column, read_metrics
+from fit_helpers import column, fit_config, read_metrics, write_config
 from PIL import Image
 
 from mmllm.cli.main import main
+from mmllm.flops import forward_flops
 from mmllm.inference import VisionLanguageModel
-from mmllm.model_folder import load_model_folder
+from mmllm.model_folder import load_model_folder, read_model_config
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +86,14 @@ def test_export_of_a_corrupt_checkpoint_exits_2_with_one_line_naming_it(fitted_r
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(corrupt) in error
     assert not (tmp_path / "out").exists()
+
+
+def test_fit_prints_the_models_forward_flops_in_its_summary_not_zero(shapes_data, tmp_path, capfd):
+    config = fit_config(shapes_data, tmp_path, trainer={"max_steps": 1, "limit_val_batches": 0,
+                                                        "enable_model_summary": True})
+    assert main(["fit", "--config", str(write_config(config, tmp_path / "config.yaml"))]) == 0
+    printed = capfd.readouterr().err
+    model_config = read_model_config(tmp_path / "model")
+    expected = forward_flops(model_config, 1, model_config.lm.max_seq_len, 1) / 1e9
+    assert "Total Flops" not in printed
+    assert f"{expected:<12.3g}GFLOPs forward per sample ({model_config.lm.max_seq_len} tokens, 1 image)" in printed

@@ -16,7 +16,7 @@ from mmllm.cli.main import main
 
 pytestmark = pytest.mark.slow
 
-MAX_STEPS = 12  # the same in every run: the learning-rate schedule depends on it
+MAX_STEPS = 40  # the same in every run (the schedule depends on it), and far past the signal at step 3
 
 
 def config_file(shapes_data, run_dir):
@@ -52,9 +52,7 @@ def test_a_signalled_fit_checkpoints_exits_and_resumes_with_the_uninterrupted_lo
         assert time.monotonic() < deadline, "no step 3 after 240 s"
         time.sleep(0.05)
     process.send_signal(signum)
-    signalled = time.monotonic()
-    _, stderr = process.communicate(timeout=60)
-    assert time.monotonic() - signalled < 30, "the run took more than 30 s to stop"
+    _, stderr = process.communicate(timeout=120)  # a hang guard, not a timing: the run stops at its next step
     assert process.returncode == 128 + signum, stderr[-3000:]
     name = signal.Signals(signum).name
     stopped_at = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"]
