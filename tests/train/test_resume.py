@@ -53,7 +53,7 @@ def config_file(shapes_data, tmp_path):
     return write_config(config, tmp_path / "config.yaml")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def uninterrupted(shapes_data, tmp_path_factory) -> dict[int, float]:
     """step -> loss of the same config run to the end without a kill: the reference the resumed run must equal."""
     run_dir = tmp_path_factory.mktemp("uninterrupted")
