@@ -177,6 +177,15 @@ class ChatTemplate:
             labels.extend(turn.labels)
         return ids, labels
 
+    def answer_start(self, conversation: Conversation) -> int | None:
+        """Tokens before the first assistant turn's answer, or None when the conversation has none."""
+        offset = 0
+        for turn in conversation:
+            if turn["role"] == "assistant":
+                return offset + len(self.header("assistant"))
+            offset += len(self.render_turn(turn).ids)
+        return None
+
     def render_prompt(self, conversation: Conversation, num_images: int) -> list[int]:
         """The conversation so far (ending with a user turn) + `<|im_start|><|assistant|>\\n`: what to generate from."""
         validate_conversation(conversation, num_images, for_prompt=True)

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PIXELS = 64_000_000
 ImageSource = bytes | str | Path | Image.Image
-ResizePolicy = Literal["squash", "center_crop", "pad"]
-RESIZE_POLICIES = ("squash", "center_crop", "pad")
+ResizePolicy = Literal["squash", "center_crop", "pad", "idefics3"]
+RESIZE_POLICIES = ("squash", "center_crop", "pad", "idefics3")
+IDEFICS3_MAX_SIDE = 4096  # the Idefics3 processor's absolute limit on either side
 WHITE = (255, 255, 255)
 
 
@@ -105,7 +106,10 @@ class ImageTransform:
     """RGB PIL image -> normalised FloatTensor (3, S, S), resized by torch (bicubic, antialiased, on uint8).
 
     resize: 'squash' stretches to S x S; 'center_crop' scales the short side to S and crops the middle;
-    'pad' scales the long side to S and pads to a square with the mean colour (0 after normalisation).
+    'pad' scales the long side to S and pads to a square with the mean colour (0 after normalisation);
+    'idefics3' is the Idefics3/SmolVLM processor without image splitting: the long side scaled to
+    `longest_edge` (aspect kept, the short side rounded up to even), then squashed to S x S, both by Pillow's
+    Lanczos, as transformers' processor does, so an imported checkpoint sees the pixels it was trained on.
     No flips or crops that could contradict a caption ("on the left") are ever applied.
 
     Decoding stays with Pillow (`load_image`: the pixel guard before decoding, EXIF orientation, every mode to
@@ -115,15 +119,19 @@ class ImageTransform:
     command's start (it imports its model zoo), for nothing the project needs beyond this kernel.
     """
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: ResizePolicy = "squash"):
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: ResizePolicy = "squash",
+                 longest_edge: int | None = None):
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+        if resize == "idefics3" and not longest_edge:
+            raise ValueError("resize 'idefics3' needs longest_edge")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
         import torch  # here, not at the top: the converters decode images without paying torch's import
 
         self.image_size = image_size
         self.resize = resize
+        self.longest_edge = longest_edge
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -141,6 +149,11 @@ class ImageTransform:
 
         if image.mode != "RGB":
             image = _to_rgb(image)
+        if self.resize == "idefics3":
+            width, height = idefics3_long_side(image.width, image.height, self.longest_edge)
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
+            return self._normalise(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) uint8, channels last
         size = self.image_size
         height, width = pixels.shape[-2:]
@@ -158,3 +171,21 @@ class ImageTransform:
         left, top = (size - new_w) // 2, (size - new_h) // 2
         canvas[:, top:top + new_h, left:left + new_w] = self._normalise(self._resized(pixels, new_h, new_w))
         return canvas
+
+
+def idefics3_long_side(width: int, height: int, longest_edge: int) -> tuple[int, int]:
+    """(width, height) with the long side scaled to longest_edge and the short one by the same ratio, truncated
+    and then rounded up to even; then both shrunk again if a side passes IDEFICS3_MAX_SIDE (Idefics3's rule)."""
+    aspect = width / height
+    if width >= height:
+        width, height = longest_edge, int(longest_edge / aspect)
+        height += height % 2
+    else:
+        width, height = int(longest_edge * aspect), longest_edge
+        width += width % 2
+    aspect = width / height  # of the scaled image, as the processor computes it again
+    if width >= height and width > IDEFICS3_MAX_SIDE:
+        width, height = IDEFICS3_MAX_SIDE, int(IDEFICS3_MAX_SIDE / aspect)
+    elif height > width and height > IDEFICS3_MAX_SIDE:
+        width, height = int(IDEFICS3_MAX_SIDE * aspect), IDEFICS3_MAX_SIDE
+    return max(width, 1), max(height, 1)

@@ -27,6 +27,8 @@ from data_pipelines.chat import (
     caption_conversation,
     question_conversation,
 )
+from data_pipelines import special_tokens as st
+from data_pipelines.hf_chat import JinjaChatTemplate, SpecialIds
 from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, ResizePolicy, load_image
 from data_pipelines.tokenizer import TokenIds, load_tokenizer, prepared
 
@@ -62,12 +64,32 @@ class Processor:
         resize: ResizePolicy = "squash",
         max_length: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        longest_edge: int | None = None,
+        chat_template: str | None = None,
+        special_ids: SpecialIds | None = None,
+        image_markup: str = "none",
     ):
-        self.token_ids = TokenIds.from_tokenizer(tokenizer)  # ValueError if a special token is missing
-        # No BOS post-processing, no special-token parsing; a copy when the caller's tokenizer is not set so
-        self.tokenizer = tokenizer = prepared(tokenizer)
-        self.template = ChatTemplate(tokenizer, self.token_ids, tokens_per_image)
-        self.transform = ImageTransform(image_size, image_mean, image_std, resize)
+        if chat_template is None:
+            # mmllm's own template: ids by mmllm's token names (ValueError if one is missing); no BOS
+            # post-processing, no special-token parsing (a copy when the caller's tokenizer is not set so).
+            token_ids = TokenIds.from_tokenizer(tokenizer)
+            self.token_ids: TokenIds | None = token_ids
+            self.ids = SpecialIds(token_ids.image, token_ids.pad, token_ids.eos_ids, token_ids.end_of_text)
+            self.tokenizer = tokenizer = prepared(tokenizer)
+            self.template = ChatTemplate(tokenizer, token_ids, tokens_per_image)
+        else:
+            # A checkpoint's own template (data_pipelines.hf_chat): its ids come from the model config.
+            if special_ids is None:
+                raise ValueError("a processor with a model's own chat template needs its special ids")
+            end_of_text = special_ids.end_of_text
+            if end_of_text is None:
+                end_of_text = tokenizer.token_to_id(st.END_OF_TEXT)
+            self.ids = SpecialIds(special_ids.image, special_ids.pad, list(special_ids.eos_ids),
+                                  special_ids.eos_ids[-1] if end_of_text is None else end_of_text)
+            self.token_ids = None
+            self.tokenizer = tokenizer
+            self.template = JinjaChatTemplate(tokenizer, chat_template, self.ids, tokens_per_image, image_markup)
+        self.transform = ImageTransform(image_size, image_mean, image_std, resize, longest_edge)
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.max_pixels = max_pixels
@@ -80,11 +102,11 @@ class Processor:
 
     @property
     def pad_id(self) -> int:
-        return self.token_ids.pad
+        return self.ids.pad
 
     @property
     def eos_ids(self) -> list[int]:
-        return self.token_ids.eos_ids
+        return list(self.ids.eos_ids)
 
     # --- images -----------------------------------------------------------------------------------------------
 
@@ -119,14 +141,14 @@ class Processor:
 
     def encode_text(self, text: str) -> EncodedSample:
         """A text document + <|endoftext|>, every token supervised, truncated to max_length."""
-        ids = self.template.encode_text(text) + [self.token_ids.end_of_text]
+        ids = self.template.encode_text(text) + [self.ids.end_of_text]
         if self.max_length is not None:
             ids = ids[: self.max_length]
         return self._text_sample(ids)
 
     def encode_text_chunks(self, text: str) -> list[EncodedSample]:
         """A long document + <|endoftext|> split into consecutive pieces of at most max_length tokens."""
-        ids = self.template.encode_text(text) + [self.token_ids.end_of_text]
+        ids = self.template.encode_text(text) + [self.ids.end_of_text]
         size = self.max_length or len(ids)
         chunks = [ids[start:start + size] for start in range(0, len(ids), size)]
         # A one-token piece has no next-token target (a sample's first token is never predicted).
@@ -148,13 +170,8 @@ class Processor:
         """
         ids = self.template.render_prompt(conversation, len(images))
         self._check_prompt_room(ids)
-        prefix_length = len(ids)
-        offset = 0
-        for turn in conversation:
-            if turn["role"] == "assistant":
-                prefix_length = offset + len(self.template.header("assistant"))
-                break
-            offset += len(self.template.render_turn(turn).ids)
+        answer_start = self.template.answer_start(conversation)
+        prefix_length = len(ids) if answer_start is None else answer_start
         return EncodedSample(ids, [IGNORE_INDEX] * len(ids), self.pixel_values(list(images)), prefix_length, "chat")
 
     def encode_text_prompt(self, text: str) -> EncodedSample:
@@ -192,7 +209,7 @@ class Processor:
         """(start, end) of each image's tokens; text never yields image ids, so runs split into whole blocks."""
         blocks, position = [], 0
         while position < len(ids):
-            if ids[position] == self.token_ids.image:
+            if ids[position] == self.ids.image:
                 blocks.append((position, position + self.tokens_per_image))
                 position += self.tokens_per_image
             else:

@@ -77,11 +77,13 @@ class VisionConfig:
 
 @dataclass
 class VLMConfig:
-    """The whole model: vision encoder -> pixel shuffle + MLP projector -> language model."""
+    """The whole model: vision encoder -> pixel shuffle + projector -> language model."""
 
     lm: LMConfig = field(default_factory=LMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     pixel_shuffle: int = 2  # r: each r x r block of patches becomes one image token
+    # After the pixel shuffle: an MLP (fc1, GELU, fc2), or one bias-free Linear (Idefics3/SmolVLM's, exportable).
+    projector: Literal["mlp", "linear"] = "mlp"
     attention: Literal["causal", "prefix"] = "causal"
     # Special-token ids, set from the tokenizer (see with_tokenizer_ids).
     image_token_id: int = 0
@@ -90,7 +92,16 @@ class VLMConfig:
     # Image preprocessing travels with the weights so inference matches training.
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    resize: Literal["squash", "center_crop", "pad"] = "squash"
+    resize: Literal["squash", "center_crop", "pad", "idefics3"] = "squash"
+    # resize "idefics3" only: the long side is first scaled to this many pixels (aspect kept), then the image is
+    # squashed to image_size, both with Lanczos: what the Idefics3/SmolVLM processor does without image splitting.
+    longest_edge: int | None = None
+    # How the prompt lays out each image's tokens: "none" (the image tokens alone) or "idefics3"
+    # (<fake_token_around_image><global-img> image tokens <fake_token_around_image>, ids from the tokenizer).
+    image_markup: Literal["none", "idefics3"] = "none"
+    # A checkpoint's own Jinja chat template (Hugging Face's `chat_template`), kept with the weights so that
+    # fine-tuning and inference lay out turns as the checkpoint was trained; None: mmllm's own template.
+    chat_template: str | None = None
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +114,8 @@ class VLMConfig:
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or not all(self.image_std):
             raise ValueError(f"image_mean and image_std need 3 values (RGB), std non-zero; got {self.image_mean} "
                              f"and {self.image_std}")
+        if self.resize == "idefics3" and not self.longest_edge:
+            raise ValueError("resize 'idefics3' needs longest_edge (the first resize step's long side in pixels)")
         if self.vision.grid_size % self.pixel_shuffle:
             raise ValueError(
                 f"patch grid {self.vision.grid_size} is not divisible by pixel_shuffle {self.pixel_shuffle}"
@@ -248,6 +261,21 @@ PRESETS: dict[str, VLMConfig] = {
         vision=VisionConfig(image_size=224, patch_size=16, dim=768, n_layers=12, n_heads=12, mlp_dim=3072),
         pixel_shuffle=2,
         preset="small",
+    ),
+    # The shape of SmolVLM-256M (Idefics3): a SigLIP-B/16 tower at 512 px, pixel shuffle 4 and one linear layer
+    # into a SmolLM2-135M-shaped LM, 64 image tokens in Idefics3's markup; exportable to transformers.
+    "smolvlm": VLMConfig(
+        lm=LMConfig(
+            vocab_size=49280, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, mlp_dim=1536,
+            max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True,
+        ),
+        vision=VisionConfig(image_size=512, patch_size=16, dim=768, n_layers=12, n_heads=12, mlp_dim=3072),
+        pixel_shuffle=4,
+        projector="linear",
+        resize="idefics3",
+        longest_edge=2048,
+        image_markup="idefics3",
+        preset="smolvlm",
     ),
     # SigLIP ViT-B/16 at 384 px + a SmolLM2-360M-shaped LM, 144 image tokens.
     "base": VLMConfig(

@@ -12,7 +12,7 @@ training: the PaLM appendix B formula, which counts the full T x T matrix even u
                        + projector: N_img * tokens_per_image * 6 * N_proj
   N_lm   = q, k, v, o, gate, up, down weights of every layer + vocab * dim (the LM head, tied or not)
   N_vit  = patch conv (3 * p * p * dim) + q, k, v, out, fc1, fc2 weights of every layer
-  N_proj = fc1 + fc2 weights; P = patches per image; T_lm counts image and text tokens.
+  N_proj = fc1 + fc2 weights (the linear projector: proj); P = patches per image; T_lm counts image and text tokens.
 Norms, embeddings lookups, rotary, activations and softmax are not counted (they are not matmuls).
 """
 
@@ -29,7 +29,7 @@ def matmul_params(config: VLMConfig) -> dict[str, int]:
     n_lm = lm.n_layers * (attn + mlp) + lm.vocab_size * lm.dim
     n_vit = 3 * vit.patch_size**2 * vit.dim + vit.n_layers * (4 * vit.dim**2 + 2 * vit.dim * vit.mlp_dim)
     r2 = config.pixel_shuffle**2
-    n_proj = vit.dim * r2 * lm.dim + lm.dim * lm.dim
+    n_proj = vit.dim * r2 * lm.dim + (lm.dim * lm.dim if config.projector == "mlp" else 0)
     return {"lm": n_lm, "vision": n_vit, "projector": n_proj}
 
 

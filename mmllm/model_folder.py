@@ -166,13 +166,24 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise UsageError(f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from error
 
 
-def load_model_tokenizer(path: str | Path):
-    """The tokenizer of a model folder (`tokenizer.json`), through the project's tokenizer loader."""
+def load_model_tokenizer(path: str | Path, config: VLMConfig | None = None):
+    """The tokenizer of a model folder (`tokenizer.json`): through the project's tokenizer loader, or as it was
+    saved for a model with its own chat template (an imported checkpoint: its ids must stay its own)."""
+    from tokenizers import Tokenizer
+
     from data_pipelines.tokenizer import load_tokenizer
 
     tokenizer_path = Path(path) / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise UsageError(f"{tokenizer_path} not found")
+    if config is not None and config.chat_template is not None:
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as error:  # the tokenizers library raises a bare Exception on malformed JSON
+            raise UsageError(f"{tokenizer_path} is not a readable tokenizer.json: {error}") from error
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
     try:
         tokenizer, _added = load_tokenizer(tokenizer_path)
     except (OSError, ValueError) as error:
@@ -191,7 +202,7 @@ def load_model_folder(
 
     folder = Path(path)
     config = read_model_config(folder)
-    tokenizer = load_model_tokenizer(folder)
+    tokenizer = load_model_tokenizer(folder, config)
     check_tokenizer_matches(config, tokenizer, folder / TOKENIZER_FILE)
     tensors = read_weights(folder / WEIGHTS_FILE)
     model = VLM(config)
@@ -216,6 +227,10 @@ def check_tokenizer_matches(config: VLMConfig, tokenizer: Any, tokenizer_path: P
         raise UsageError(
             f"{tokenizer_path} has {vocab_size} tokens but the model embeds only {config.lm.vocab_size}"
         )
+    if config.chat_template is not None:  # the checkpoint's own tokens: the image id must name a token
+        if tokenizer.id_to_token(config.image_token_id) is None:
+            raise UsageError(f"{tokenizer_path} has no token with the model's image_token_id {config.image_token_id}")
+        return
     image_id = tokenizer.token_to_id(special_tokens.IMAGE)
     if image_id != config.image_token_id:
         raise UsageError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from data_pipelines.processor import Processor
+from data_pipelines.processor import Processor, SpecialIds
 from mmllm.config import VLMConfig
 
 
@@ -20,5 +20,9 @@ def processor_for(config: VLMConfig, tokenizer: Any, max_length: int | None = No
         image_mean=config.image_mean,
         image_std=config.image_std,
         resize=config.resize,
+        longest_edge=config.longest_edge,
         max_length=max_length or config.lm.max_seq_len,
+        image_markup=config.image_markup,
+        chat_template=config.chat_template,
+        special_ids=SpecialIds(config.image_token_id, config.pad_token_id, list(config.eos_token_ids)),
     )

@@ -5,6 +5,9 @@ The vocabulary size and special-token ids come from the tokenizer. A pretrained 
 pretrained LM (the project's special tokens were added), the embedding grows and the new rows start at the
 mean of the pretrained ones. Everything else is freshly initialised. Training starts from the folder with
 `model.init_from: MODEL_DIR`.
+
+`--from-hf DIR` instead reads a whole Idefics3/SmolVLM checkpoint (mmllm.hf_idefics3): its shapes, weights,
+tokenizer, chat template and image preprocessing, so the folder answers as the checkpoint does in transformers.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
-    parser.add_argument("--tokenizer", required=True, type=Path, metavar="FILE",
+    parser.add_argument("--preset", metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--tokenizer", type=Path, metavar="FILE",
                         help="tokenizer.json (the project's special tokens are added when missing)")
+    parser.add_argument("--from-hf", type=Path, metavar="SMOLVLM_DIR",
+                        help="a whole Idefics3/SmolVLM checkpoint folder (instead of --preset and --tokenizer)")
     parser.add_argument("--lm", type=Path, metavar="HF_DIR",
                         help="Hugging Face Llama-family folder (config.json + safetensors)")
     parser.add_argument("--vision", type=Path, metavar="HF_DIR",
@@ -41,11 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from mmllm.model import VLM
     from mmllm.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
 
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     taken = [name for name in MODEL_FOLDER_FILES if (args.out / name).exists()]
     if taken:
         raise UsageError(f"{args.out} already holds a model ({', '.join(taken)}); choose another --out or remove it")
+    if args.from_hf is not None:
+        if args.preset or args.tokenizer or args.lm or args.vision:
+            raise UsageError("--from-hf brings the whole model: leave out --preset, --tokenizer, --lm and --vision")
+        return import_whole(args.from_hf, args.out)
+    if not args.preset or not args.tokenizer:
+        raise UsageError("--preset and --tokenizer are required (or --from-hf SMOLVLM_DIR)")
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     try:
         tokenizer, added = load_tokenizer(args.tokenizer)
     except (OSError, ValueError) as error:
@@ -92,6 +103,26 @@ def run(args: argparse.Namespace) -> int:
     print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
     print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
     print(f"wrote {args.out} (train from it with --model.init_from {args.out})")
+    return 0
+
+
+def import_whole(folder: Path, out: Path) -> int:
+    """`--from-hf`: an Idefics3/SmolVLM folder -> a model folder with the same logits."""
+    from mmllm.hf_idefics3 import load_idefics3
+    from mmllm.model import VLM
+    from mmllm.model_folder import load_weights_strict, save_model_folder
+
+    config, tensors, tokenizer = load_idefics3(folder)
+    model = VLM(config)
+    dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
+    model.to(dtype=dtype)  # the checkpoint's own dtype: a round trip is exact
+    load_weights_strict(model, tensors, str(folder))
+    save_model_folder(model, tokenizer, out)
+    counts = model.num_parameters()
+    print(f"Idefics3 model from {folder}: {config.vision.image_size}px images -> {config.tokens_per_image} tokens, "
+          f"LM {config.lm.n_layers} layers, dim {config.lm.dim}, vocab {config.lm.vocab_size}, weights {dtype}")
+    print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
+    print(f"wrote {out} (its own chat template and image preprocessing; image splitting off)")
     return 0
 
 

@@ -42,21 +42,31 @@ def pixel_shuffle(patches: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class Projector(nn.Module):
-    """(N, g*g, vision.dim) -> (N, tokens_per_image, lm.dim): pixel shuffle, fc1, GELU, fc2."""
+    """(N, g*g, vision.dim) -> (N, tokens_per_image, lm.dim): pixel shuffle, then fc1, GELU, fc2 (projector
+    "mlp"), or one bias-free `proj` (projector "linear": Idefics3's modality_projection.proj)."""
 
     def __init__(self, config: VLMConfig) -> None:
         super().__init__()
         self.factor = config.pixel_shuffle
-        self.fc1 = nn.Linear(config.vision.dim * self.factor**2, config.lm.dim)
-        self.fc2 = nn.Linear(config.lm.dim, config.lm.dim)
+        width = config.vision.dim * self.factor**2
+        self.kind = config.projector
+        if self.kind == "linear":
+            self.proj = nn.Linear(width, config.lm.dim, bias=False)
+        else:
+            self.fc1 = nn.Linear(width, config.lm.dim)
+            self.fc2 = nn.Linear(config.lm.dim, config.lm.dim)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(pixel_shuffle(patches, self.factor))))
+        tokens = pixel_shuffle(patches, self.factor)  # (N, tokens_per_image, vision.dim * r^2)
+        if self.kind == "linear":
+            return self.proj(tokens)
+        return self.fc2(F.gelu(self.fc1(tokens)))
 
     def init_weights(self, std: float = 0.02) -> None:
-        for linear in (self.fc1, self.fc2):
+        for linear in [m for m in self.modules() if isinstance(m, nn.Linear)]:
             nn.init.normal_(linear.weight, std=std)
-            nn.init.zeros_(linear.bias)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
 
 # ---- who attends to whom ----------------------------------------------------------------------------------

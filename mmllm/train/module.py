@@ -40,6 +40,8 @@ class VLMModule(L.LightningModule):
             mmllm.config.VisionConfig). Only with a preset; the image size comes from the data module.
         pixel_shuffle: image patches merged per side into one image token (default: the preset's). Only with
             a preset.
+        projector: `mlp` (fc1, GELU, fc2) or `linear` (one bias-free layer, Idefics3's: exportable to
+            transformers) after the pixel shuffle (default: the preset's). Only with a preset.
         init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage), or a training checkpoint
             (.ckpt), to start from.
         attention: `causal`, or `prefix` (bidirectional over image + prompt, causal over the answer).
@@ -71,6 +73,7 @@ class VLMModule(L.LightningModule):
         lm: Optional[LMShape] = None,
         vision: Optional[VisionShape] = None,
         pixel_shuffle: Optional[int] = None,
+        projector: Optional[Literal["mlp", "linear"]] = None,
         init_from: Optional[str] = None,
         attention: Optional[Literal["causal", "prefix"]] = None,
         freeze: Optional[list[Part]] = None,
@@ -100,12 +103,14 @@ class VLMModule(L.LightningModule):
             "projector": lr if lr_projector is None else lr_projector,
             "lm": lr if lr_lm is None else lr_lm,
         }
-        if init_from and (lm or vision or pixel_shuffle):
-            raise ValueError("model.lm, model.vision and model.pixel_shuffle reshape a preset; a model from "
-                             "init_from keeps its shape")
+        if init_from and (lm or vision or pixel_shuffle or projector):
+            raise ValueError("model.lm, model.vision, model.pixel_shuffle and model.projector reshape a preset; a "
+                             "model from init_from keeps its shape")
         shape = {"lm": dict(lm or {}), "vision": dict(vision or {})}
         if pixel_shuffle:
             shape["pixel_shuffle"] = pixel_shuffle
+        if projector:
+            shape["projector"] = projector
         self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
         for part in self.freeze:

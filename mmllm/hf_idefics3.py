@@ -1,0 +1,182 @@
+"""Import a whole Idefics3 / SmolVLM checkpoint from a Hugging Face folder on disk: the naming table beside
+hf_import.py's Llama and SigLIP tables, read top to bottom like it.
+
+An Idefics3 model is a SigLIP-style vision tower (`model.vision_model.*`), pixel shuffle by `scale_factor`
+followed by one bias-free Linear (`model.connector.modality_projection.proj`), and a Llama decoder
+(`model.text_model.*`, head `lm_head.weight`). Its processor resizes the long side to `size.longest_edge`, then
+(without image splitting) squashes to `max_image_size.longest_edge`, normalises with image_mean/std, and writes
+each image as `<fake_token_around_image><global-img>` + image_seq_len `<image>` + `<fake_token_around_image>`.
+Each of those maps to one field of VLMConfig (projector linear, resize idefics3, image_markup idefics3, the
+checkpoint's own chat template); every tensor's shape is checked against its config, and a tensor no entry
+reads is refused. `transformers` is never imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmllm import hf_import
+from mmllm.config import VLMConfig
+from mmllm.errors import UsageError
+from mmllm.user_files import read_json_object
+
+MODEL_TYPES = {"idefics3": "idefics3_vision", "smolvlm": "smolvlm_vision"}  # model_type -> its vision_config's
+VISION_PREFIX = "model.vision_model."
+TEXT_PREFIX = "model.text_model."
+PROJECTOR_WEIGHT = "model.connector.modality_projection.proj.weight"
+LANCZOS = 1  # PIL's resample code; the processor's default
+IMAGE_MARKUP_TOKENS = ("<fake_token_around_image>", "<global-img>")
+END_OF_UTTERANCE = "<end_of_utterance>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The folder's JSON files
+
+
+def read_optional_json(path: Path) -> dict[str, Any]:
+    return read_json_object(path) if path.is_file() else {}
+
+
+def read_chat_template(folder: Path) -> str:
+    """The chat template, wherever transformers saved it: chat_template.jinja, chat_template.json, or the
+    processor or tokenizer config."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "processor_config.json", "tokenizer_config.json"):
+        template = read_optional_json(folder / name).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+    raise UsageError(f"{folder} has no chat template (chat_template.jinja, chat_template.json or a config's "
+                     "'chat_template')")
+
+
+def image_processing(folder: Path) -> dict[str, Any]:
+    """The image processor's settings (preprocessor_config.json, or processor_config.json's image_processor)."""
+    settings = read_optional_json(folder / "preprocessor_config.json")
+    if not settings:
+        settings = read_optional_json(folder / "processor_config.json").get("image_processor") or {}
+    if not settings:
+        raise UsageError(f"{folder} has no preprocessor_config.json (the image processor's settings)")
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config translation
+
+
+def config_from_idefics3(hf: dict[str, Any], processor: dict[str, Any], folder: Path) -> VLMConfig:
+    """A VLMConfig with the shapes and preprocessing of an Idefics3/SmolVLM `config.json` and image processor."""
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise UsageError(f"{folder}: model type {model_type!r} is not an Idefics3/SmolVLM model "
+                         f"(expected one of {sorted(MODEL_TYPES)})")
+    text, vision = hf.get("text_config"), hf.get("vision_config")
+    if not isinstance(text, dict) or not isinstance(vision, dict):
+        raise UsageError(f"{folder / 'config.json'} lacks text_config or vision_config")
+    text = {"model_type": "llama", **text}
+    vision = {**vision, "model_type": "siglip_vision_model"}  # the same tower, under the name hf_import reads
+    lm = hf_import.lm_config_from_hf(text)
+    if "tie_word_embeddings" in hf and "tie_word_embeddings" not in text:
+        lm.tie_embeddings = bool(hf["tie_word_embeddings"])
+    tower = hf_import.vision_config_from_hf(vision)
+    for key in ("size", "max_image_size"):
+        if not isinstance(processor.get(key), dict) or not processor[key].get("longest_edge"):
+            raise UsageError(f"{folder}: the image processor's {key} has no longest_edge")
+    square = processor["max_image_size"]["longest_edge"]
+    if square != tower.image_size:
+        raise UsageError(f"{folder}: the processor's max_image_size {square} is not the vision tower's image_size "
+                         f"{tower.image_size}")
+    if processor.get("resample", LANCZOS) != LANCZOS:
+        raise UsageError(f"{folder}: resample {processor['resample']} is not supported (Lanczos, 1, only)")
+    if processor.get("do_rescale", True) is False or processor.get("rescale_factor", 1 / 255) != 1 / 255:
+        raise UsageError(f"{folder}: only rescaling by 1/255 is supported")
+    normalize = processor.get("do_normalize", True)
+    mean = processor.get("image_mean", [0.5, 0.5, 0.5]) if normalize else [0.0, 0.0, 0.0]
+    std = processor.get("image_std", [0.5, 0.5, 0.5]) if normalize else [1.0, 1.0, 1.0]
+    try:
+        return VLMConfig(
+            lm=lm, vision=tower, pixel_shuffle=int(hf.get("scale_factor", 2)), projector="linear",
+            image_token_id=int(hf["image_token_id"]), image_mean=[float(m) for m in mean],
+            image_std=[float(s) for s in std], resize="idefics3",
+            longest_edge=int(processor["size"]["longest_edge"]), image_markup="idefics3",
+        )
+    except (KeyError, ValueError) as error:
+        raise UsageError(f"{folder}: config does not fit an mmllm model: {error}") from error
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Name table: our parameter name -> (full Idefics3 name, expected shape)
+
+
+def idefics3_weight_table(config: VLMConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+    table = {ours: (VISION_PREFIX + theirs, shape)
+             for ours, (theirs, shape) in hf_import.siglip_weight_table(config.vision).items()}
+    width = config.vision.dim * config.pixel_shuffle**2
+    table["projector.proj.weight"] = (PROJECTOR_WEIGHT, (config.lm.dim, width))
+    for ours, (theirs, shape) in hf_import.llama_weight_table(config.lm).items():
+        # The head sits at the top level ('lm_head.weight'), beside 'model.text_model.*'.
+        table[ours] = (theirs if ours == "lm.lm_head.weight" else TEXT_PREFIX + theirs, shape)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole import
+
+
+def load_idefics3(folder: str | Path) -> tuple[VLMConfig, dict[str, torch.Tensor], Any]:
+    """(config, weights under our names, tokenizer) of an Idefics3/SmolVLM folder; UsageError naming what is wrong."""
+    from tokenizers import Tokenizer
+
+    folder = Path(folder)
+    hf = hf_import.read_hf_config(folder)
+    processor = image_processing(folder)
+    config = config_from_idefics3(hf, processor, folder)
+    config.chat_template = read_chat_template(folder)
+
+    tokenizer_path = folder / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise UsageError(f"{tokenizer_path} not found (only the fast tokenizer's tokenizer.json is read)")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as error:  # the tokenizers library raises a bare Exception on malformed JSON
+        raise UsageError(f"{tokenizer_path} is not a readable tokenizer.json: {error}") from error
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    config.pad_token_id, config.eos_token_ids = special_ids(hf, folder, tokenizer)
+    ids = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+    if ids > config.lm.vocab_size:
+        raise UsageError(f"{tokenizer_path} has ids up to {ids - 1} but the model embeds {config.lm.vocab_size}")
+    expected = read_optional_json(folder / "processor_config.json").get("image_seq_len")
+    if expected is not None and expected != config.tokens_per_image:
+        raise UsageError(f"{folder}: processor image_seq_len {expected} but the shapes give "
+                         f"{config.tokens_per_image} image tokens")
+
+    files = hf_import.safetensors_files(folder)
+    table = idefics3_weight_table(config)
+    ignored = ("model.vision_model.head.",) + (("lm_head.",) if config.lm.tie_embeddings else ())
+    hf_import.check_nothing_left_over(list(files), {theirs for theirs, _ in table.values()}, "", ignored, folder)
+    return config, hf_import.rename_and_check(files, table, "", folder), tokenizer
+
+
+def special_ids(hf: dict[str, Any], folder: Path, tokenizer: Any) -> tuple[int, list[int]]:
+    """(pad id, generation stop ids): `<end_of_utterance>` ends a turn, then the text model's eos ids."""
+    text = hf.get("text_config") or {}
+    for token in IMAGE_MARKUP_TOKENS:
+        if tokenizer.token_to_id(token) is None:
+            raise UsageError(f"{folder}/tokenizer.json lacks {token}, which Idefics3's image markup needs")
+    stops = [tokenizer.token_to_id(END_OF_UTTERANCE)] if tokenizer.token_to_id(END_OF_UTTERANCE) is not None else []
+    eos = text.get("eos_token_id", hf.get("eos_token_id"))
+    for value in eos if isinstance(eos, list) else [eos]:
+        if isinstance(value, int) and value not in stops:
+            stops.append(value)
+    if not stops:
+        raise UsageError(f"{folder}: no end-of-turn or eos token found (generation would never stop)")
+    pad = text.get("pad_token_id")
+    if not isinstance(pad, int):
+        pad = hf.get("pad_token_id")
+    if not isinstance(pad, int):
+        pad = stops[-1]
+    return pad, stops

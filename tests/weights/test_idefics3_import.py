@@ -1,0 +1,151 @@
+"""`mmllm build --from-hf`: a whole Idefics3 checkpoint made by transformers (tiny, random, saved to disk here)
+reproduces transformers' logits on the same pixels and prompt, its processor's pixels and ids, and its greedy
+answers through `mmllm ask`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+transformers = pytest.importorskip("transformers")
+
+from mmllm.cli.main import main  # noqa: E402
+from mmllm.inference import VisionLanguageModel  # noqa: E402
+from mmllm.model_folder import load_model_folder  # noqa: E402
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
+           "<global-img>", "<pad>"]
+# SmolVLM's chat template, in the layout its checkpoints ship (role, ":" before an image or ": " before text).
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+TEXTS = ["a red circle above a blue square", "What colour is the circle? It is red.",
+         "the green triangle is left of the yellow star", "Describe the image. A small purple diamond."] * 30
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A smooth picture with edges (Lanczos resizing rings on edges, so a wrong kernel shows)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(x * 255 // width), (y * 255 // height), ((x + y) % 64) * 4], axis=-1)
+    pixels[height // 4: height // 2, width // 3: width // 2] = rng.integers(0, 255, 3)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def idefics3_folder(tmp_path_factory):
+    """A random tiny Idefics3ForConditionalGeneration with its processor, saved as transformers saves it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                              Idefics3Processor, PreTrainedTokenizerFast)
+
+    folder = tmp_path_factory.mktemp("idefics3")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<end_of_utterance>", pad_token="<pad>",
+                                        additional_special_tokens=SPECIAL[1:6])
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 96},
+                                                max_image_size={"longest_edge": 48})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=9,
+                                  chat_template=CHAT_TEMPLATE)
+    vocab = max(bpe.get_vocab().values()) + 1
+    config = Idefics3Config(
+        text_config={"model_type": "llama", "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+                     "pad_token_id": bpe.token_to_id("<pad>"), "eos_token_id": bpe.token_to_id("<|endoftext|>")},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 48, "patch_size": 8},
+        scale_factor=2, image_token_id=bpe.token_to_id("<image>"), tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # sharper than the default init, so greedy answers are long and differ by image
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0, 0.08)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+@pytest.fixture(scope="module")
+def imported(idefics3_folder, tmp_path_factory):
+    folder, _, _ = idefics3_folder
+    out = tmp_path_factory.mktemp("imported") / "model"
+    assert main(["build", "--from-hf", str(folder), "--out", str(out)]) == 0
+    return out
+
+
+def hf_inputs(processor, image, question: str) -> dict:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(text=prompt, images=[image], return_tensors="pt")
+
+
+def test_imported_model_gives_transformers_logits_on_its_processors_inputs(idefics3_folder, imported):
+    _, reference, processor = idefics3_folder
+    model, _, config = load_model_folder(imported)
+    assert config.projector == "linear" and config.image_markup == "idefics3" and config.tokens_per_image == 9
+    inputs = hf_inputs(processor, photo(70, 50, seed=1), "What colour is the circle?")
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        ours = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][0],
+                     image_counts=torch.tensor([1])).logits
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(70, 50), (40, 90), (48, 48)], ids=["wide", "tall", "square"])
+def test_processor_gives_transformers_pixels_and_ids(idefics3_folder, imported, size):
+    _, _, processor = idefics3_folder
+    model, tokenizer, _ = load_model_folder(imported)
+    vlm = VisionLanguageModel(model, tokenizer)
+    image, question = photo(*size, seed=2), "What colour is the circle?"
+    expected = hf_inputs(processor, image, question)
+    ours = vlm.processor.encode_question(question, image)
+    assert ours.input_ids == expected["input_ids"][0].tolist()
+    torch.testing.assert_close(ours.pixel_values, expected["pixel_values"][0], rtol=0, atol=1e-6)
+
+
+def test_ask_on_the_imported_folder_gives_transformers_greedy_answer(idefics3_folder, imported, tmp_path, capsys):
+    _, reference, processor = idefics3_folder
+    answers = []
+    for seed, question in enumerate(["What colour is the circle?", "Describe the image."]):
+        image = photo(64 + 8 * seed, 40, seed=seed)
+        path = tmp_path / f"{seed}.png"
+        image.save(path)
+        inputs = hf_inputs(processor, image, question)
+        with torch.no_grad():
+            generated = reference.generate(**inputs, max_new_tokens=12, do_sample=False)
+        expected = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        assert main(["ask", "--model", str(imported), str(path), question, "--max-new-tokens", "12", "--json"]) == 0
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert printed["answer"] == expected.strip()
+        answers.append(expected)
+    assert len(set(answers)) > 1 and all(answers)  # a model that says nothing, or one thing, would prove little
+
+
+def test_fine_tuning_data_keeps_the_checkpoints_chat_template(imported):
+    model, tokenizer, _ = load_model_folder(imported)
+    processor = VisionLanguageModel(model, tokenizer).processor
+    conversation = [{"role": "user", "content": "<image>\nWhat colour is the circle?"},
+                    {"role": "assistant", "content": "It is red."}]
+    sample = processor.encode_conversation(conversation, [photo(48, 48, seed=3)])
+    text = tokenizer.decode(sample.input_ids, skip_special_tokens=False)
+    assert text.startswith("<|im_start|>User:<fake_token_around_image><global-img><image>")
+    assert text.endswith("<fake_token_around_image>What colour is the circle?<end_of_utterance>\nAssistant: It is "
+                         "red.<end_of_utterance>\n")
+    supervised = [token for token, label in zip(sample.input_ids, sample.labels) if label != -100]
+    assert tokenizer.decode(supervised, skip_special_tokens=False) == " It is red.<end_of_utterance>"
