@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -18,10 +19,25 @@ from data_pipelines.bad_samples import BadSampleCounter
 from data_pipelines.eval_samples import VQAQuestion, vqa_questions
 from data_pipelines.loader import Source, make_loader
 from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
+from mmllm.errors import UsageError
 from mmllm.processing import processor_for
 
 # The mixture dataset splits its samples by rank and worker itself, so its __len__ is exact.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+def own_template_config(tokenizer_path: str):
+    """The model config beside a tokenizer.json when that folder is a model with its own chat template, else None."""
+    from mmllm.model_folder import CONFIG_FILE, read_model_config
+
+    folder = Path(tokenizer_path).parent
+    if not (folder / CONFIG_FILE).is_file():
+        return None
+    try:
+        config = read_model_config(folder)
+    except UsageError:  # not a model folder (a Hugging Face folder, say): the tokenizer is read as any other
+        return None
+    return config if config.chat_template is not None else None
 
 
 class VLMDataModule(L.LightningDataModule):
@@ -29,7 +45,8 @@ class VLMDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: a tokenizer.json (trained with `mmllm tokenizer train`, or any other; the project's special
-            tokens are added when missing).
+            tokens are added when missing). A model folder's own, for a model imported with its own chat template
+            (`mmllm build --from-hf`), is used as it is.
         sources: the training mixture: `[{kind: caption|chat|text, path: folder or brace pattern, weight: 1.0}]`.
         val_sources: validation sources (weights ignored); chat sources also give the validation VQA questions.
         batch_size: samples per batch (per device; the Trainer's accumulate_grad_batches multiplies it).
@@ -65,8 +82,19 @@ class VLMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer
-        self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
-        self.token_ids = TokenIds.from_tokenizer(self.tokenizer)
+        folder_config = own_template_config(tokenizer)
+        if folder_config is not None:
+            # The tokenizer of a model folder with its own chat template (an imported checkpoint): its ids stay
+            # its own, nothing is added, and the model config says which are special.
+            from mmllm.model_folder import load_model_tokenizer
+
+            self.tokenizer, self.added_tokens = load_model_tokenizer(Path(tokenizer).parent, folder_config), []
+            self.special_ids = (folder_config.image_token_id, folder_config.pad_token_id,
+                                list(folder_config.eos_token_ids))
+        else:
+            self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
+            token_ids = TokenIds.from_tokenizer(self.tokenizer)
+            self.special_ids = (token_ids.image, token_ids.pad, token_ids.eos_ids)
         self.sources = [Source.of(s) for s in sources]
         self.val_sources = [Source.of(s) for s in (val_sources or [])]
         self.batch_size = batch_size
@@ -89,9 +117,9 @@ class VLMDataModule(L.LightningDataModule):
         """What the model config takes from the data: linked to `model.model_inputs` by the CLI."""
         return {
             "vocab_size": vocab_size(self.tokenizer),
-            "image_token_id": self.token_ids.image,
-            "pad_token_id": self.token_ids.pad,
-            "eos_token_ids": self.token_ids.eos_ids,
+            "image_token_id": self.special_ids[0],
+            "pad_token_id": self.special_ids[1],
+            "eos_token_ids": self.special_ids[2],
             "image_size": self.image_size,
             "tokenizer_path": self.tokenizer_path,
         }

@@ -149,3 +149,51 @@ def test_fine_tuning_data_keeps_the_checkpoints_chat_template(imported):
                          "red.<end_of_utterance>\n")
     supervised = [token for token, label in zip(sample.input_ids, sample.labels) if label != -100]
     assert tokenizer.decode(supervised, skip_special_tokens=False) == " It is red.<end_of_utterance>"
+
+
+def write_shards(root):
+    """Caption, chat and text shards (a few samples each) for a fine-tune of the imported model."""
+    from data_pipelines.writers import ShardWriter
+
+    quiet = {"report": None}
+    with ShardWriter(root / "captions", **quiet) as captions, ShardWriter(root / "chat", **quiet) as chat, \
+            ShardWriter(root / "text", **quiet) as text:
+        for index in range(8):
+            image = photo(48 + 4 * index, 48, seed=index)
+            captions.write_caption(image, "A small purple diamond." if index % 2 else "A red circle.")
+            chat.write_chat([{"from": "human", "value": "<image>\nWhat colour is the circle?"},
+                             {"from": "gpt", "value": "It is red."}], image=image)
+            text.write_text("the green triangle is left of the yellow star")
+    return root
+
+
+def test_fit_from_the_imported_folder_trains_on_every_kind_and_keeps_its_template(imported, tmp_path):
+    import yaml
+
+    data = write_shards(tmp_path / "data")
+    config = {
+        "seed_everything": 0,
+        "model": {"init_from": str(imported), "lr": 1e-3, "warmup_steps": 1},
+        "data": {"tokenizer": str(imported / "tokenizer.json"), "batch_size": 6, "num_workers": 0,
+                 "shuffle_buffer": 8, "val_vqa_questions": 0,
+                 "sources": [{"kind": kind, "path": str(data / folder), "weight": 1.0}
+                             for kind, folder in (("caption", "captions"), ("chat", "chat"), ("text", "text"))]},
+        "trainer": {"max_steps": 6, "log_every_n_steps": 1, "limit_val_batches": 0, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path),
+                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": str(tmp_path), "name": "logs"}}]},
+        "checkpoint": {"dirpath": str(tmp_path / "checkpoints")},
+        "export": {"out": str(tmp_path / "tuned")},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(tmp_path / "config.yaml")]) == 0
+    metrics = (next((tmp_path / "logs").rglob("metrics.csv"))).read_text()
+    for kind in ("caption", "chat", "text"):
+        assert f"train/loss_{kind}" in metrics
+    tuned, tokenizer, tuned_config = load_model_folder(tmp_path / "tuned")
+    original = load_model_folder(imported)[2]
+    assert tuned_config.chat_template == original.chat_template and tuned_config.image_markup == "idefics3"
+    assert tokenizer.get_vocab_size() == load_model_folder(imported)[1].get_vocab_size()  # nothing added
+    answer = VisionLanguageModel(tuned, tokenizer).ask(photo(48, 48, seed=0), "What colour is the circle?",
+                                                        max_new_tokens=6)
+    assert isinstance(answer, str)
