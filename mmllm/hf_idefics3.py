@@ -1,5 +1,6 @@
-"""Import a whole Idefics3 / SmolVLM checkpoint from a Hugging Face folder on disk: the naming table beside
-hf_import.py's Llama and SigLIP tables, read top to bottom like it.
+"""Idefics3 / SmolVLM interop: import a whole checkpoint from a Hugging Face folder on disk, and export a model
+back to that format (transformers' AutoModelForImageTextToText and AutoProcessor load it). One naming table,
+beside hf_import.py's Llama and SigLIP tables, read top to bottom like it, serves both directions.
 
 An Idefics3 model is a SigLIP-style vision tower (`model.vision_model.*`), pixel shuffle by `scale_factor`
 followed by one bias-free Linear (`model.connector.modality_projection.proj`), and a Llama decoder
@@ -8,7 +9,8 @@ followed by one bias-free Linear (`model.connector.modality_projection.proj`), a
 each image as `<fake_token_around_image><global-img>` + image_seq_len `<image>` + `<fake_token_around_image>`.
 Each of those maps to one field of VLMConfig (projector linear, resize idefics3, image_markup idefics3, the
 checkpoint's own chat template); every tensor's shape is checked against its config, and a tensor no entry
-reads is refused. `transformers` is never imported.
+reads is refused. A model with an option Idefics3 has no counterpart for is refused with one line naming the
+option (`exportable`), never written half-right. `transformers` is never imported.
 """
 
 from __future__ import annotations
@@ -180,3 +182,107 @@ def special_ids(hf: dict[str, Any], folder: Path, tokenizer: Any) -> tuple[int, 
     if not isinstance(pad, int):
         pad = stops[-1]
     return pad, stops
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Export
+
+
+VISION_ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}  # ours -> transformers' hidden_act
+
+
+def not_exportable(config: VLMConfig) -> str | None:
+    """Why a model has no Idefics3 counterpart (the option and what makes it exportable), or None."""
+    if config.projector != "linear":
+        return "the MLP projector has no Idefics3 counterpart; train with model.projector linear"
+    if config.attention != "causal":
+        return "prefix attention has no Idefics3 counterpart; train with model.attention causal"
+    if config.lm.qk_norm:
+        return "QK-norm has no Llama counterpart; train with model.lm.qk_norm false"
+    if config.lm.attention_bias:
+        return "q/k/v biases have no Llama counterpart (Llama's attention_bias adds o_proj's too)"
+    if config.image_markup != "idefics3":
+        return "images without Idefics3's markup tokens cannot be prompted by its processor; use image_markup idefics3"
+    if config.resize != "idefics3":
+        return f"resize {config.resize!r} is not Idefics3's processor; use resize idefics3 with longest_edge"
+    if config.chat_template is None:
+        return ("mmllm's own chat template is not written as Jinja; export a model that carries its chat template "
+                "(one imported with mmllm build --from-hf, or fine-tuned from one)")
+    return None
+
+
+def idefics3_config_json(config: VLMConfig, tokenizer: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """The config.json transformers' Idefics3Config reads, for this model."""
+    lm, vision = config.lm, config.vision
+    text = {
+        "model_type": "llama", "vocab_size": lm.vocab_size, "hidden_size": lm.dim, "intermediate_size": lm.mlp_dim,
+        "num_hidden_layers": lm.n_layers, "num_attention_heads": lm.n_heads, "num_key_value_heads": lm.n_kv_heads,
+        "head_dim": lm.head_dim, "hidden_act": "silu", "max_position_embeddings": lm.max_seq_len,
+        "rms_norm_eps": lm.norm_eps, "rope_parameters": {"rope_theta": lm.rope_theta, "rope_type": "default"},
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": lm.tie_embeddings,
+        "pad_token_id": config.pad_token_id, "eos_token_id": config.eos_token_ids[-1],
+    }
+    tower = {
+        "model_type": "idefics3_vision", "hidden_size": vision.dim, "intermediate_size": vision.mlp_dim,
+        "num_hidden_layers": vision.n_layers, "num_attention_heads": vision.n_heads, "num_channels": 3,
+        "image_size": vision.image_size, "patch_size": vision.patch_size,
+        "hidden_act": VISION_ACTIVATIONS[vision.activation], "layer_norm_eps": vision.norm_eps,
+    }
+    return {
+        "architectures": ["Idefics3ForConditionalGeneration"], "model_type": "idefics3",
+        "image_token_id": config.image_token_id, "scale_factor": config.pixel_shuffle,
+        "tie_word_embeddings": lm.tie_embeddings, "dtype": str(dtype).removeprefix("torch."),
+        "text_config": text, "vision_config": tower,
+    }
+
+
+def processor_files(config: VLMConfig, tokenizer: Any) -> dict[str, Any]:
+    """processor_config.json (with the image processor), tokenizer_config.json and generation_config.json."""
+    image_processor = {
+        "image_processor_type": "Idefics3ImageProcessor", "do_convert_rgb": True, "do_resize": True,
+        "size": {"longest_edge": config.longest_edge}, "max_image_size": {"longest_edge": config.vision.image_size},
+        "resample": LANCZOS, "do_image_splitting": False, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(config.image_mean), "image_std": list(config.image_std),
+        "do_pad": True,
+    }
+    stop = tokenizer.id_to_token(config.eos_token_ids[0])
+    return {
+        "processor_config.json": {"processor_class": "Idefics3Processor", "image_seq_len": config.tokens_per_image,
+                                  "image_processor": image_processor},
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast", "processor_class": "Idefics3Processor",
+            "eos_token": stop, "pad_token": tokenizer.id_to_token(config.pad_token_id),
+            "extra_special_tokens": ["<fake_token_around_image>", "<image>", END_OF_UTTERANCE],
+            "model_max_length": config.lm.max_seq_len,
+        },
+        "generation_config.json": {"eos_token_id": list(config.eos_token_ids), "pad_token_id": config.pad_token_id},
+    }
+
+
+def export_idefics3(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: str | Path) -> Path:
+    """Write `out` as a transformers Idefics3 folder; UsageError (one line) for a model it cannot express."""
+    import json
+
+    from safetensors.torch import save_file
+
+    reason = not_exportable(config)
+    if reason:
+        raise UsageError(f"cannot export to transformers: {reason}")
+    out = Path(out)
+    state = model.state_dict()
+    tensors = {}
+    for ours, (theirs, shape) in idefics3_weight_table(config).items():
+        tensor = state[ours]
+        if tuple(tensor.shape) != shape:
+            raise UsageError(f"cannot export: {ours} has shape {tuple(tensor.shape)}, the config implies {shape}")
+        tensors[theirs] = tensor.detach().to("cpu").contiguous()
+    dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "chat_template.jinja").write_text(config.chat_template)
+    # config.json last: a folder an interrupted export left is not mistaken for a model.
+    files = {**processor_files(config, tokenizer), "config.json": idefics3_config_json(config, tokenizer, dtype)}
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    return out

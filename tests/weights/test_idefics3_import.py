@@ -167,10 +167,13 @@ def write_shards(root):
     return root
 
 
-def test_fit_from_the_imported_folder_trains_on_every_kind_and_keeps_its_template(imported, tmp_path):
+@pytest.fixture(scope="module")
+def tuned(imported, tmp_path_factory):
+    """A fine-tune of the imported model on caption, chat and text shards; (run folder, exported model folder)."""
     import yaml
 
-    data = write_shards(tmp_path / "data")
+    run = tmp_path_factory.mktemp("tuned")
+    data = write_shards(run / "data")
     config = {
         "seed_everything": 0,
         "model": {"init_from": str(imported), "lr": 1e-3, "warmup_steps": 1},
@@ -179,21 +182,66 @@ def test_fit_from_the_imported_folder_trains_on_every_kind_and_keeps_its_templat
                  "sources": [{"kind": kind, "path": str(data / folder), "weight": 1.0}
                              for kind, folder in (("caption", "captions"), ("chat", "chat"), ("text", "text"))]},
         "trainer": {"max_steps": 6, "log_every_n_steps": 1, "limit_val_batches": 0, "enable_progress_bar": False,
-                    "enable_model_summary": False, "default_root_dir": str(tmp_path),
+                    "enable_model_summary": False, "default_root_dir": str(run),
                     "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                "init_args": {"save_dir": str(tmp_path), "name": "logs"}}]},
-        "checkpoint": {"dirpath": str(tmp_path / "checkpoints")},
-        "export": {"out": str(tmp_path / "tuned")},
+                                "init_args": {"save_dir": str(run), "name": "logs"}}]},
+        "checkpoint": {"dirpath": str(run / "checkpoints")},
+        "export": {"out": str(run / "model")},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    assert main(["fit", "--config", str(tmp_path / "config.yaml")]) == 0
-    metrics = (next((tmp_path / "logs").rglob("metrics.csv"))).read_text()
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(run / "config.yaml")]) == 0
+    return run, run / "model"
+
+
+def test_fit_from_the_imported_folder_trains_on_every_kind_and_keeps_its_template(imported, tuned):
+    run, folder = tuned
+    metrics = (next((run / "logs").rglob("metrics.csv"))).read_text()
     for kind in ("caption", "chat", "text"):
         assert f"train/loss_{kind}" in metrics
-    tuned, tokenizer, tuned_config = load_model_folder(tmp_path / "tuned")
-    original = load_model_folder(imported)[2]
-    assert tuned_config.chat_template == original.chat_template and tuned_config.image_markup == "idefics3"
-    assert tokenizer.get_vocab_size() == load_model_folder(imported)[1].get_vocab_size()  # nothing added
-    answer = VisionLanguageModel(tuned, tokenizer).ask(photo(48, 48, seed=0), "What colour is the circle?",
-                                                        max_new_tokens=6)
-    assert isinstance(answer, str)
+    model, tokenizer, config = load_model_folder(folder)
+    _, original_tokenizer, original = load_model_folder(imported)
+    assert config.chat_template == original.chat_template and config.image_markup == "idefics3"
+    assert tokenizer.get_vocab_size() == original_tokenizer.get_vocab_size()  # nothing added
+
+
+def test_export_hf_of_the_imported_folder_gives_back_the_checkpoints_weights_bit_for_bit(idefics3_folder, imported,
+                                                                                          tmp_path):
+    from safetensors.torch import load_file
+
+    folder, _, _ = idefics3_folder
+    assert main(["export", str(imported), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    original, exported = load_file(folder / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for name, tensor in original.items():
+        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
+
+
+def test_export_hf_of_a_fine_tuned_model_answers_in_transformers_as_mmllm_ask_does(tuned, tmp_path, capsys):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    run, folder = tuned
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    assert main(["export", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    assert type(model).__name__ == "Idefics3ForConditionalGeneration"
+    for seed, question in enumerate(["What colour is the circle?", "Describe the image."]):
+        image = photo(56 + 8 * seed, 48, seed=seed)
+        path = tmp_path / f"{seed}.png"
+        image.save(path)
+        inputs = hf_inputs(processor, image, question)
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+        expected = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        capsys.readouterr()
+        assert main(["ask", "--model", str(folder), str(path), question, "--max-new-tokens", "10", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"] == expected.strip()
+
+
+def test_export_hf_refuses_an_mlp_projector_in_one_line(tokenizer_file, tmp_path, capsys):
+    assert main(["build", "--preset", "tiny", "--tokenizer", str(tokenizer_file), "--out", str(tmp_path / "mlp")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "mlp"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "model.projector linear" in lines[0]
+    assert not (tmp_path / "hf" / "config.json").exists()
