@@ -245,3 +245,14 @@ def test_export_hf_refuses_an_mlp_projector_in_one_line(tokenizer_file, tmp_path
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "model.projector linear" in lines[0]
     assert not (tmp_path / "hf" / "config.json").exists()
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_pixel_shuffle_orders_channels_as_idefics3s_connector(factor):
+    from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
+
+    from mmllm.model.vlm import pixel_shuffle
+
+    patches = torch.randn(3, 64, 5)  # (N, 8 x 8 patches, d)
+    expected = Idefics3Connector.pixel_shuffle(None, patches, scale_factor=factor)
+    assert torch.equal(pixel_shuffle(patches, factor), expected)
