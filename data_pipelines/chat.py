@@ -1,9 +1,10 @@
-"""The one chat template: conversations -> token ids and labels, for training and for generation prompts alike.
+"""mmllm's own chat template: conversations -> token ids and labels, for training and for generation prompts
+alike (a checkpoint imported with its own template uses data_pipelines.hf_chat, behind the same interface).
 
 Each turn is `<|im_start|>` ROLE `\\n` content `<|im_end|>` `\\n`. Segments are tokenized separately and
 concatenated, so turn boundaries are exact and never merge into a neighbour's BPE tokens. Each `<image>` in
-content becomes `tokens_per_image` copies of `<|image|>`. Only assistant content and its `<|im_end|>` are
-supervised. This module also normalises LLaVA and OpenAI conversation rows to `{"role", "content"}` (the chat
+content becomes `tokens_per_image` copies of `<|image|>` (inside Idefics3's markup tokens with image_markup
+idefics3). Only assistant content and its `<|im_end|>` are supervised. This module also normalises LLaVA and OpenAI conversation rows to `{"role", "content"}` (the chat
 JSON of docs/formats.md).
 """
 
@@ -126,13 +127,25 @@ class RenderedTurn:
 class ChatTemplate:
     """Renders conversations with one tokenizer; the only code that lays out turns, in training and inference."""
 
-    def __init__(self, tokenizer: Tokenizer, token_ids: TokenIds, tokens_per_image: int):
+    def __init__(self, tokenizer: Tokenizer, token_ids: TokenIds, tokens_per_image: int, image_markup: str = "none"):
         if tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be positive, got {tokens_per_image}")
         self.tokenizer = tokenizer
         self.token_ids = token_ids
         self.tokens_per_image = tokens_per_image
         self.newline = self.encode_text("\n")
+        # The ids around each image's tokens: none, or Idefics3's <fake_token_around_image><global-img> ... <fake..>.
+        self.image_open: list[int] = []
+        self.image_close: list[int] = []
+        if image_markup == "idefics3":
+            opening, closing = st.IDEFICS3_IMAGE_OPEN, st.IDEFICS3_IMAGE_CLOSE
+            missing = [t for t in (*opening, *closing) if tokenizer.token_to_id(t) is None]
+            if missing:
+                raise ValueError(f"image_markup idefics3 needs the tokens {missing} in the tokenizer")
+            self.image_open = [tokenizer.token_to_id(t) for t in opening]
+            self.image_close = [tokenizer.token_to_id(t) for t in closing]
+        elif image_markup != "none":
+            raise ValueError(f"image_markup must be 'none' or 'idefics3', got {image_markup!r}")
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text -> ids, with no BOS/EOS and special-token strings read as text."""
@@ -143,7 +156,7 @@ class ChatTemplate:
         ids: list[int] = []
         for index, piece in enumerate(content.split(st.IMAGE_MARKER)):
             if index:
-                ids.extend([self.token_ids.image] * self.tokens_per_image)
+                ids.extend(self.image_open + [self.token_ids.image] * self.tokens_per_image + self.image_close)
             ids.extend(self.encode_text(piece))
         return ids
 

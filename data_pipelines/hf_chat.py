@@ -25,10 +25,6 @@ from tokenizers import Tokenizer
 from data_pipelines import special_tokens as st
 from data_pipelines.chat import IGNORE_INDEX, Conversation, NoSupervisedTokens, RenderedTurn, validate_conversation
 
-# The strings around each image in Idefics3's prompts (transformers' Idefics3Processor, no image splitting).
-IDEFICS3_IMAGE_OPEN = "<fake_token_around_image><global-img>"
-IDEFICS3_IMAGE_CLOSE = "<fake_token_around_image>"
-
 
 @dataclass(frozen=True)
 class SpecialIds:
@@ -94,11 +90,11 @@ class JinjaChatTemplate:
         if image is None:
             raise ValueError(f"the tokenizer has no token with the model's image id {ids.image}")
         block = image * tokens_per_image
-        if image_markup == "idefics3":
-            for token in ("<fake_token_around_image>", "<global-img>"):
+        if image_markup == "idefics3":  # transformers' Idefics3Processor without image splitting
+            for token in st.IDEFICS3_IMAGE_OPEN:
                 if tokenizer.token_to_id(token) is None:
                     raise ValueError(f"image_markup idefics3 needs {token} in the tokenizer")
-            block = IDEFICS3_IMAGE_OPEN + block + IDEFICS3_IMAGE_CLOSE
+            block = "".join(st.IDEFICS3_IMAGE_OPEN) + block + "".join(st.IDEFICS3_IMAGE_CLOSE)
         self.image_block = block
         self.stop = tokenizer.id_to_token(ids.eos_ids[0]) if ids.eos_ids else None
 

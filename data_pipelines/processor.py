@@ -76,7 +76,7 @@ class Processor:
             self.token_ids: TokenIds | None = token_ids
             self.ids = SpecialIds(token_ids.image, token_ids.pad, token_ids.eos_ids, token_ids.end_of_text)
             self.tokenizer = tokenizer = prepared(tokenizer)
-            self.template = ChatTemplate(tokenizer, token_ids, tokens_per_image)
+            self.template = ChatTemplate(tokenizer, token_ids, tokens_per_image, image_markup)
         else:
             # A checkpoint's own template (data_pipelines.hf_chat): its ids come from the model config.
             if special_ids is None:

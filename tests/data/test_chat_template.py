@@ -169,3 +169,18 @@ def test_llava_and_openai_rows_normalise_to_the_same_conversation():
 def test_malformed_rows_are_rejected_with_a_reason(rows, message):
     with pytest.raises(ValueError, match=message):
         normalise_conversation(rows)
+
+
+def test_idefics3_markup_wraps_each_images_tokens_and_needs_its_tokens(template):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(template.tokenizer.to_str())
+    with pytest.raises(ValueError, match="<fake_token_around_image>"):
+        ChatTemplate(tokenizer, template.token_ids, TOKENS_PER_IMAGE, image_markup="idefics3")
+    tokenizer.add_special_tokens(["<fake_token_around_image>", "<global-img>"])
+    marked = ChatTemplate(tokenizer, TokenIds.from_tokenizer(tokenizer), TOKENS_PER_IMAGE, image_markup="idefics3")
+    fake, glob = tokenizer.token_to_id("<fake_token_around_image>"), tokenizer.token_to_id("<global-img>")
+    ids = marked.encode_content("<image>\nWhat?")
+    image = marked.token_ids.image
+    assert ids[:TOKENS_PER_IMAGE + 3] == [fake, glob] + [image] * TOKENS_PER_IMAGE + [fake]
+    assert ids[TOKENS_PER_IMAGE + 3:] == marked.encode_text("\nWhat?")
