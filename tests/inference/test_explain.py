@@ -8,8 +8,9 @@ object's cell against the mean share of the other eight cells of the same image.
 difference must be above zero by a one-sided t-test at p < 0.001, a bound taken from statistics, not from one
 machine's figures: a different CPU trains a different model (float reductions differ), not a weaker property.
 
-Measured (2026-12-01): AMD EPYC, AVX2 only, accuracy 0.88, mean difference 0.30, t = 9.1 (bound 3.31);
-the same machine with ATEN_CPU_CAPABILITY=default: accuracy 0.85, t = 8.0.
+Measured (2026-12-01, AMD EPYC with AVX2 only, one thread): accuracy 0.78 (gate 0.6), mean difference 0.48,
+t = 11.1 (bound 3.31); the same machine with ATEN_CPU_CAPABILITY=default (other kernels, another model):
+accuracy 0.82, mean difference 0.33, t = 8.1; with two threads: accuracy 0.75, t = 7.7.
 """
 
 from __future__ import annotations
