@@ -130,7 +130,7 @@ def idefics3_weight_table(config: VLMConfig) -> dict[str, tuple[str, tuple[int, 
 
 def load_idefics3(folder: str | Path) -> tuple[VLMConfig, dict[str, torch.Tensor], Any]:
     """(config, weights under our names, tokenizer) of an Idefics3/SmolVLM folder; UsageError naming what is wrong."""
-    from tokenizers import Tokenizer
+    from mmllm.model_folder import read_tokenizer_as_is
 
     folder = Path(folder)
     hf = hf_import.read_hf_config(folder)
@@ -138,15 +138,8 @@ def load_idefics3(folder: str | Path) -> tuple[VLMConfig, dict[str, torch.Tensor
     config = config_from_idefics3(hf, processor, folder)
     config.chat_template = read_chat_template(folder)
 
-    tokenizer_path = folder / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise UsageError(f"{tokenizer_path} not found (only the fast tokenizer's tokenizer.json is read)")
-    try:
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    except Exception as error:  # the tokenizers library raises a bare Exception on malformed JSON
-        raise UsageError(f"{tokenizer_path} is not a readable tokenizer.json: {error}") from error
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
+    tokenizer_path = folder / "tokenizer.json"  # only the fast tokenizer's file is read
+    tokenizer = read_tokenizer_as_is(tokenizer_path)
     config.pad_token_id, config.eos_token_ids = special_ids(hf, folder, tokenizer)
     ids = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
     if ids > config.lm.vocab_size:

@@ -166,24 +166,31 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise UsageError(f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from error
 
 
+def read_tokenizer_as_is(path: Path):
+    """A tokenizer.json with nothing added or changed but padding and truncation off (an imported checkpoint's)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise UsageError(f"{path} not found")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:  # the tokenizers library raises a bare Exception on malformed JSON
+        raise UsageError(f"{path} is not a readable tokenizer.json: {error}") from error
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 def load_model_tokenizer(path: str | Path, config: VLMConfig | None = None):
     """The tokenizer of a model folder (`tokenizer.json`): through the project's tokenizer loader, or as it was
     saved for a model with its own chat template (an imported checkpoint: its ids must stay its own)."""
-    from tokenizers import Tokenizer
-
     from data_pipelines.tokenizer import load_tokenizer
 
     tokenizer_path = Path(path) / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise UsageError(f"{tokenizer_path} not found")
     if config is not None and config.chat_template is not None:
-        try:
-            tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as error:  # the tokenizers library raises a bare Exception on malformed JSON
-            raise UsageError(f"{tokenizer_path} is not a readable tokenizer.json: {error}") from error
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        return tokenizer
+        return read_tokenizer_as_is(tokenizer_path)
     try:
         tokenizer, _added = load_tokenizer(tokenizer_path)
     except (OSError, ValueError) as error:

@@ -94,6 +94,25 @@ def hf_inputs(processor, image, question: str) -> dict:
     return processor(text=prompt, images=[image], return_tensors="pt")
 
 
+def greedy_answers_agree(model, processor, folder, tmp_path, capsys, max_new_tokens: int) -> list[str]:
+    """transformers' greedy answers on two pictures and questions, each equal to `mmllm ask --model folder`'s."""
+    answers = []
+    for seed, question in enumerate(["What colour is the circle?", "Describe the image."]):
+        image = photo(56 + 8 * seed, 40 + 8 * seed, seed=seed)
+        path = tmp_path / f"{seed}.png"
+        image.save(path)
+        inputs = hf_inputs(processor, image, question)
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        expected = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        capsys.readouterr()
+        assert main(["ask", "--model", str(folder), str(path), question, "--max-new-tokens", str(max_new_tokens),
+                     "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"] == expected.strip()
+        answers.append(expected)
+    return answers
+
+
 def test_imported_model_gives_transformers_logits_on_its_processors_inputs(idefics3_folder, imported):
     _, reference, processor = idefics3_folder
     model, _, config = load_model_folder(imported)
@@ -121,19 +140,7 @@ def test_processor_gives_transformers_pixels_and_ids(idefics3_folder, imported, 
 
 def test_ask_on_the_imported_folder_gives_transformers_greedy_answer(idefics3_folder, imported, tmp_path, capsys):
     _, reference, processor = idefics3_folder
-    answers = []
-    for seed, question in enumerate(["What colour is the circle?", "Describe the image."]):
-        image = photo(64 + 8 * seed, 40, seed=seed)
-        path = tmp_path / f"{seed}.png"
-        image.save(path)
-        inputs = hf_inputs(processor, image, question)
-        with torch.no_grad():
-            generated = reference.generate(**inputs, max_new_tokens=12, do_sample=False)
-        expected = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
-        assert main(["ask", "--model", str(imported), str(path), question, "--max-new-tokens", "12", "--json"]) == 0
-        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert printed["answer"] == expected.strip()
-        answers.append(expected)
+    answers = greedy_answers_agree(reference, processor, imported, tmp_path, capsys, max_new_tokens=12)
     assert len(set(answers)) > 1 and all(answers)  # a model that says nothing, or one thing, would prove little
 
 
@@ -225,17 +232,7 @@ def test_export_hf_of_a_fine_tuned_model_answers_in_transformers_as_mmllm_ask_do
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "hf")
     assert type(model).__name__ == "Idefics3ForConditionalGeneration"
-    for seed, question in enumerate(["What colour is the circle?", "Describe the image."]):
-        image = photo(56 + 8 * seed, 48, seed=seed)
-        path = tmp_path / f"{seed}.png"
-        image.save(path)
-        inputs = hf_inputs(processor, image, question)
-        with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=10, do_sample=False)
-        expected = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
-        capsys.readouterr()
-        assert main(["ask", "--model", str(folder), str(path), question, "--max-new-tokens", "10", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"] == expected.strip()
+    greedy_answers_agree(model, processor, folder, tmp_path, capsys, max_new_tokens=10)
 
 
 def test_export_hf_refuses_an_mlp_projector_in_one_line(tokenizer_file, tmp_path, capsys):
