@@ -81,11 +81,9 @@ class Processor:
             # A checkpoint's own template (data_pipelines.hf_chat): its ids come from the model config.
             if special_ids is None:
                 raise ValueError("a processor with a model's own chat template needs its special ids")
-            end_of_text = special_ids.end_of_text
-            if end_of_text is None:
-                end_of_text = tokenizer.token_to_id(st.END_OF_TEXT)
-            self.ids = SpecialIds(special_ids.image, special_ids.pad, list(special_ids.eos_ids),
-                                  special_ids.eos_ids[-1] if end_of_text is None else end_of_text)
+            end_of_text = next(i for i in (special_ids.end_of_text, tokenizer.token_to_id(st.END_OF_TEXT),
+                                           special_ids.eos_ids[-1]) if i is not None)
+            self.ids = SpecialIds(special_ids.image, special_ids.pad, list(special_ids.eos_ids), end_of_text)
             self.token_ids = None
             self.tokenizer = tokenizer
             self.template = JinjaChatTemplate(tokenizer, chat_template, self.ids, tokens_per_image, image_markup)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from data_pipelines import special_tokens as st
 from mmllm import hf_import
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
@@ -30,7 +31,6 @@ VISION_PREFIX = "model.vision_model."
 TEXT_PREFIX = "model.text_model."
 PROJECTOR_WEIGHT = "model.connector.modality_projection.proj.weight"
 LANCZOS = 1  # PIL's resample code; the processor's default
-IMAGE_MARKUP_TOKENS = ("<fake_token_around_image>", "<global-img>")
 END_OF_UTTERANCE = "<end_of_utterance>"
 
 
@@ -159,7 +159,7 @@ def load_idefics3(folder: str | Path) -> tuple[VLMConfig, dict[str, torch.Tensor
 def special_ids(hf: dict[str, Any], folder: Path, tokenizer: Any) -> tuple[int, list[int]]:
     """(pad id, generation stop ids): `<end_of_utterance>` ends a turn, then the text model's eos ids."""
     text = hf.get("text_config") or {}
-    for token in IMAGE_MARKUP_TOKENS:
+    for token in st.IDEFICS3_IMAGE_OPEN:
         if tokenizer.token_to_id(token) is None:
             raise UsageError(f"{folder}/tokenizer.json lacks {token}, which Idefics3's image markup needs")
     stops = [tokenizer.token_to_id(END_OF_UTTERANCE)] if tokenizer.token_to_id(END_OF_UTTERANCE) is not None else []

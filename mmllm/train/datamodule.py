@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from data_pipelines.bad_samples import BadSampleCounter
 from data_pipelines.eval_samples import VQAQuestion, vqa_questions
+from data_pipelines.hf_chat import SpecialIds
 from data_pipelines.loader import Source, make_loader
 from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
 from mmllm.errors import UsageError
@@ -89,12 +90,12 @@ class VLMDataModule(L.LightningDataModule):
             from mmllm.model_folder import load_model_tokenizer
 
             self.tokenizer, self.added_tokens = load_model_tokenizer(Path(tokenizer).parent, folder_config), []
-            self.special_ids = (folder_config.image_token_id, folder_config.pad_token_id,
-                                list(folder_config.eos_token_ids))
+            self.special_ids = SpecialIds(folder_config.image_token_id, folder_config.pad_token_id,
+                                          list(folder_config.eos_token_ids))
         else:
             self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
             token_ids = TokenIds.from_tokenizer(self.tokenizer)
-            self.special_ids = (token_ids.image, token_ids.pad, token_ids.eos_ids)
+            self.special_ids = SpecialIds(token_ids.image, token_ids.pad, token_ids.eos_ids)
         self.sources = [Source.of(s) for s in sources]
         self.val_sources = [Source.of(s) for s in (val_sources or [])]
         self.batch_size = batch_size
@@ -117,9 +118,9 @@ class VLMDataModule(L.LightningDataModule):
         """What the model config takes from the data: linked to `model.model_inputs` by the CLI."""
         return {
             "vocab_size": vocab_size(self.tokenizer),
-            "image_token_id": self.special_ids[0],
-            "pad_token_id": self.special_ids[1],
-            "eos_token_ids": self.special_ids[2],
+            "image_token_id": self.special_ids.image,
+            "pad_token_id": self.special_ids.pad,
+            "eos_token_ids": list(self.special_ids.eos_ids),
             "image_size": self.image_size,
             "tokenizer_path": self.tokenizer_path,
         }
