@@ -4,23 +4,25 @@ alike (a checkpoint imported with its own template uses data_pipelines.hf_chat, 
 Each turn is `<|im_start|>` ROLE `\\n` content `<|im_end|>` `\\n`. Segments are tokenized separately and
 concatenated, so turn boundaries are exact and never merge into a neighbour's BPE tokens. Each `<image>` in
 content becomes `tokens_per_image` copies of `<|image|>` (inside Idefics3's markup tokens with image_markup
-idefics3). Only assistant content and its `<|im_end|>` are supervised. This module also normalises LLaVA and OpenAI conversation rows to `{"role", "content"}` (the chat
+idefics3, one block per tile with image splitting: data_pipelines.image_layout). Only assistant content and its `<|im_end|>` are supervised. This module also normalises LLaVA and OpenAI conversation rows to `{"role", "content"}` (the chat
 JSON of docs/formats.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
 from data_pipelines import special_tokens as st
+from data_pipelines.image_layout import IDEFICS3_IMAGE_CLOSE, IDEFICS3_IMAGE_OPEN, Piece, image_layout
 from data_pipelines.tokenizer import TokenIds
 
 IGNORE_INDEX = -100  # label of a token that is not a target (torch cross_entropy's ignore_index)
 
 Conversation = list[dict[str, str]]
+Grid = tuple[int, int]  # (rows, cols) of an image's tiles; (0, 0) when it is not split
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 
@@ -134,29 +136,35 @@ class ChatTemplate:
         self.token_ids = token_ids
         self.tokens_per_image = tokens_per_image
         self.newline = self.encode_text("\n")
-        # The ids around each image's tokens: none, or Idefics3's <fake_token_around_image><global-img> ... <fake..>.
-        self.image_open: list[int] = []
-        self.image_close: list[int] = []
+        image_layout(image_markup)  # ValueError for an unknown markup
+        self.image_markup = image_markup
         if image_markup == "idefics3":
-            opening, closing = st.IDEFICS3_IMAGE_OPEN, st.IDEFICS3_IMAGE_CLOSE
-            missing = [t for t in (*opening, *closing) if tokenizer.token_to_id(t) is None]
+            missing = [t for t in (*IDEFICS3_IMAGE_OPEN, *IDEFICS3_IMAGE_CLOSE) if tokenizer.token_to_id(t) is None]
             if missing:
                 raise ValueError(f"image_markup idefics3 needs the tokens {missing} in the tokenizer")
-            self.image_open = [tokenizer.token_to_id(t) for t in opening]
-            self.image_close = [tokenizer.token_to_id(t) for t in closing]
-        elif image_markup != "none":
-            raise ValueError(f"image_markup must be 'none' or 'idefics3', got {image_markup!r}")
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text -> ids, with no BOS/EOS and special-token strings read as text."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
-    def encode_content(self, content: str) -> list[int]:
-        """Turn content -> ids; each `<image>` becomes tokens_per_image image-token ids."""
+    def encode_image(self, grid: Grid = (0, 0)) -> list[int]:
+        """One image's ids: its blocks of tokens_per_image image ids and the markup around them."""
+        ids: list[int] = []
+        for piece in image_layout(self.image_markup, *grid):
+            if piece.kind == "block":
+                ids.extend([self.token_ids.image] * self.tokens_per_image)
+            elif piece.kind == "text":
+                ids.extend(self.encode_text(piece.value))
+            else:
+                ids.append(_token_id(self.tokenizer, piece, grid))
+        return ids
+
+    def encode_content(self, content: str, grids: Iterator[Grid] | None = None) -> list[int]:
+        """Turn content -> ids; each `<image>` becomes its image's ids (grids: one per marker, in order)."""
         ids: list[int] = []
         for index, piece in enumerate(content.split(st.IMAGE_MARKER)):
             if index:
-                ids.extend(self.image_open + [self.token_ids.image] * self.tokens_per_image + self.image_close)
+                ids.extend(self.encode_image(next(grids) if grids is not None else (0, 0)))
             ids.extend(self.encode_text(piece))
         return ids
 
@@ -164,9 +172,9 @@ class ChatTemplate:
         """`<|im_start|>` ROLE `\\n`: opens a turn (and, for the assistant, is the generation prompt's tail)."""
         return [self.token_ids.turn_start, self.token_ids.role(role)] + self.newline
 
-    def render_turn(self, turn: dict[str, str]) -> RenderedTurn:
+    def render_turn(self, turn: dict[str, str], grids: Iterator[Grid] | None = None) -> RenderedTurn:
         header = self.header(turn["role"])
-        content = self.encode_content(turn["content"]) + [self.token_ids.turn_end]
+        content = self.encode_content(turn["content"], grids) + [self.token_ids.turn_end]
         ids = header + content + self.newline
         if turn["role"] == "assistant":
             labels = [IGNORE_INDEX] * len(header) + content + [IGNORE_INDEX] * len(self.newline)
@@ -174,12 +182,15 @@ class ChatTemplate:
             labels = [IGNORE_INDEX] * len(ids)
         return RenderedTurn(turn["role"], ids, labels)
 
-    def render_turns(self, conversation: Conversation, num_images: int) -> list[RenderedTurn]:
-        """A training conversation turn by turn; NoSupervisedTokens when it has no assistant turn."""
+    def render_turns(self, conversation: Conversation, num_images: int,
+                     grids: Sequence[Grid] | None = None) -> list[RenderedTurn]:
+        """A training conversation turn by turn; NoSupervisedTokens when it has no assistant turn.
+        grids: each image's tiles (rows, cols), in marker order; None: no image is split."""
         validate_conversation(conversation, num_images)
         if not any(turn["role"] == "assistant" for turn in conversation):
             raise NoSupervisedTokens("conversation has no assistant turn, so no supervised token")
-        return [self.render_turn(turn) for turn in conversation]
+        pending = iter(grids or [(0, 0)] * num_images)
+        return [self.render_turn(turn, pending) for turn in conversation]
 
     def render(self, conversation: Conversation, num_images: int) -> tuple[list[int], list[int]]:
         """A training conversation -> (ids, labels) of equal length."""
@@ -190,19 +201,30 @@ class ChatTemplate:
             labels.extend(turn.labels)
         return ids, labels
 
-    def answer_start(self, conversation: Conversation) -> int | None:
+    def answer_start(self, conversation: Conversation, grids: Sequence[Grid] | None = None) -> int | None:
         """Tokens before the first assistant turn's answer, or None when the conversation has none."""
         offset = 0
+        pending = iter(grids or [(0, 0)] * count_image_markers(conversation))
         for turn in conversation:
             if turn["role"] == "assistant":
                 return offset + len(self.header("assistant"))
-            offset += len(self.render_turn(turn).ids)
+            offset += len(self.render_turn(turn, pending).ids)
         return None
 
-    def render_prompt(self, conversation: Conversation, num_images: int) -> list[int]:
+    def render_prompt(self, conversation: Conversation, num_images: int,
+                      grids: Sequence[Grid] | None = None) -> list[int]:
         """The conversation so far (ending with a user turn) + `<|im_start|><|assistant|>\\n`: what to generate from."""
         validate_conversation(conversation, num_images, for_prompt=True)
+        pending = iter(grids or [(0, 0)] * num_images)
         ids: list[int] = []
         for turn in conversation:
-            ids.extend(self.render_turn(turn).ids)
+            ids.extend(self.render_turn(turn, pending).ids)
         return ids + self.header("assistant")
+
+
+def _token_id(tokenizer: Tokenizer, piece: Piece, grid: Grid) -> int:
+    token_id = tokenizer.token_to_id(piece.value)
+    if token_id is None:
+        raise ValueError(f"the tokenizer has no {piece.value}, which an image split into {grid[0]} x {grid[1]} "
+                         f"tiles needs")
+    return token_id

@@ -18,12 +18,14 @@ import bisect
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from tokenizers import Tokenizer
 
 from data_pipelines import special_tokens as st
-from data_pipelines.chat import IGNORE_INDEX, Conversation, NoSupervisedTokens, RenderedTurn, validate_conversation
+from data_pipelines.chat import (IGNORE_INDEX, Conversation, Grid, NoSupervisedTokens, RenderedTurn,
+                                 validate_conversation)
+from data_pipelines.image_layout import IDEFICS3_IMAGE_OPEN, image_layout
 
 
 @dataclass(frozen=True)
@@ -86,17 +88,29 @@ class JinjaChatTemplate:
         self.template = compile_template(source)
         self.ids = ids
         self.tokens_per_image = tokens_per_image
-        image = tokenizer.id_to_token(ids.image)
-        if image is None:
+        self.image_token = tokenizer.id_to_token(ids.image)
+        if self.image_token is None:
             raise ValueError(f"the tokenizer has no token with the model's image id {ids.image}")
-        block = image * tokens_per_image
-        if image_markup == "idefics3":  # transformers' Idefics3Processor without image splitting
-            for token in st.IDEFICS3_IMAGE_OPEN:
+        image_layout(image_markup)  # ValueError for an unknown markup
+        self.image_markup = image_markup
+        if image_markup == "idefics3":  # transformers' Idefics3Processor
+            for token in IDEFICS3_IMAGE_OPEN:
                 if tokenizer.token_to_id(token) is None:
                     raise ValueError(f"image_markup idefics3 needs {token} in the tokenizer")
-            block = "".join(st.IDEFICS3_IMAGE_OPEN) + block + "".join(st.IDEFICS3_IMAGE_CLOSE)
-        self.image_block = block
         self.stop = tokenizer.id_to_token(ids.eos_ids[0]) if ids.eos_ids else None
+
+    def image_text(self, grid: Grid = (0, 0)) -> str:
+        """One image's text: its blocks of image tokens and the markup around them, as transformers writes it."""
+        text = ""
+        for piece in image_layout(self.image_markup, *grid):
+            if piece.kind == "block":
+                text += self.image_token * self.tokens_per_image
+            else:
+                if piece.kind == "token" and self.tokenizer.token_to_id(piece.value) is None:
+                    raise ValueError(f"the tokenizer has no {piece.value}, which an image split into "
+                                     f"{grid[0]} x {grid[1]} tiles needs")
+                text += piece.value
+        return text
 
     # --- text ------------------------------------------------------------------------------------------------
 
@@ -104,23 +118,28 @@ class JinjaChatTemplate:
         """Plain text -> ids, with no BOS/EOS."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
-    def _render(self, conversation: Conversation, generation_prompt: bool = False) -> str:
+    def _render(self, conversation: Conversation, generation_prompt: bool = False,
+                grids: Sequence[Grid] | None = None) -> str:
+        """The template's text, each image marker replaced by its image's text (grids in marker order)."""
         messages = [{"role": turn["role"], "content": parts_of_content(turn["content"])} for turn in conversation]
         text = self.template.render(messages=messages, add_generation_prompt=generation_prompt)
-        return text.replace(st.IMAGE_MARKER, self.image_block)
+        pieces = text.split(st.IMAGE_MARKER)
+        grids = list(grids or []) + [(0, 0)] * (len(pieces) - 1 - len(grids or []))
+        return pieces[0] + "".join(self.image_text(grid) + piece for grid, piece in zip(grids, pieces[1:]))
 
     def _encode(self, text: str):
         return self.tokenizer.encode(text, add_special_tokens=True)  # as transformers' processor tokenizes
 
     # --- conversations -------------------------------------------------------------------------------------------
 
-    def render_turns(self, conversation: Conversation, num_images: int) -> list[RenderedTurn]:
+    def render_turns(self, conversation: Conversation, num_images: int,
+                     grids: Sequence[Grid] | None = None) -> list[RenderedTurn]:
         """A training conversation turn by turn, tokenized as one text; NoSupervisedTokens without an assistant."""
         validate_conversation(conversation, num_images)
         if not any(turn["role"] == "assistant" for turn in conversation):
             raise NoSupervisedTokens("conversation has no assistant turn, so no supervised token")
         # Character spans: turn k is rendered[k] .. rendered[k + 1]; its answer starts after the generation prompt.
-        rendered = [self._render(conversation[:k]) for k in range(len(conversation) + 1)]
+        rendered = [self._render(conversation[:k], grids=grids) for k in range(len(conversation) + 1)]
         text = rendered[-1]
         for shorter, longer in zip(rendered, rendered[1:]):
             if not longer.startswith(shorter):
@@ -130,7 +149,7 @@ class JinjaChatTemplate:
         for k, turn in enumerate(conversation):
             if turn["role"] != "assistant":
                 continue
-            prompt = self._render(conversation[:k], generation_prompt=True)
+            prompt = self._render(conversation[:k], generation_prompt=True, grids=grids)
             start = len(prompt)
             if not text.startswith(prompt):
                 raise ValueError("the model's chat template's generation prompt is not where its answers begin")
@@ -148,14 +167,15 @@ class JinjaChatTemplate:
             turns[k].labels.append(token if supervised else IGNORE_INDEX)
         return turns
 
-    def render_prompt(self, conversation: Conversation, num_images: int) -> list[int]:
+    def render_prompt(self, conversation: Conversation, num_images: int,
+                      grids: Sequence[Grid] | None = None) -> list[int]:
         """The conversation so far (ending with a user turn) + the template's generation prompt."""
         validate_conversation(conversation, num_images, for_prompt=True)
-        return self._encode(self._render(conversation, generation_prompt=True)).ids
+        return self._encode(self._render(conversation, generation_prompt=True, grids=grids)).ids
 
-    def answer_start(self, conversation: Conversation) -> int | None:
+    def answer_start(self, conversation: Conversation, grids: Sequence[Grid] | None = None) -> int | None:
         """Tokens before the first assistant turn's answer, or None when the conversation has none."""
         for k, turn in enumerate(conversation):
             if turn["role"] == "assistant":
-                return len(self._encode(self._render(conversation[:k], generation_prompt=True)).ids)
+                return len(self._encode(self._render(conversation[:k], generation_prompt=True, grids=grids)).ids)
         return None

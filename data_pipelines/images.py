@@ -9,6 +9,7 @@ the loader can count and skip them and the command line can say which file is wr
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
@@ -110,6 +111,8 @@ class ImageTransform:
     'idefics3' is the Idefics3/SmolVLM processor without image splitting: the long side scaled to
     `longest_edge` (aspect kept, the short side rounded up to even), then squashed to S x S, both by Pillow's
     Lanczos, as transformers' processor does, so an imported checkpoint sees the pixels it was trained on.
+    With `splitting` (Idefics3's image splitting) `tiles` cuts the scaled image into S x S tiles and adds the
+    whole image squashed to S x S; `__call__` is always the one unsplit image.
     No flips or crops that could contradict a caption ("on the left") are ever applied.
 
     Decoding stays with Pillow (`load_image`: the pixel guard before decoding, EXIF orientation, every mode to
@@ -120,11 +123,13 @@ class ImageTransform:
     """
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: ResizePolicy = "squash",
-                 longest_edge: int | None = None):
+                 longest_edge: int | None = None, splitting: bool = False):
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
         if resize == "idefics3" and not longest_edge:
             raise ValueError("resize 'idefics3' needs longest_edge")
+        if splitting and resize != "idefics3":
+            raise ValueError("image splitting needs resize 'idefics3'")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
         import torch  # here, not at the top: the converters decode images without paying torch's import
@@ -132,6 +137,7 @@ class ImageTransform:
         self.image_size = image_size
         self.resize = resize
         self.longest_edge = longest_edge
+        self.splitting = splitting
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -144,6 +150,33 @@ class ImageTransform:
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() / 255.0 - self.mean) / self.std  # uint8 (3, H, W) -> float (3, H, W)
 
+    def _pil_pixels(self, image: Image.Image) -> torch.Tensor:
+        import torch
+
+        return self._normalise(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
+
+    def tiles(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(N, 3, S, S) and the (rows, cols) of the tiles: rows x cols tiles in reading order, then the whole
+        image; without splitting, or when the scaled image fits in one tile, (1, 3, S, S) and (0, 0)."""
+        if not self.splitting:
+            return self(image)[None], (0, 0)
+        import torch
+
+        if image.mode != "RGB":
+            image = _to_rgb(image)
+        size = self.image_size
+        width, height = idefics3_long_side(image.width, image.height, self.longest_edge)
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        width, height = idefics3_tile_multiple(width, height, size)
+        if width <= size and height <= size:
+            return self._pil_pixels(image.resize((size, size), Image.Resampling.LANCZOS))[None], (0, 0)
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        rows, cols = height // size, width // size
+        tiles = [image.crop((col * size, row * size, (col + 1) * size, (row + 1) * size))
+                 for row in range(rows) for col in range(cols)]
+        tiles.append(image.resize((size, size), Image.Resampling.LANCZOS))
+        return torch.stack([self._pil_pixels(tile) for tile in tiles]), (rows, cols)
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
 
@@ -152,8 +185,7 @@ class ImageTransform:
         if self.resize == "idefics3":
             width, height = idefics3_long_side(image.width, image.height, self.longest_edge)
             image = image.resize((width, height), Image.Resampling.LANCZOS)
-            image = image.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
-            return self._normalise(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
+            return self._pil_pixels(image.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS))
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) uint8, channels last
         size = self.image_size
         height, width = pixels.shape[-2:]
@@ -189,3 +221,16 @@ def idefics3_long_side(width: int, height: int, longest_edge: int) -> tuple[int,
     elif height > width and height > IDEFICS3_MAX_SIDE:
         width, height = int(IDEFICS3_MAX_SIDE * aspect), IDEFICS3_MAX_SIDE
     return max(width, 1), max(height, 1)
+
+
+def idefics3_tile_multiple(width: int, height: int, tile: int) -> tuple[int, int]:
+    """(width, height) rounded up to whole tiles, the short side first scaled with the long one (Idefics3's
+    resize for the vision encoder before splitting)."""
+    aspect = width / height
+    if width >= height:
+        width = math.ceil(width / tile) * tile
+        height = math.ceil(int(width / aspect) / tile) * tile
+    else:
+        height = math.ceil(height / tile) * tile
+        width = math.ceil(int(height * aspect) / tile) * tile
+    return width, height

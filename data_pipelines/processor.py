@@ -22,10 +22,12 @@ from data_pipelines.chat import (
     IGNORE_INDEX,
     ChatTemplate,
     Conversation,
+    Grid,
     NoSupervisedTokens,
     RenderedTurn,
     caption_conversation,
     question_conversation,
+    validate_conversation,
 )
 from data_pipelines import special_tokens as st
 from data_pipelines.hf_chat import JinjaChatTemplate, SpecialIds
@@ -68,6 +70,7 @@ class Processor:
         chat_template: str | None = None,
         special_ids: SpecialIds | None = None,
         image_markup: str = "none",
+        image_splitting: bool = False,
     ):
         if chat_template is None:
             # mmllm's own template: ids by mmllm's token names (ValueError if one is missing); no BOS
@@ -87,7 +90,9 @@ class Processor:
             self.token_ids = None
             self.tokenizer = tokenizer
             self.template = JinjaChatTemplate(tokenizer, chat_template, self.ids, tokens_per_image, image_markup)
-        self.transform = ImageTransform(image_size, image_mean, image_std, resize, longest_edge)
+        if image_splitting and image_markup != "idefics3":
+            raise ValueError("image splitting needs image_markup idefics3 (its tiles are told apart by row/col tokens)")
+        self.transform = ImageTransform(image_size, image_mean, image_std, resize, longest_edge, image_splitting)
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.max_pixels = max_pixels
@@ -109,10 +114,16 @@ class Processor:
     # --- images -----------------------------------------------------------------------------------------------
 
     def pixel_values(self, images: Sequence[ImageSource]) -> torch.Tensor | None:
-        """Images (bytes, paths or PIL) -> (N, 3, S, S), or None for no image. Raises ImageError subclasses."""
+        """Images (bytes, paths or PIL) -> (N, 3, S, S), every tile of every image in prompt order, or None for
+        no image. Raises ImageError subclasses."""
+        return self.tiled(images)[0]
+
+    def tiled(self, images: Sequence[ImageSource]) -> tuple[torch.Tensor | None, list[Grid]]:
+        """Images -> ((N, 3, S, S) or None, each image's (rows, cols) of tiles, (0, 0) when it is not split)."""
         if not images:
-            return None
-        return torch.stack([self.transform(load_image(image, self.max_pixels)) for image in images])
+            return None, []
+        tiled = [self.transform.tiles(load_image(image, self.max_pixels)) for image in images]
+        return torch.cat([pixels for pixels, _ in tiled]), [grid for _, grid in tiled]
 
     # --- training samples -------------------------------------------------------------------------------------
 
@@ -123,13 +134,15 @@ class Processor:
 
         ValueError when markers and images disagree; NoSupervisedTokens when nothing is left to learn.
         """
-        turns = self.template.render_turns(conversation, len(images))  # validates before any image is decoded
+        validate_conversation(conversation, len(images))  # before any image is decoded
+        pixels, grids = self.tiled(list(images))
+        turns = self.template.render_turns(conversation, len(images), grids)
         ids, labels = self._truncate(turns)
-        num_images = len(self._image_blocks(ids))
+        num_blocks = len(self._image_blocks(ids))  # truncation drops whole images, so whole runs of tiles
         return EncodedSample(
             input_ids=ids,
             labels=labels,
-            pixel_values=self.pixel_values(list(images)[:num_images]),
+            pixel_values=pixels[:num_blocks] if num_blocks else None,
             prefix_length=next(i for i, label in enumerate(labels) if label != IGNORE_INDEX),
             kind=kind,
         )
@@ -166,11 +179,13 @@ class Processor:
         prefix_length is, as in training, the tokens before the first answer: the whole prompt for a
         single question, the part before the first assistant turn for a conversation with history.
         """
-        ids = self.template.render_prompt(conversation, len(images))
+        validate_conversation(conversation, len(images), for_prompt=True)  # before any image is decoded
+        pixels, grids = self.tiled(list(images))
+        ids = self.template.render_prompt(conversation, len(images), grids)
         self._check_prompt_room(ids)
-        answer_start = self.template.answer_start(conversation)
+        answer_start = self.template.answer_start(conversation, grids)
         prefix_length = len(ids) if answer_start is None else answer_start
-        return EncodedSample(ids, [IGNORE_INDEX] * len(ids), self.pixel_values(list(images)), prefix_length, "chat")
+        return EncodedSample(ids, [IGNORE_INDEX] * len(ids), pixels, prefix_length, "chat")
 
     def encode_text_prompt(self, text: str) -> EncodedSample:
         """A plain-text generation prompt (`mmllm generate`): the text's tokens, no targets, no end of text.

@@ -21,7 +21,3 @@ IMAGE_MARKER = "<image>"
 # A caption sample is a one-turn chat with this instruction; `mmllm caption` asks exactly the same.
 CAPTION_INSTRUCTION = "Describe the image."
 
-# Idefics3/SmolVLM's markup around each image's tokens (image_markup "idefics3"); tokenizers that use it carry
-# these tokens themselves (an imported checkpoint's, or one trained with them).
-IDEFICS3_IMAGE_OPEN = ("<fake_token_around_image>", "<global-img>")
-IDEFICS3_IMAGE_CLOSE = ("<fake_token_around_image>",)

@@ -99,6 +99,10 @@ class VLMConfig:
     # How the prompt lays out each image's tokens: "none" (the image tokens alone) or "idefics3"
     # (<fake_token_around_image><global-img> image tokens <fake_token_around_image>, ids from the tokenizer).
     image_markup: Literal["none", "idefics3"] = "none"
+    # Idefics3's image splitting (image_markup idefics3 only): after the long side is scaled to longest_edge, an
+    # image larger than image_size is cut into image_size tiles, each encoded like an image, then the whole image
+    # is added squashed to image_size; the prompt marks tile (i, j) with <row_i_col_j>.
+    image_splitting: bool = False
     # A checkpoint's own Jinja chat template (Hugging Face's `chat_template`), kept with the weights so that
     # fine-tuning and inference lay out turns as the checkpoint was trained; None: mmllm's own template.
     chat_template: str | None = None
@@ -116,6 +120,8 @@ class VLMConfig:
                              f"and {self.image_std}")
         if self.resize == "idefics3" and not self.longest_edge:
             raise ValueError("resize 'idefics3' needs longest_edge (the first resize step's long side in pixels)")
+        if self.image_splitting and (self.resize != "idefics3" or self.image_markup != "idefics3"):
+            raise ValueError("image_splitting needs resize idefics3 and image_markup idefics3")
         if self.vision.grid_size % self.pixel_shuffle:
             raise ValueError(
                 f"patch grid {self.vision.grid_size} is not divisible by pixel_shuffle {self.pixel_shuffle}"

@@ -5,10 +5,11 @@ beside hf_import.py's Llama and SigLIP tables, read top to bottom like it, serve
 An Idefics3 model is a SigLIP-style vision tower (`model.vision_model.*`), pixel shuffle by `scale_factor`
 followed by one bias-free Linear (`model.connector.modality_projection.proj`), and a Llama decoder
 (`model.text_model.*`, head `lm_head.weight`). Its processor resizes the long side to `size.longest_edge`, then
-(without image splitting) squashes to `max_image_size.longest_edge`, normalises with image_mean/std, and writes
-each image as `<fake_token_around_image><global-img>` + image_seq_len `<image>` + `<fake_token_around_image>`.
-Each of those maps to one field of VLMConfig (projector linear, resize idefics3, image_markup idefics3, the
-checkpoint's own chat template); every tensor's shape is checked against its config, and a tensor no entry
+squashes to `max_image_size.longest_edge` (or, with `do_image_splitting`, cuts tiles of that size and adds the
+whole image squashed), normalises with image_mean/std, and writes each image as `<fake_token_around_image>
+<global-img>` + image_seq_len `<image>` + `<fake_token_around_image>` (tiles first, data_pipelines.image_layout).
+Each of those maps to one field of VLMConfig (projector linear, resize idefics3, image_markup idefics3,
+image_splitting, the checkpoint's own chat template); every tensor's shape is checked against its config, and a tensor no entry
 reads is refused. A model with an option Idefics3 has no counterpart for is refused with one line naming the
 option (`exportable`), never written half-right. `transformers` is never imported.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from data_pipelines import special_tokens as st
+from data_pipelines.image_layout import IDEFICS3_IMAGE_OPEN
 from mmllm import hf_import
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
@@ -104,6 +105,7 @@ def config_from_idefics3(hf: dict[str, Any], processor: dict[str, Any], folder: 
             image_token_id=int(hf["image_token_id"]), image_mean=[float(m) for m in mean],
             image_std=[float(s) for s in std], resize="idefics3",
             longest_edge=int(processor["size"]["longest_edge"]), image_markup="idefics3",
+            image_splitting=bool(processor.get("do_image_splitting", False)),
         )
     except (KeyError, ValueError) as error:
         raise UsageError(f"{folder}: config does not fit an mmllm model: {error}") from error
@@ -159,7 +161,7 @@ def load_idefics3(folder: str | Path) -> tuple[VLMConfig, dict[str, torch.Tensor
 def special_ids(hf: dict[str, Any], folder: Path, tokenizer: Any) -> tuple[int, list[int]]:
     """(pad id, generation stop ids): `<end_of_utterance>` ends a turn, then the text model's eos ids."""
     text = hf.get("text_config") or {}
-    for token in st.IDEFICS3_IMAGE_OPEN:
+    for token in IDEFICS3_IMAGE_OPEN:
         if tokenizer.token_to_id(token) is None:
             raise UsageError(f"{folder}/tokenizer.json lacks {token}, which Idefics3's image markup needs")
     stops = [tokenizer.token_to_id(END_OF_UTTERANCE)] if tokenizer.token_to_id(END_OF_UTTERANCE) is not None else []
@@ -234,7 +236,7 @@ def processor_files(config: VLMConfig, tokenizer: Any) -> dict[str, Any]:
     image_processor = {
         "image_processor_type": "Idefics3ImageProcessor", "do_convert_rgb": True, "do_resize": True,
         "size": {"longest_edge": config.longest_edge}, "max_image_size": {"longest_edge": config.vision.image_size},
-        "resample": LANCZOS, "do_image_splitting": False, "do_rescale": True, "rescale_factor": 1 / 255,
+        "resample": LANCZOS, "do_image_splitting": config.image_splitting, "do_rescale": True, "rescale_factor": 1 / 255,
         "do_normalize": True, "image_mean": list(config.image_mean), "image_std": list(config.image_std),
         "do_pad": True,
     }

@@ -23,6 +23,7 @@ def processor_for(config: VLMConfig, tokenizer: Any, max_length: int | None = No
         longest_edge=config.longest_edge,
         max_length=max_length or config.lm.max_seq_len,
         image_markup=config.image_markup,
+        image_splitting=config.image_splitting,
         chat_template=config.chat_template,
         special_ids=SpecialIds(config.image_token_id, config.pad_token_id, list(config.eos_token_ids)),
     )

@@ -19,6 +19,7 @@ from mmllm.model_folder import load_model_folder  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
            "<global-img>", "<pad>"]
+TILES = [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]  # as SmolVLM's tokenizer has
 # SmolVLM's chat template, in the layout its checkpoints ship (role, ":" before an image or ": " before text).
 CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -51,10 +52,10 @@ def idefics3_folder(tmp_path_factory):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL, show_progress=False,
+    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL + TILES, show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<end_of_utterance>", pad_token="<pad>",
-                                        additional_special_tokens=SPECIAL[1:6])
+                                        additional_special_tokens=SPECIAL[1:6] + TILES)
     image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 96},
                                                 max_image_size={"longest_edge": 48})
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=9,
@@ -85,6 +86,27 @@ def imported(idefics3_folder, tmp_path_factory):
     folder, _, _ = idefics3_folder
     out = tmp_path_factory.mktemp("imported") / "model"
     assert main(["build", "--from-hf", str(folder), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def splitting_folder(idefics3_folder, tmp_path_factory):
+    """The same checkpoint with its processor's image splitting on (SmolVLM's default): tiles + the whole image."""
+    from transformers import Idefics3Processor
+
+    folder, model, _ = idefics3_folder
+    out = tmp_path_factory.mktemp("idefics3-split")
+    processor = Idefics3Processor.from_pretrained(folder)
+    processor.image_processor.do_image_splitting = True
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out, model, Idefics3Processor.from_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def imported_splitting(splitting_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("imported-split") / "model"
+    assert main(["build", "--from-hf", str(splitting_folder[0]), "--out", str(out)]) == 0
     return out
 
 
@@ -136,6 +158,33 @@ def test_processor_gives_transformers_pixels_and_ids(idefics3_folder, imported, 
     ours = vlm.processor.encode_question(question, image)
     assert ours.input_ids == expected["input_ids"][0].tolist()
     torch.testing.assert_close(ours.pixel_values, expected["pixel_values"][0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(70, 50), (40, 90), (48, 48), (200, 30)], ids=["wide", "tall", "square", "strip"])
+def test_image_splitting_gives_transformers_tiles_and_ids(splitting_folder, imported_splitting, size):
+    _, _, processor = splitting_folder
+    model, tokenizer, config = load_model_folder(imported_splitting)
+    assert config.image_splitting
+    image, question = photo(*size, seed=4), "What colour is the circle?"
+    expected = hf_inputs(processor, image, question)
+    ours = VisionLanguageModel(model, tokenizer).processor.encode_question(question, image)
+    assert ours.num_images > 2 and "<row_1_col_1>" in tokenizer.decode(ours.input_ids, skip_special_tokens=False)
+    assert ours.input_ids == expected["input_ids"][0].tolist()
+    torch.testing.assert_close(ours.pixel_values, expected["pixel_values"][0], rtol=0, atol=1e-6)
+
+
+def test_image_splitting_logits_and_greedy_answers_equal_transformers(splitting_folder, imported_splitting, tmp_path,
+                                                                      capsys):
+    _, reference, processor = splitting_folder
+    model, _, _ = load_model_folder(imported_splitting)
+    inputs = hf_inputs(processor, photo(70, 50, seed=1), "What colour is the circle?")
+    tiles = inputs["pixel_values"][0]  # (5, 3, 48, 48): 2 x 2 tiles and the whole image
+    assert tiles.shape[0] == 5
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        ours = model(input_ids=inputs["input_ids"], pixel_values=tiles, image_counts=torch.tensor([5])).logits
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    greedy_answers_agree(reference, processor, imported_splitting, tmp_path, capsys, max_new_tokens=12)
 
 
 def test_ask_on_the_imported_folder_gives_transformers_greedy_answer(idefics3_folder, imported, tmp_path, capsys):
