@@ -254,6 +254,18 @@ def processor_files(config: VLMConfig, tokenizer: Any) -> dict[str, Any]:
     }
 
 
+def idefics3_tensors(model: torch.nn.Module, config: VLMConfig) -> dict[str, torch.Tensor]:
+    """The model's weights under their transformers Idefics3 names, each shape checked against the config."""
+    state = model.state_dict()
+    tensors = {}
+    for ours, (theirs, shape) in idefics3_weight_table(config).items():
+        tensor = state[ours]
+        if tuple(tensor.shape) != shape:
+            raise UsageError(f"cannot export: {ours} has shape {tuple(tensor.shape)}, the config implies {shape}")
+        tensors[theirs] = tensor.detach().to("cpu").contiguous()
+    return tensors
+
+
 def export_idefics3(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: str | Path) -> Path:
     """Write `out` as a transformers Idefics3 folder; UsageError (one line) for a model it cannot express."""
     import json
@@ -264,13 +276,7 @@ def export_idefics3(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, o
     if reason:
         raise UsageError(f"cannot export to transformers: {reason}")
     out = Path(out)
-    state = model.state_dict()
-    tensors = {}
-    for ours, (theirs, shape) in idefics3_weight_table(config).items():
-        tensor = state[ours]
-        if tuple(tensor.shape) != shape:
-            raise UsageError(f"cannot export: {ours} has shape {tuple(tensor.shape)}, the config implies {shape}")
-        tensors[theirs] = tensor.detach().to("cpu").contiguous()
+    tensors = idefics3_tensors(model, config)
     dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

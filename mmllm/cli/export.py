@@ -1,9 +1,11 @@
 """Export a training checkpoint or a model folder: as an mmllm model folder (config.json, model.safetensors,
-tokenizer.json), or as a transformers Idefics3 folder (`--format hf`, mmllm.hf_idefics3) that
-AutoModelForImageTextToText and AutoProcessor load without trust_remote_code.
+tokenizer.json), as a transformers Idefics3 folder (`--format hf`, mmllm.hf_idefics3) that
+AutoModelForImageTextToText and AutoProcessor load without trust_remote_code, or as llama.cpp's GGUF files
+(`--format gguf`, mmllm.gguf_export: the language model and the mmproj, F16 and Q8_0).
 
 Examples: mmllm export runs/shapes-tiny/checkpoints/last.ckpt --out models/shapes-tiny
           mmllm export models/smolvlm-tuned --format hf --out hf/smolvlm-tuned
+          mmllm export models/smolvlm-tuned --format gguf --out gguf/smolvlm-tuned
 """
 
 from __future__ import annotations
@@ -16,22 +18,25 @@ from mmllm.errors import UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT|MODEL_DIR",
-                        help="a Lightning checkpoint written by mmllm fit (.ckpt), or a model folder (--format hf)")
+                        help="a Lightning checkpoint written by mmllm fit (.ckpt), or a model folder (--format hf|gguf)")
     parser.add_argument("--out", required=True, help="the folder to write")
-    parser.add_argument("--format", choices=("mmllm", "hf"), default="mmllm",
-                        help="mmllm: a model folder (default); hf: a transformers Idefics3 folder")
+    parser.add_argument("--format", choices=("mmllm", "hf", "gguf"), default="mmllm",
+                        help="mmllm: a model folder (default); hf: a transformers Idefics3 folder; gguf: llama.cpp's "
+                             "model-{f16,q8_0}.gguf and mmproj-{f16,q8_0}.gguf")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the model in OUT (it stays intact if the export fails half-way)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmllm.gguf_export import TYPES, gguf_file_names
     from mmllm.model_folder import MODEL_FOLDER_FILES
 
-    taken = [name for name in MODEL_FOLDER_FILES if (Path(args.out) / name).exists()]
+    files = [name for kind in TYPES for name in gguf_file_names(kind)] if args.format == "gguf" else MODEL_FOLDER_FILES
+    taken = [name for name in files if (Path(args.out) / name).exists()]
     if taken and not args.overwrite:
         raise UsageError(f"{args.out} already holds a model ({', '.join(taken)}); pass --overwrite to replace it")
-    if args.format == "hf":
-        return export_hf(Path(args.checkpoint), Path(args.out))
+    if args.format in ("hf", "gguf"):
+        return export_elsewhere(Path(args.checkpoint), Path(args.out), args.format)
     if Path(args.checkpoint).is_dir():
         raise UsageError(f"{args.checkpoint} is a model folder already; export it with --format hf")
     from mmllm.checkpoint_export import export_checkpoint
@@ -41,13 +46,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_hf(source: Path, out: Path) -> int:
+def export_elsewhere(source: Path, out: Path, format: str) -> int:
     from mmllm.checkpoint_export import model_from_checkpoint
-    from mmllm.hf_idefics3 import export_idefics3
     from mmllm.model_folder import load_model_folder
 
     load = load_model_folder if source.is_dir() else model_from_checkpoint
     model, tokenizer, config = load(source)
-    export_idefics3(model, tokenizer, config, out)
-    print(f"exported {source} to {out} (transformers Idefics3: AutoModelForImageTextToText, AutoProcessor)")
+    if format == "hf":
+        from mmllm.hf_idefics3 import export_idefics3
+
+        export_idefics3(model, tokenizer, config, out)
+        print(f"exported {source} to {out} (transformers Idefics3: AutoModelForImageTextToText, AutoProcessor)")
+        return 0
+    try:
+        import gguf  # noqa: F401  (llama.cpp's writer, an optional dependency)
+    except ImportError:
+        raise UsageError("--format gguf needs the gguf package: pip install 'mmllm[gguf]'") from None
+    from mmllm.gguf_export import export_gguf
+
+    written = export_gguf(model, tokenizer, config, out, name=source.stem)
+    print(f"exported {source} to {out} (llama.cpp: {', '.join(path.name for path in written)}; run "
+          f"llama-server -m {out / written[0].name} --mmproj {out / written[1].name})")
     return 0

@@ -6,115 +6,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 transformers = pytest.importorskip("transformers")
 
+from idefics3_helpers import hf_inputs, photo  # noqa: E402
 from mmllm.cli.main import main  # noqa: E402
 from mmllm.inference import VisionLanguageModel  # noqa: E402
 from mmllm.model_folder import load_model_folder  # noqa: E402
-
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
-           "<global-img>", "<pad>"]
-TILES = [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]  # as SmolVLM's tokenizer has
-# SmolVLM's chat template, in the layout its checkpoints ship (role, ":" before an image or ": " before text).
-CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
-    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
-    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
-TEXTS = ["a red circle above a blue square", "What colour is the circle? It is red.",
-         "the green triangle is left of the yellow star", "Describe the image. A small purple diamond."] * 30
-
-
-def photo(width: int, height: int, seed: int) -> Image.Image:
-    """A smooth picture with edges (Lanczos resizing rings on edges, so a wrong kernel shows)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([(x * 255 // width), (y * 255 // height), ((x + y) % 64) * 4], axis=-1)
-    pixels[height // 4: height // 2, width // 3: width // 2] = rng.integers(0, 255, 3)
-    return Image.fromarray(pixels.astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def idefics3_folder(tmp_path_factory):
-    """A random tiny Idefics3ForConditionalGeneration with its processor, saved as transformers saves it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor, PreTrainedTokenizerFast)
-
-    folder = tmp_path_factory.mktemp("idefics3")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL + TILES, show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<end_of_utterance>", pad_token="<pad>",
-                                        additional_special_tokens=SPECIAL[1:6] + TILES)
-    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 96},
-                                                max_image_size={"longest_edge": 48})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=9,
-                                  chat_template=CHAT_TEMPLATE)
-    vocab = max(bpe.get_vocab().values()) + 1
-    config = Idefics3Config(
-        text_config={"model_type": "llama", "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                     "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-                     "pad_token_id": bpe.token_to_id("<pad>"), "eos_token_id": bpe.token_to_id("<|endoftext|>")},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 48, "patch_size": 8},
-        scale_factor=2, image_token_id=bpe.token_to_id("<image>"), tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(config).eval()
-    with torch.no_grad():  # sharper than the default init, so greedy answers are long and differ by image
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0, 0.08)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder, model, processor
-
-
-@pytest.fixture(scope="module")
-def imported(idefics3_folder, tmp_path_factory):
-    folder, _, _ = idefics3_folder
-    out = tmp_path_factory.mktemp("imported") / "model"
-    assert main(["build", "--from-hf", str(folder), "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def splitting_folder(idefics3_folder, tmp_path_factory):
-    """The same checkpoint with its processor's image splitting on (SmolVLM's default): tiles + the whole image."""
-    from transformers import Idefics3Processor
-
-    folder, model, _ = idefics3_folder
-    out = tmp_path_factory.mktemp("idefics3-split")
-    processor = Idefics3Processor.from_pretrained(folder)
-    processor.image_processor.do_image_splitting = True
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out, model, Idefics3Processor.from_pretrained(out)
-
-
-@pytest.fixture(scope="module")
-def imported_splitting(splitting_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("imported-split") / "model"
-    assert main(["build", "--from-hf", str(splitting_folder[0]), "--out", str(out)]) == 0
-    return out
-
-
-def hf_inputs(processor, image, question: str) -> dict:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    return processor(text=prompt, images=[image], return_tensors="pt")
-
 
 def greedy_answers_agree(model, processor, folder, tmp_path, capsys, max_new_tokens: int) -> list[str]:
     """transformers' greedy answers on two pictures and questions, each equal to `mmllm ask --model folder`'s."""
