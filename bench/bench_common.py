@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

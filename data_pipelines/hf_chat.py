@@ -84,6 +84,9 @@ class JinjaChatTemplate:
                  image_markup: str = "none"):
         if tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be positive, got {tokens_per_image}")
+        if tokenizer.encode_special_tokens:  # a prepared tokenizer reads "<image>" in text as text; templates mean tokens
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.encode_special_tokens = False
         self.tokenizer = tokenizer
         self.template = compile_template(source)
         self.ids = ids

@@ -44,8 +44,11 @@ def prepared(tokenizer: Tokenizer) -> Tokenizer:
     return copy
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """A byte-level BPE trained on texts; ids 0..7 are SPECIAL_TOKENS in their listed order."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, tokens: str = "mmllm") -> Tokenizer:
+    """A byte-level BPE trained on texts; ids 0..7 are SPECIAL_TOKENS in their listed order. tokens "smolvlm"
+    adds SmolVLM's tokens after the trained vocabulary (data_pipelines.smolvlm_format), for an exportable model."""
+    if tokens not in ("mmllm", "smolvlm"):
+        raise ValueError(f"tokens must be 'mmllm' or 'smolvlm', got {tokens!r}")
     smallest = BYTE_ALPHABET_SIZE + len(st.SPECIAL_TOKENS)
     if vocab_size < smallest:
         raise ValueError(f"vocab_size {vocab_size} is below {smallest} (256 bytes + {len(st.SPECIAL_TOKENS)} special tokens)")
@@ -60,6 +63,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    if tokens == "smolvlm":
+        from data_pipelines.smolvlm_format import add_tokens
+
+        add_tokens(tokenizer)
     prepare_tokenizer(tokenizer)
     return tokenizer
 

@@ -269,7 +269,8 @@ PRESETS: dict[str, VLMConfig] = {
         preset="small",
     ),
     # The shape of SmolVLM-256M (Idefics3): a SigLIP-B/16 tower at 512 px, pixel shuffle 4 and one linear layer
-    # into a SmolLM2-135M-shaped LM, 64 image tokens in Idefics3's markup; exportable to transformers.
+    # into a SmolLM2-135M-shaped LM, 64 image tokens per tile in Idefics3's markup; exportable to transformers and
+    # llama.cpp (with data.chat_template smolvlm and a tokenizer trained with --tokens smolvlm).
     "smolvlm": VLMConfig(
         lm=LMConfig(
             vocab_size=49280, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, mlp_dim=1536,
@@ -281,6 +282,7 @@ PRESETS: dict[str, VLMConfig] = {
         resize="idefics3",
         longest_edge=2048,
         image_markup="idefics3",
+        image_splitting=True,  # 512 px tiles of the image scaled to 2048 px, plus the whole image
         preset="smolvlm",
     ),
     # SigLIP ViT-B/16 at 384 px + a SmolLM2-360M-shaped LM, 144 image tokens.

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from data_pipelines.image_layout import IDEFICS3_IMAGE_OPEN
+from data_pipelines.smolvlm_format import END_OF_UTTERANCE
 from mmllm import hf_import
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
@@ -32,7 +33,6 @@ VISION_PREFIX = "model.vision_model."
 TEXT_PREFIX = "model.text_model."
 PROJECTOR_WEIGHT = "model.connector.modality_projection.proj.weight"
 LANCZOS = 1  # PIL's resample code; the processor's default
-END_OF_UTTERANCE = "<end_of_utterance>"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def import_whole(folder: Path, out: Path) -> int:
     print(f"Idefics3 model from {folder}: {config.vision.image_size}px images -> {config.tokens_per_image} tokens, "
           f"LM {config.lm.n_layers} layers, dim {config.lm.dim}, vocab {config.lm.vocab_size}, weights {dtype}")
     print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
-    print(f"wrote {out} (its own chat template and image preprocessing; image splitting off)")
+    splitting = (f"images split into {config.vision.image_size}px tiles plus the whole image" if config.image_splitting
+                 else "image splitting off")
+    print(f"wrote {out} (its own chat template and image preprocessing; {splitting})")
     return 0
 
 

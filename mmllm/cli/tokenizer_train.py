@@ -20,6 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of shards (searched recursively)")
     parser.add_argument("--vocab-size", type=int, required=True, metavar="N", help="vocabulary size, special tokens included")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write tokenizer.json")
+    parser.add_argument("--tokens", choices=("mmllm", "smolvlm"), default="mmllm",
+                        help="smolvlm: also SmolVLM's tokens (<image>, <end_of_utterance>, the image markup, "
+                             "<row_i_col_j>, one \\n\\n token), for a model trained with data.chat_template smolvlm "
+                             "that exports to transformers and llama.cpp (default mmllm)")
     parser.add_argument("--min-frequency", type=int, default=2, metavar="N", help="least count of a merged pair (default 2)")
 
 
@@ -33,7 +37,8 @@ def run(args) -> int:
     stats: Counter = Counter()
     handler = BadSampleHandler()
     try:
-        tokenizer = train_tokenizer(shard_texts(shards, handler, stats), args.vocab_size, args.min_frequency)
+        tokenizer = train_tokenizer(shard_texts(shards, handler, stats), args.vocab_size, args.min_frequency,
+                                    args.tokens)
     except (UnreadableShard, ValueError) as error:
         raise UsageError(str(error)) from error
     if not stats["texts"]:

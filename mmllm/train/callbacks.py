@@ -1,6 +1,6 @@
 """Callbacks of a training run: checkpoints whose `last` holds the final step, a progress bar that counts
-steps, the model summary with the model's FLOPs, the model folder export, and a checkpoint when the job is
-preempted."""
+steps, the model summary with the model's FLOPs, the learning rates logged (when there is a logger), the model
+folder export, and a checkpoint when the job is preempted."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar, Timer
+from lightning.pytorch.callbacks import (LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar,
+                                         RichProgressBar, Timer)
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -58,6 +59,24 @@ class FlopsSummary(ModelSummary):
         line = f"{flops / 1e9:<12.3g}GFLOPs forward per sample ({config.lm.max_seq_len} tokens, 1 image)"
         rank_zero_info("\n" + "\n".join(line if row.rstrip().endswith("Total Flops") else row
                                          for row in table.splitlines()))
+
+
+class LearningRates(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, idle in a run without a logger (`trainer.logger: false`), where
+    Lightning's own stops the fit with an error."""
+
+    def on_train_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        self.idle = not trainer.loggers
+        if not self.idle:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if not self.idle:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if not self.idle:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 class StepProgressBar(RichProgressBar):

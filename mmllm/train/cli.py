@@ -13,14 +13,14 @@ import warnings
 
 import signal
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipelines.shards import UnreadableShard
 from mmllm.errors import UsageError
 from mmllm.train import guards
-from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, Preemption
+from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
 
@@ -170,7 +170,7 @@ def run_lightning_cli(argv: list[str]) -> int:
             VLMModule,
             VLMDataModule,
             trainer_defaults={
-                "callbacks": [LearningRateMonitor(logging_interval="step")],
+                "callbacks": [LearningRates(logging_interval="step")],
                 "plugins": [{"class_path": "mmllm.train.checkpoint_io.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},

@@ -63,6 +63,9 @@ class VLMDataModule(L.LightningDataModule):
             `val/vqa_accuracy`.
         val_vqa_turns: how those questions are asked: `alone` (the first turn after the image) or `in-context`
             (after the gold earlier turns of their conversation); see data_pipelines.eval_samples.
+        chat_template: for a model built from a preset, lay turns out with a Jinja chat template instead of
+            mmllm's own: `smolvlm` (SmolVLM's layout; the tokenizer trained with `--tokens smolvlm`), or the path
+            of a Jinja file. The model keeps it, and exports to transformers and llama.cpp with it.
     """
 
     def __init__(
@@ -80,10 +83,15 @@ class VLMDataModule(L.LightningDataModule):
         seed: int = 0,
         val_vqa_questions: int = 64,
         val_vqa_turns: Literal["alone", "in-context"] = "alone",
+        chat_template: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer
+        self.chat_template = None
         folder_config = own_template_config(tokenizer)
+        if folder_config is not None and chat_template is not None:
+            raise ValueError("data.chat_template is for a model built from a preset; the model folder of "
+                             f"{tokenizer} keeps its own")
         if folder_config is not None:
             # The tokenizer of a model folder with its own chat template (an imported checkpoint): its ids stay
             # its own, nothing is added, and the model config says which are special.
@@ -92,6 +100,12 @@ class VLMDataModule(L.LightningDataModule):
             self.tokenizer, self.added_tokens = load_model_tokenizer(Path(tokenizer).parent, folder_config), []
             self.special_ids = SpecialIds(folder_config.image_token_id, folder_config.pad_token_id,
                                           list(folder_config.eos_token_ids))
+        elif chat_template is not None:
+            from data_pipelines import smolvlm_format
+
+            self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
+            self.chat_template = smolvlm_format.chat_template_source(chat_template)
+            self.special_ids = smolvlm_format.special_ids(self.tokenizer)
         else:
             self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
             token_ids = TokenIds.from_tokenizer(self.tokenizer)
@@ -123,6 +137,7 @@ class VLMDataModule(L.LightningDataModule):
             "eos_token_ids": list(self.special_ids.eos_ids),
             "image_size": self.image_size,
             "tokenizer_path": self.tokenizer_path,
+            "chat_template": self.chat_template,
         }
 
     def setup(self, stage: str) -> None:

@@ -42,6 +42,13 @@ class VLMModule(L.LightningModule):
             a preset.
         projector: `mlp` (fc1, GELU, fc2) or `linear` (one bias-free layer, Idefics3's: exportable to
             transformers) after the pixel shuffle (default: the preset's). Only with a preset.
+        image_markup: `none`, or `idefics3` (Idefics3's tokens around each image, from the tokenizer; trained
+            with `--tokens smolvlm`). Only with a preset.
+        resize: how images become the tower's square: `squash`, `center_crop`, `pad`, or `idefics3` (the long side
+            to `longest_edge`, then squashed, Lanczos, as transformers' Idefics3 processor). Only with a preset.
+        longest_edge: resize `idefics3`'s first step, in pixels.
+        image_splitting: Idefics3's tiles plus the whole image (needs resize and image_markup `idefics3`; a
+            longest_edge above the image size makes tiles). Only with a preset.
         init_from: a model folder (from `mmllm build`, `mmllm export` or an earlier stage), or a training checkpoint
             (.ckpt), to start from.
         attention: `causal`, or `prefix` (bidirectional over image + prompt, causal over the answer).
@@ -74,6 +81,10 @@ class VLMModule(L.LightningModule):
         vision: Optional[VisionShape] = None,
         pixel_shuffle: Optional[int] = None,
         projector: Optional[Literal["mlp", "linear"]] = None,
+        image_markup: Optional[Literal["none", "idefics3"]] = None,
+        resize: Optional[Literal["squash", "center_crop", "pad", "idefics3"]] = None,
+        longest_edge: Optional[int] = None,
+        image_splitting: Optional[bool] = None,
         init_from: Optional[str] = None,
         attention: Optional[Literal["causal", "prefix"]] = None,
         freeze: Optional[list[Part]] = None,
@@ -103,14 +114,13 @@ class VLMModule(L.LightningModule):
             "projector": lr if lr_projector is None else lr_projector,
             "lm": lr if lr_lm is None else lr_lm,
         }
-        if init_from and (lm or vision or pixel_shuffle or projector):
-            raise ValueError("model.lm, model.vision, model.pixel_shuffle and model.projector reshape a preset; a "
-                             "model from init_from keeps its shape")
-        shape = {"lm": dict(lm or {}), "vision": dict(vision or {})}
-        if pixel_shuffle:
-            shape["pixel_shuffle"] = pixel_shuffle
-        if projector:
-            shape["projector"] = projector
+        layout = {"pixel_shuffle": pixel_shuffle, "projector": projector, "image_markup": image_markup,
+                  "resize": resize, "longest_edge": longest_edge, "image_splitting": image_splitting}
+        layout = {name: value for name, value in layout.items() if value is not None}
+        if init_from and (lm or vision or layout):
+            raise ValueError(f"model.lm, model.vision and model.{', model.'.join(layout) or 'pixel_shuffle'} shape a "
+                             "preset; a model from init_from keeps its shape and preprocessing")
+        shape = {"lm": dict(lm or {}), "vision": dict(vision or {}), **layout}
         self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
         for part in self.freeze:
@@ -327,7 +337,7 @@ def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], a
     config = VLMConfig.from_preset(
         preset, **shape, **({"attention": attention} if attention else {}),
         image_token_id=model_inputs["image_token_id"], pad_token_id=model_inputs["pad_token_id"],
-        eos_token_ids=list(model_inputs["eos_token_ids"]),
+        eos_token_ids=list(model_inputs["eos_token_ids"]), chat_template=model_inputs.get("chat_template"),
     )
     tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
     return VLM(config), tokenizer

@@ -38,7 +38,7 @@ def idefics3_folder(tmp_path_factory):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=idefics3.SPECIAL + idefics3.TILES, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=idefics3.SPECIAL + idefics3.TILES, show_progress=False,
                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(idefics3.TEXTS, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<end_of_utterance>", pad_token="<pad>",

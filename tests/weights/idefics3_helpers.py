@@ -35,3 +35,19 @@ def hf_inputs(processor, image, question: str) -> dict:
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     return processor(text=prompt, images=[image], return_tensors="pt")
+
+
+def write_shards(root):
+    """Caption, chat and text shards (a few samples each) for a fine-tune of the imported model."""
+    from data_pipelines.writers import ShardWriter
+
+    quiet = {"report": None}
+    with ShardWriter(root / "captions", **quiet) as captions, ShardWriter(root / "chat", **quiet) as chat, \
+            ShardWriter(root / "text", **quiet) as text:
+        for index in range(8):
+            image = photo(48 + 4 * index, 48, seed=index)
+            captions.write_caption(image, "A small purple diamond." if index % 2 else "A red circle.")
+            chat.write_chat([{"from": "human", "value": "<image>\nWhat colour is the circle?"},
+                             {"from": "gpt", "value": "It is red."}], image=image)
+            text.write_text("the green triangle is left of the yellow star")
+    return root

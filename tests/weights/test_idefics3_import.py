@@ -11,7 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from idefics3_helpers import hf_inputs, photo  # noqa: E402
+from idefics3_helpers import hf_inputs, photo, write_shards  # noqa: E402
 from mmllm.cli.main import main  # noqa: E402
 from mmllm.inference import VisionLanguageModel  # noqa: E402
 from mmllm.model_folder import load_model_folder  # noqa: E402
@@ -105,22 +105,6 @@ def test_fine_tuning_data_keeps_the_checkpoints_chat_template(imported):
                          "red.<end_of_utterance>\n")
     supervised = [token for token, label in zip(sample.input_ids, sample.labels) if label != -100]
     assert tokenizer.decode(supervised, skip_special_tokens=False) == " It is red.<end_of_utterance>"
-
-
-def write_shards(root):
-    """Caption, chat and text shards (a few samples each) for a fine-tune of the imported model."""
-    from data_pipelines.writers import ShardWriter
-
-    quiet = {"report": None}
-    with ShardWriter(root / "captions", **quiet) as captions, ShardWriter(root / "chat", **quiet) as chat, \
-            ShardWriter(root / "text", **quiet) as text:
-        for index in range(8):
-            image = photo(48 + 4 * index, 48, seed=index)
-            captions.write_caption(image, "A small purple diamond." if index % 2 else "A red circle.")
-            chat.write_chat([{"from": "human", "value": "<image>\nWhat colour is the circle?"},
-                             {"from": "gpt", "value": "It is red."}], image=image)
-            text.write_text("the green triangle is left of the yellow star")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,105 @@
+"""`mmllm export --format gguf`: the language model and mmproj files llama.cpp runs. The files hold llama.cpp's
+names, types and tokenizer (read back with gguf's reader), and llama.cpp itself, through llama-cpp-python,
+answers greedily as `mmllm ask` does on the same images and questions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("transformers")
+
+from idefics3_helpers import photo  # noqa: E402
+from mmllm.cli.main import main  # noqa: E402
+from mmllm.gguf_export import rotary_pairs_interleaved  # noqa: E402
+from mmllm.model_folder import load_model_folder  # noqa: E402
+
+QUESTIONS = ["What colour is the circle?", "Describe the image.", "Where is the star?"]
+
+
+@pytest.fixture(scope="module")
+def exported(imported_splitting, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf")
+    assert main(["export", str(imported_splitting), "--format", "gguf", "--out", str(out)]) == 0
+    return out
+
+
+def tensors_of(path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {tensor.name: tensor for tensor in reader.tensors}, reader
+
+
+def test_gguf_files_hold_the_weights_under_llama_cpps_names_and_types(imported_splitting, exported):
+    model, tokenizer, config = load_model_folder(imported_splitting)
+    state = model.state_dict()
+    types = gguf.GGMLQuantizationType
+    text, reader = tensors_of(exported / "model-f16.gguf")
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt2"
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    assert tokens[:tokenizer.get_vocab_size()] == [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+    assert reader.fields["tokenizer.chat_template"].contents() == config.chat_template
+    # q rows reordered for llama.cpp's interleaved rotary pairs; F16 holds the weight to F16's rounding.
+    q = torch.from_numpy(text["blk.0.attn_q.weight"].data.copy()).float()
+    expected = rotary_pairs_interleaved(state["lm.layers.0.self_attn.q_proj.weight"], config.lm.n_heads)
+    assert text["blk.0.attn_q.weight"].tensor_type == types.F16
+    torch.testing.assert_close(q, expected.half().float(), rtol=0, atol=0)
+    assert text["blk.0.attn_norm.weight"].tensor_type == types.F32
+    quantized, _ = tensors_of(exported / "model-q8_0.gguf")
+    assert quantized["blk.0.ffn_up.weight"].tensor_type == types.Q8_0
+    vision, reader = tensors_of(exported / "mmproj-f16.gguf")
+    assert reader.fields["clip.projector_type"].contents() == "idefics3"
+    assert reader.fields["clip.vision.preproc_image_size"].contents() == config.longest_edge
+    assert vision["v.position_embd.weight"].tensor_type == types.F32
+    fc = torch.from_numpy(vision["mm.model.fc.weight"].data.copy()).float()
+    torch.testing.assert_close(fc, state["projector.proj.weight"].half().float(), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_f16(exported):
+    pytest.importorskip("llama_cpp")  # built from source by .ci/setup
+    from llama_cpp_runner import LlamaCpp
+
+    runner = LlamaCpp(exported / "model-f16.gguf", exported / "mmproj-f16.gguf")
+    yield runner
+    runner.close()
+
+
+def llama_cpp_prompt(config, question: str, marker: str) -> str:
+    """The prompt text `mmllm ask` renders, with llama.cpp's media marker where the image goes."""
+    from data_pipelines import special_tokens as st
+    from data_pipelines.chat import question_conversation
+    from data_pipelines.hf_chat import compile_template, parts_of_content
+
+    turn = question_conversation(question)[0]
+    messages = [{"role": "user", "content": parts_of_content(turn["content"])}]
+    text = compile_template(config.chat_template).render(messages=messages, add_generation_prompt=True)
+    return text.replace(st.IMAGE_MARKER, marker)
+
+
+def test_llama_cpp_answers_as_mmllm_ask_does(imported_splitting, llama_cpp_f16, tmp_path, capsys):
+    _, tokenizer, config = load_model_folder(imported_splitting)
+    answers = []
+    for seed, (size, question) in enumerate(zip([(96, 96), (70, 50), (40, 90)], QUESTIONS)):
+        path = tmp_path / f"{seed}.png"
+        photo(*size, seed=seed).save(path)
+        capsys.readouterr()
+        assert main(["ask", "--model", str(imported_splitting), str(path), question, "--max-new-tokens", "10",
+                     "--json"]) == 0
+        expected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"]
+        ids = llama_cpp_f16.answer(llama_cpp_prompt(config, question, llama_cpp_f16.marker), [path],
+                                   list(config.eos_token_ids), max_new_tokens=10)
+        assert tokenizer.decode(ids, skip_special_tokens=True).strip() == expected, (size, question)
+        answers.append(expected)
+    assert len(set(answers)) > 1 and all(answers)
+
+
+def test_gguf_export_refuses_a_model_without_image_splitting_in_one_line(imported, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["export", str(imported), "--format", "gguf", "--out", str(tmp_path / "gguf")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "model.image_splitting true" in lines[0]
+    assert not list((tmp_path / "gguf").glob("*.gguf"))
