@@ -85,7 +85,7 @@ def test_its_transformers_export_answers_as_mmllm_ask(trained, tmp_path, capsys)
 def test_its_gguf_export_answers_in_llama_cpp_as_mmllm_ask(trained, tmp_path, capsys):
     pytest.importorskip("gguf")
     pytest.importorskip("llama_cpp")  # built from source by .ci/setup
-    from llama_cpp_runner import LlamaCpp
+    from mmllm.llama_cpp_runner import LlamaCpp
     from test_gguf_export import llama_cpp_prompt
 
     _, folder = trained

@@ -61,7 +61,7 @@ def test_gguf_files_hold_the_weights_under_llama_cpps_names_and_types(imported_s
 @pytest.fixture(scope="module")
 def llama_cpp_f16(exported):
     pytest.importorskip("llama_cpp")  # built from source by .ci/setup
-    from llama_cpp_runner import LlamaCpp
+    from mmllm.llama_cpp_runner import LlamaCpp
 
     runner = LlamaCpp(exported / "model-f16.gguf", exported / "mmproj-f16.gguf")
     yield runner
