@@ -74,17 +74,18 @@ def explain_answer(vlm, image, conversation: list[dict], answer: str) -> Explana
                                                           "image_counts") if batch.get(key) is not None}
     pixel_values = batch["pixel_values"].to(vlm.device, vlm.dtype)
     with torch.enable_grad():
-        image_embeds = model.encode_images(pixel_values).detach().requires_grad_(True)  # (1, tokens, dim)
+        image_embeds = model.encode_images(pixel_values).detach().requires_grad_(True)  # (N, tokens, dim)
         output = model(**inputs, pixel_values=pixel_values, image_embeds=image_embeds)
         (gradient,) = torch.autograd.grad(-output.loss, image_embeds)  # d log-likelihood / d image tokens
     with torch.no_grad():  # the baseline: the same image tokens for a blank image (the normalisation's mean)
         blank = model.encode_images(torch.zeros_like(pixel_values))
-    relevance = (gradient * (image_embeds.detach() - blank)).sum(-1).abs()[0].float()  # (tokens_per_image,)
+    # The last block is the whole image (N == 1 unless the image was split into tiles, which come first).
+    relevance = (gradient * (image_embeds.detach() - blank)).sum(-1).abs()[-1].float()  # (tokens_per_image,)
     relevance = relevance / relevance.sum().clamp(min=1e-12)
     side = math.isqrt(relevance.numel())
     question = conversation[-1]["content"].replace(IMAGE_MARKER, "").strip()
     return Explanation(question, answer, relevance.view(side, side).cpu(),
-                       _as_seen(pixel_values[0].float().cpu(), vlm.config))
+                       _as_seen(pixel_values[-1].float().cpu(), vlm.config))
 
 
 def explain_question(vlm, image, question: str, answer: str | None = None, **sampling) -> Explanation:
