@@ -55,7 +55,7 @@ def llama_cpp_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
         return step.get("type") == "ByteLevel" and step.get("use_regex", True) and not step.get("add_prefix_space")
 
     if byte_level(pre):
-        return "gpt2"  # GPT-2's regex
+        return "gpt-2"  # GPT-2's regex
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
     if len(steps) == 2 and steps[0] == {"type": "Digits", "individual_digits": True} and byte_level(steps[1]):
         return "smollm"  # digits one by one, then GPT-2's regex (SmolLM's)

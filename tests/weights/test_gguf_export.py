@@ -38,7 +38,7 @@ def test_gguf_files_hold_the_weights_under_llama_cpps_names_and_types(imported_s
     types = gguf.GGMLQuantizationType
     text, reader = tensors_of(exported / "model-f16.gguf")
     assert reader.fields["general.architecture"].contents() == "llama"
-    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt-2"
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     assert tokens[:tokenizer.get_vocab_size()] == [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
     assert reader.fields["tokenizer.chat_template"].contents() == config.chat_template
