@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import torch  # noqa: E402
+
+from bench_common import machine  # noqa: E402
 from data_pipelines import special_tokens as st  # noqa: E402
 from data_pipelines.chat import question_conversation  # noqa: E402
 from data_pipelines.eval_samples import vqa_questions  # noqa: E402
@@ -49,7 +51,7 @@ def main() -> None:
     start = time.perf_counter()
     ours = vlm.ask_many([q.image for q in questions], [q.question for q in questions],
                         max_new_tokens=args.max_new_tokens)
-    results = {"model": args.model, "data": args.data, "questions": len(questions), "machine": platform.processor(),
+    results = {"model": args.model, "data": args.data, "questions": len(questions), "machine": machine(torch.device("cpu")),
                "mmllm": {"vqa_accuracy": sum(vqa_accuracy(a, [q.answer]) for a, q in zip(ours, questions))
                          / len(questions), "seconds": round(time.perf_counter() - start, 1)}}
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,6 +1,8 @@
 """Greedy answers from llama.cpp itself (through llama-cpp-python's bindings of llama.h and mtmd.h) for a GGUF
-language model and its mmproj: the prompt text goes to mtmd's tokenizer, which cuts the image into tiles and
-lays out their tokens as llama.cpp does, then the chunks are evaluated and the argmax token is fed back."""
+language model and its mmproj, written by `mmllm export --format gguf`: the prompt text goes to mtmd's
+tokenizer, which cuts the image into tiles and lays out their tokens as llama.cpp does, then the chunks are
+evaluated and the argmax token is fed back. Used by the GGUF tests and bench/gguf_agreement.py; needs
+llama-cpp-python (built from source by .ci/setup)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ class LlamaCpp:
         import llama_cpp.mtmd_cpp as mtmd
 
         self.llama_cpp, self.mtmd = llama_cpp, mtmd
+        # mtmd logs every image it encodes to stderr; a callback that drops the lines keeps reports readable.
+        self._quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        mtmd.mtmd_log_set(self._quiet, None)
+        mtmd.mtmd_helper_log_set(self._quiet, None)
         self.llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_batch=n_ctx, n_threads=1, verbose=False)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu, params.n_threads, params.print_timings, params.warmup = False, 1, False, False
