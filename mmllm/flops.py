@@ -44,6 +44,15 @@ def forward_flops(config: VLMConfig, batch_size: int, seq_len: int, n_images: in
     return lm_flops + vit_flops + proj_flops
 
 
+def tiles_per_image(config: VLMConfig) -> int:
+    """Images the vision tower encodes for one square picture: 1, or with image splitting the grid of tiles
+    (the long side scaled to longest_edge, in tiles of image_size) plus the whole image."""
+    if not config.image_splitting:
+        return 1
+    side = -(-config.longest_edge // config.vision.image_size)
+    return side * side + 1 if side > 1 else 1
+
+
 def train_flops(config: VLMConfig, batch_size: int, seq_len: int, n_images: int) -> float:
     """FLOPs of one training step (forward + backward = 3x forward), the formula above."""
     return 3 * forward_flops(config, batch_size, seq_len, n_images)

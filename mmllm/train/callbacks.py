@@ -47,7 +47,7 @@ class FlopsSummary(ModelSummary):
         from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table, summarize
         from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-        from mmllm.flops import forward_flops
+        from mmllm.flops import forward_flops, tiles_per_image
 
         if not self._max_depth or not trainer.is_global_zero or not hasattr(pl_module, "config"):
             return super().on_fit_start(trainer, pl_module)
@@ -55,8 +55,10 @@ class FlopsSummary(ModelSummary):
         config = pl_module.config
         table = _format_summary_table(summary.total_parameters, summary.trainable_parameters, summary.model_size,
                                       summary.total_training_modes, 0, *summary._get_summary_data())
-        flops = forward_flops(config, batch_size=1, seq_len=config.lm.max_seq_len, n_images=1)
-        line = f"{flops / 1e9:<12.3g}GFLOPs forward per sample ({config.lm.max_seq_len} tokens, 1 image)"
+        tiles = tiles_per_image(config)
+        flops = forward_flops(config, batch_size=1, seq_len=config.lm.max_seq_len, n_images=tiles)
+        image = "1 image" + (f" in {tiles} tiles" if tiles > 1 else "")
+        line = f"{flops / 1e9:<12.3g}GFLOPs forward per sample ({config.lm.max_seq_len} tokens, {image})"
         rank_zero_info("\n" + "\n".join(line if row.rstrip().endswith("Total Flops") else row
                                          for row in table.splitlines()))
 
