@@ -103,3 +103,20 @@ def test_gguf_export_refuses_a_model_without_image_splitting_in_one_line(importe
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "model.image_splitting true" in lines[0]
     assert not list((tmp_path / "gguf").glob("*.gguf"))
+
+
+def test_pre_tokenizers_map_to_llama_cpps_names_and_others_are_refused():
+    from mmllm.errors import UsageError
+    from mmllm.gguf_export import llama_cpp_pre_tokenizer
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    bpe = {"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}, "normalizer": None}
+    assert llama_cpp_pre_tokenizer({**bpe, "pre_tokenizer": byte_level}) == "gpt-2"
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    assert llama_cpp_pre_tokenizer({**bpe, "pre_tokenizer": smollm}) == "smollm"  # SmolLM2's, SmolVLM's LM
+    for other in ({**bpe, "pre_tokenizer": {"type": "Whitespace"}},
+                  {**bpe, "pre_tokenizer": {**byte_level, "add_prefix_space": True}},
+                  {**bpe, "pre_tokenizer": byte_level, "normalizer": {"type": "NFC"}},
+                  {"model": {"type": "Unigram"}, "decoder": {"type": "Metaspace"}, "pre_tokenizer": byte_level}):
+        with pytest.raises(UsageError, match="cannot export to GGUF"):
+            llama_cpp_pre_tokenizer(other)
