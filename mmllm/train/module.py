@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Timer
 from data_pipelines.shards import KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.model import VLM
+from mmllm.train.distill import KDLoss, distillation_loss
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
 PARTS = ("vision", "projector", "lm")
@@ -68,6 +69,13 @@ class VLMModule(L.LightningModule):
         schedule_by_time: the cosine follows whichever is further along, the steps towards trainer.max_steps or
             the training time towards trainer.max_time, so a run that max_time stops (a slower machine, a time
             budget) still ends its schedule at the low rate instead of being cut off at a high one.
+        teacher: a model folder whose next-token distributions the model is also trained toward (distillation,
+            mmllm.train.distill); it must share the model's tokenizer. It runs in eval mode without gradients
+            (in bf16 on a GPU), and is not saved in checkpoints: a resumed run loads it again from here.
+        kd_weight: the training loss is `(1 - kd_weight) * CE + kd_weight * KD` when a teacher is given.
+        kd_loss: `forward_kl` (KL(teacher || student)), `reverse_kl`, or `jsd` (generalised JSD at kd_beta).
+        kd_temperature: both distributions are softened by it; KD is scaled by its square.
+        kd_beta: the JSD's mixing weight of the teacher, in (0, 1).
         loss_chunk: compute the loss `loss_chunk` supervised tokens at a time without the (batch, tokens, vocab)
             logits (mmllm.model.vlm.chunked_cross_entropy): for large vocabularies on a GPU, where those logits are
             gigabytes. Same loss and gradients; on a CPU the recomputed head costs more than it saves.
@@ -99,6 +107,11 @@ class VLMModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.05,
         schedule_by_time: bool = False,
+        teacher: Optional[str] = None,
+        kd_weight: float = 0.5,
+        kd_loss: KDLoss = "forward_kl",
+        kd_temperature: float = 1.0,
+        kd_beta: float = 0.5,
         loss_chunk: Optional[int] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -125,11 +138,19 @@ class VLMModule(L.LightningModule):
         self.config: VLMConfig = self.model.config
         for part in self.freeze:
             getattr(self.model, part).requires_grad_(False)
+        # Kept out of the module's children: not trained, not in the optimizer, not in checkpoints.
+        self.__dict__["teacher"] = _load_teacher(teacher, self.tokenizer, self.config, loss_chunk) if teacher else None
 
     # ----------------------------------------------------------------------------------------- steps
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:  # bf16 halves a GPU teacher's memory and time; the CPU keeps fp32
+            self.teacher.to(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
         loss = output.loss
+        if self.teacher is not None:
+            loss = self._with_distillation(output, batch)
         # Decided on every rank together: a rank that stopped alone would leave the others waiting forever.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             raise FloatingPointError(
@@ -231,6 +252,18 @@ class VLMModule(L.LightningModule):
         return fraction
 
     # ------------------------------------------------------------------------------ checkpoints
+    def _with_distillation(self, output, batch: dict[str, Any]) -> torch.Tensor:
+        """(1 - kd_weight) * CE + kd_weight * KD toward the teacher's logits on the same inputs; logs KD."""
+        inputs = {key: value for key, value in forward_inputs(batch).items() if key != "labels"}
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs).logits
+        hp = self.hparams
+        kd = distillation_loss(output.logits, teacher_logits, batch["labels"], hp.kd_loss, hp.kd_temperature,
+                               hp.kd_beta)
+        self.log("train/kd_loss", kd, batch_size=batch["input_ids"].shape[0])
+        self.log("train/ce_loss", output.loss, batch_size=batch["input_ids"].shape[0])
+        return (1 - hp.kd_weight) * output.loss + hp.kd_weight * kd
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The config and tokenizer travel inside the checkpoint, so `mmllm export` needs nothing else.
         checkpoint["mmllm_config"] = self.config.to_dict()
@@ -300,6 +333,31 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float,
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+# What a teacher must share with its student to read the same batches and predict over the same vocabulary.
+TEACHER_MATCHES = ("image_token_id", "pad_token_id", "tokens_per_image", "image_mean", "image_std", "resize",
+                   "longest_edge", "image_markup", "image_splitting", "chat_template")
+
+
+def _load_teacher(folder: str, tokenizer: Any, student: VLMConfig, loss_chunk: Optional[int]):
+    """The teacher model from its folder, frozen in eval mode; ValueError (one line) when it cannot teach this
+    student: another tokenizer, another number of output rows, or other image inputs."""
+    from mmllm.model_folder import load_model_folder
+
+    if loss_chunk:
+        raise ValueError("model.teacher needs the student's logits; leave model.loss_chunk unset")
+    teacher, teacher_tokenizer, config = load_model_folder(folder)
+    if (teacher_tokenizer.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(with_added_tokens=True)
+            or config.lm.vocab_size != student.lm.vocab_size):
+        raise ValueError(f"model.teacher {folder} has another tokenizer than the student; distillation compares "
+                         "distributions over one vocabulary")
+    differ = [name for name in TEACHER_MATCHES if getattr(config, name) != getattr(student, name)]
+    if config.vision.image_size != student.vision.image_size:
+        differ.insert(0, "image size")
+    if differ:
+        raise ValueError(f"model.teacher {folder} reads other inputs than the student ({', '.join(differ)} differ)")
+    return teacher.eval().requires_grad_(False)
 
 
 def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
