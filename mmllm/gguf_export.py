@@ -242,11 +242,10 @@ def export_gguf(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for kind in TYPES:
-        for file_name, write in zip(gguf_file_names(kind), (
-                lambda path: write_language_model(path, text, config, tokenizer, kind, name),
-                lambda path: write_projector(path, vision, config, kind, name))):
-            partial = out / f".{file_name}.partial"
-            write(partial)
-            os.replace(partial, out / file_name)
+        model_file, projector_file = gguf_file_names(kind)
+        write_language_model(out / f".{model_file}.partial", text, config, tokenizer, kind, name)
+        write_projector(out / f".{projector_file}.partial", vision, config, kind, name)
+        for file_name in (model_file, projector_file):
+            os.replace(out / f".{file_name}.partial", out / file_name)
             written.append(out / file_name)
     return written
