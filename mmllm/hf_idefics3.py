@@ -159,16 +159,18 @@ def load_idefics3(folder: str | Path) -> tuple[VLMConfig, dict[str, torch.Tensor
 
 
 def special_ids(hf: dict[str, Any], folder: Path, tokenizer: Any) -> tuple[int, list[int]]:
-    """(pad id, generation stop ids): `<end_of_utterance>` ends a turn, then the text model's eos ids."""
+    """(pad id, generation stop ids): `<end_of_utterance>` ends a turn, then the eos ids of generation_config.json
+    (where transformers' generate reads them) and of the text model."""
     text = hf.get("text_config") or {}
+    generation = read_optional_json(folder / "generation_config.json")
     for token in IDEFICS3_IMAGE_OPEN:
         if tokenizer.token_to_id(token) is None:
             raise UsageError(f"{folder}/tokenizer.json lacks {token}, which Idefics3's image markup needs")
     stops = [tokenizer.token_to_id(END_OF_UTTERANCE)] if tokenizer.token_to_id(END_OF_UTTERANCE) is not None else []
-    eos = text.get("eos_token_id", hf.get("eos_token_id"))
-    for value in eos if isinstance(eos, list) else [eos]:
-        if isinstance(value, int) and value not in stops:
-            stops.append(value)
+    for eos in (generation.get("eos_token_id"), text.get("eos_token_id", hf.get("eos_token_id"))):
+        for value in eos if isinstance(eos, list) else [eos]:
+            if isinstance(value, int) and value not in stops:
+                stops.append(value)
     if not stops:
         raise UsageError(f"{folder}: no end-of-turn or eos token found (generation would never stop)")
     pad = text.get("pad_token_id")

@@ -63,6 +63,8 @@ def idefics3_folder(tmp_path_factory):
         for parameter in model.parameters():
             if parameter.dim() == 2:
                 parameter.normal_(0, 0.08)
+    # Generation stops where SmolVLM's does and where the import stops: at the end of a turn or of the text.
+    model.generation_config.eos_token_id = [bpe.token_to_id("<end_of_utterance>"), bpe.token_to_id("<|endoftext|>")]
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder, model, processor
