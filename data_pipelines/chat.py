@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 from tokenizers import Tokenizer
 
 from data_pipelines import special_tokens as st
-from data_pipelines.image_layout import IDEFICS3_IMAGE_CLOSE, IDEFICS3_IMAGE_OPEN, Piece, image_layout
+from data_pipelines.image_layout import check_markup_tokens, image_layout, token_id
 from data_pipelines.tokenizer import TokenIds
 
 IGNORE_INDEX = -100  # label of a token that is not a target (torch cross_entropy's ignore_index)
@@ -136,12 +136,8 @@ class ChatTemplate:
         self.token_ids = token_ids
         self.tokens_per_image = tokens_per_image
         self.newline = self.encode_text("\n")
-        image_layout(image_markup)  # ValueError for an unknown markup
+        check_markup_tokens(tokenizer, image_markup)
         self.image_markup = image_markup
-        if image_markup == "idefics3":
-            missing = [t for t in (*IDEFICS3_IMAGE_OPEN, *IDEFICS3_IMAGE_CLOSE) if tokenizer.token_to_id(t) is None]
-            if missing:
-                raise ValueError(f"image_markup idefics3 needs the tokens {missing} in the tokenizer")
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text -> ids, with no BOS/EOS and special-token strings read as text."""
@@ -156,7 +152,7 @@ class ChatTemplate:
             elif piece.kind == "text":
                 ids.extend(self.encode_text(piece.value))
             else:
-                ids.append(_token_id(self.tokenizer, piece, grid))
+                ids.append(token_id(self.tokenizer, piece, *grid))
         return ids
 
     def encode_content(self, content: str, grids: Iterator[Grid] | None = None) -> list[int]:
@@ -220,11 +216,3 @@ class ChatTemplate:
         for turn in conversation:
             ids.extend(self.render_turn(turn, pending).ids)
         return ids + self.header("assistant")
-
-
-def _token_id(tokenizer: Tokenizer, piece: Piece, grid: Grid) -> int:
-    token_id = tokenizer.token_to_id(piece.value)
-    if token_id is None:
-        raise ValueError(f"the tokenizer has no {piece.value}, which an image split into {grid[0]} x {grid[1]} "
-                         f"tiles needs")
-    return token_id

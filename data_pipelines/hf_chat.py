@@ -15,6 +15,7 @@ was trained that way).
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +26,7 @@ from tokenizers import Tokenizer
 from data_pipelines import special_tokens as st
 from data_pipelines.chat import (IGNORE_INDEX, Conversation, Grid, NoSupervisedTokens, RenderedTurn,
                                  validate_conversation)
-from data_pipelines.image_layout import IDEFICS3_IMAGE_OPEN, image_layout
+from data_pipelines.image_layout import check_markup_tokens, image_layout, token_id
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,8 @@ class JinjaChatTemplate:
         self.image_token = tokenizer.id_to_token(ids.image)
         if self.image_token is None:
             raise ValueError(f"the tokenizer has no token with the model's image id {ids.image}")
-        image_layout(image_markup)  # ValueError for an unknown markup
+        check_markup_tokens(tokenizer, image_markup)  # idefics3: transformers' Idefics3Processor's layout
         self.image_markup = image_markup
-        if image_markup == "idefics3":  # transformers' Idefics3Processor
-            for token in IDEFICS3_IMAGE_OPEN:
-                if tokenizer.token_to_id(token) is None:
-                    raise ValueError(f"image_markup idefics3 needs {token} in the tokenizer")
         self.stop = tokenizer.id_to_token(ids.eos_ids[0]) if ids.eos_ids else None
 
     def image_text(self, grid: Grid = (0, 0)) -> str:
@@ -109,9 +106,8 @@ class JinjaChatTemplate:
             if piece.kind == "block":
                 text += self.image_token * self.tokens_per_image
             else:
-                if piece.kind == "token" and self.tokenizer.token_to_id(piece.value) is None:
-                    raise ValueError(f"the tokenizer has no {piece.value}, which an image split into "
-                                     f"{grid[0]} x {grid[1]} tiles needs")
+                if piece.kind == "token":
+                    token_id(self.tokenizer, piece, *grid)  # ValueError when the tokenizer lacks it
                 text += piece.value
         return text
 
@@ -126,9 +122,9 @@ class JinjaChatTemplate:
         """The template's text, each image marker replaced by its image's text (grids in marker order)."""
         messages = [{"role": turn["role"], "content": parts_of_content(turn["content"])} for turn in conversation]
         text = self.template.render(messages=messages, add_generation_prompt=generation_prompt)
-        pieces = text.split(st.IMAGE_MARKER)
-        grids = list(grids or []) + [(0, 0)] * (len(pieces) - 1 - len(grids or []))
-        return pieces[0] + "".join(self.image_text(grid) + piece for grid, piece in zip(grids, pieces[1:]))
+        first, *rest = text.split(st.IMAGE_MARKER)
+        grids = itertools.chain(grids or (), itertools.repeat((0, 0)))  # unsplit past the given grids
+        return first + "".join(self.image_text(grid) + piece for grid, piece in zip(grids, rest))
 
     def _encode(self, text: str):
         return self.tokenizer.encode(text, add_special_tokens=True)  # as transformers' processor tokenizes

@@ -77,3 +77,20 @@ def _joined(pieces: list[Piece]) -> list[Piece]:
             out.append(piece)
     return out
 
+
+def check_markup_tokens(tokenizer, markup: str) -> None:
+    """ValueError for an unknown markup, or when the tokenizer lacks the tokens around every image."""
+    image_layout(markup)
+    if markup == "idefics3":
+        missing = [t for t in (*IDEFICS3_IMAGE_OPEN, *IDEFICS3_IMAGE_CLOSE) if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"image_markup idefics3 needs the tokens {missing} in the tokenizer")
+
+
+def token_id(tokenizer, piece: Piece, rows: int, cols: int) -> int:
+    """The id of a layout's token piece; ValueError naming the grid when the tokenizer lacks it."""
+    found = tokenizer.token_to_id(piece.value)
+    if found is None:
+        raise ValueError(f"the tokenizer has no {piece.value}, which an image split into {rows} x {cols} tiles needs")
+    return found
+

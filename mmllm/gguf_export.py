@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +132,23 @@ def stored(name: str, tensor: torch.Tensor, kind: str):
 # ---------------------------------------------------------------------------------------------- files
 
 
-def token_table(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
-    """(tokens by id, their llama.cpp types, merges) of a byte-level BPE tokenizer, padded to vocab_size."""
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the language model's GGUF says of its tokenizer, read once for both files."""
+
+    pre: str  # llama.cpp's pre-tokenizer name
+    tokens: list[str]  # by id, padded to the embedding's rows
+    types: list[int]  # llama.cpp's token types
+    merges: list[str]  # "a b"
+    bos: int | None  # the BOS the tokenizer adds, if it adds one
+
+
+def gguf_vocabulary(tokenizer: Any, vocab_size: int) -> Vocabulary:
+    """A byte-level BPE tokenizer's vocabulary as llama.cpp reads it; UsageError for one it has no counterpart for."""
     import gguf
 
     data = json.loads(tokenizer.to_str())
+    pre = llama_cpp_pre_tokenizer(data)
     added = {entry["id"]: entry for entry in data.get("added_tokens", [])}
     tokens, types = [], []
     for index in range(vocab_size):
@@ -150,10 +163,11 @@ def token_table(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int], 
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in data["model"].get("merges", [])]
-    return tokens, types, merges
+    bos = tokenizer.encode("", add_special_tokens=True).ids  # a tokenizer that adds a BOS shows it here
+    return Vocabulary(pre, tokens, types, merges, bos[0] if bos else None)
 
 
-def write_language_model(path: Path, tensors: dict[str, torch.Tensor], config: VLMConfig, tokenizer: Any,
+def write_language_model(path: Path, tensors: dict[str, torch.Tensor], config: VLMConfig, vocab: Vocabulary,
                          kind: str, name: str) -> None:
     import gguf
 
@@ -174,15 +188,13 @@ def write_language_model(path: Path, tensors: dict[str, torch.Tensor], config: V
     writer.add_rope_dimension_count(lm.head_dim)
     writer.add_rope_freq_base(lm.rope_theta)
     writer.add_layer_norm_rms_eps(lm.norm_eps)
-    tokens, types, merges = token_table(tokenizer, lm.vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(llama_cpp_pre_tokenizer(json.loads(tokenizer.to_str())))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    bos = tokenizer.encode("", add_special_tokens=True).ids  # a tokenizer that adds a BOS shows it here
-    writer.add_add_bos_token(bool(bos))
-    writer.add_bos_token_id(bos[0] if bos else config.eos_token_ids[-1])
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    writer.add_token_merges(vocab.merges)
+    writer.add_add_bos_token(vocab.bos is not None)
+    writer.add_bos_token_id(config.eos_token_ids[-1] if vocab.bos is None else vocab.bos)
     writer.add_eos_token_id(config.eos_token_ids[0])
     writer.add_pad_token_id(config.pad_token_id)
     if config.chat_template:
@@ -236,14 +248,14 @@ def export_gguf(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: 
     reason = not_gguf_exportable(config, tokenizer)
     if reason:
         raise UsageError(f"cannot export to GGUF: {reason}")
-    llama_cpp_pre_tokenizer(json.loads(tokenizer.to_str()))
+    vocab = gguf_vocabulary(tokenizer, config.lm.vocab_size)
     text, vision = gguf_tensors(model, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for kind in TYPES:
         model_file, projector_file = gguf_file_names(kind)
-        write_language_model(out / f".{model_file}.partial", text, config, tokenizer, kind, name)
+        write_language_model(out / f".{model_file}.partial", text, config, vocab, kind, name)
         write_projector(out / f".{projector_file}.partial", vision, config, kind, name)
         for file_name in (model_file, projector_file):
             os.replace(out / f".{file_name}.partial", out / file_name)
