@@ -19,22 +19,11 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import torch  # noqa: E402
 
 from bench_common import machine  # noqa: E402
-from data_pipelines import special_tokens as st  # noqa: E402
-from data_pipelines.chat import question_conversation  # noqa: E402
 from data_pipelines.eval_samples import vqa_questions  # noqa: E402
-from data_pipelines.hf_chat import compile_template, parts_of_content  # noqa: E402
 from mmllm.evaluation.vqa_metric import vqa_accuracy  # noqa: E402
 from mmllm.gguf_export import TYPES, export_gguf, gguf_file_names  # noqa: E402
 from mmllm.inference import load  # noqa: E402
 from mmllm.llama_cpp_runner import LlamaCpp  # noqa: E402
-
-
-def prompt_text(chat_template: str, question: str, marker: str) -> str:
-    """mmllm's prompt for one question about one image, with llama.cpp's media marker for the image."""
-    turn = question_conversation(question)[0]
-    messages = [{"role": "user", "content": parts_of_content(turn["content"])}]
-    return compile_template(chat_template).render(messages=messages, add_generation_prompt=True).replace(
-        st.IMAGE_MARKER, marker)
 
 
 def main() -> None:
@@ -70,7 +59,7 @@ def main() -> None:
             start = time.perf_counter()
             answers = []
             for question, path in zip(questions, paths):
-                ids = runner.answer(prompt_text(vlm.config.chat_template, question.question, runner.marker), [path],
+                ids = runner.answer(runner.question_prompt(vlm.config.chat_template, question.question), [path],
                                     list(vlm.config.eos_token_ids), args.max_new_tokens)
                 answers.append(vlm.tokenizer.decode(ids, skip_special_tokens=True).strip())
             runner.close()

@@ -36,6 +36,18 @@ class LlamaCpp:
         self.mtmd.mtmd_free(self.ctx)
         self.llm.close()
 
+    def question_prompt(self, chat_template: str, question: str) -> str:
+        """The prompt `mmllm ask` renders for one question about one image, with llama.cpp's media marker where
+        the image goes (mtmd then writes the image's tiles and markup tokens there itself)."""
+        from data_pipelines import special_tokens as st
+        from data_pipelines.chat import question_conversation
+        from data_pipelines.hf_chat import compile_template, parts_of_content
+
+        turn = question_conversation(question)[0]
+        messages = [{"role": "user", "content": parts_of_content(turn["content"])}]
+        text = compile_template(chat_template).render(messages=messages, add_generation_prompt=True)
+        return text.replace(st.IMAGE_MARKER, self.marker)
+
     def _last_logits(self) -> np.ndarray:
         pointer = self.llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy()

@@ -86,7 +86,6 @@ def test_its_gguf_export_answers_in_llama_cpp_as_mmllm_ask(trained, tmp_path, ca
     pytest.importorskip("gguf")
     pytest.importorskip("llama_cpp")  # built from source by .ci/setup
     from mmllm.llama_cpp_runner import LlamaCpp
-    from test_gguf_export import llama_cpp_prompt
 
     _, folder = trained
     _, tokenizer, config = load_model_folder(folder)
@@ -97,7 +96,7 @@ def test_its_gguf_export_answers_in_llama_cpp_as_mmllm_ask(trained, tmp_path, ca
             path = tmp_path / f"{seed}.png"
             photo(*size, seed=seed).save(path)
             for question in QUESTIONS:
-                ids = runner.answer(llama_cpp_prompt(config, question, runner.marker), [path],
+                ids = runner.answer(runner.question_prompt(config.chat_template, question), [path],
                                     list(config.eos_token_ids), max_new_tokens=10)
                 answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
                 assert answer == ask(folder, path, question, capsys), (size, question)

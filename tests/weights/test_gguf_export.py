@@ -68,18 +68,6 @@ def llama_cpp_f16(exported):
     runner.close()
 
 
-def llama_cpp_prompt(config, question: str, marker: str) -> str:
-    """The prompt text `mmllm ask` renders, with llama.cpp's media marker where the image goes."""
-    from data_pipelines import special_tokens as st
-    from data_pipelines.chat import question_conversation
-    from data_pipelines.hf_chat import compile_template, parts_of_content
-
-    turn = question_conversation(question)[0]
-    messages = [{"role": "user", "content": parts_of_content(turn["content"])}]
-    text = compile_template(config.chat_template).render(messages=messages, add_generation_prompt=True)
-    return text.replace(st.IMAGE_MARKER, marker)
-
-
 def test_llama_cpp_answers_as_mmllm_ask_does(imported_splitting, llama_cpp_f16, tmp_path, capsys):
     _, tokenizer, config = load_model_folder(imported_splitting)
     answers = []
@@ -90,7 +78,7 @@ def test_llama_cpp_answers_as_mmllm_ask_does(imported_splitting, llama_cpp_f16, 
         assert main(["ask", "--model", str(imported_splitting), str(path), question, "--max-new-tokens", "10",
                      "--json"]) == 0
         expected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"]
-        ids = llama_cpp_f16.answer(llama_cpp_prompt(config, question, llama_cpp_f16.marker), [path],
+        ids = llama_cpp_f16.answer(llama_cpp_f16.question_prompt(config.chat_template, question), [path],
                                    list(config.eos_token_ids), max_new_tokens=10)
         assert tokenizer.decode(ids, skip_special_tokens=True).strip() == expected, (size, question)
         answers.append(expected)
