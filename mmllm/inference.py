@@ -67,6 +67,7 @@ class VisionLanguageModel:
         self.config: VLMConfig = model.config
         self.processor = processor_for(self.config, tokenizer)
         self.source = source  # the folder or checkpoint it was loaded from, for reports
+        self.quantization = None  # mmllm.quantization.QuantizationReport when `load` quantised the model
 
     @property
     def device(self) -> torch.device:
@@ -290,14 +291,18 @@ def decode_incrementally(decode: Callable[[list[int]], str], tokens: Iterable[in
         yield final[len(shown):]
 
 
-def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> VisionLanguageModel:
+def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+         quantize: str | None = None, quantize_method: str = "auto") -> VisionLanguageModel:
     """A model ready to use, from an exported model folder or a Lightning checkpoint (`.ckpt`).
 
     A model folder (config.json, model.safetensors, tokenizer.json) is read as JSON and safetensors: nothing
     is unpickled, so a folder from a stranger cannot run code. A Lightning checkpoint is a pickle, and
     unpickling it can run code: load only checkpoints you trust (`mmllm export` turns one into a folder).
     device: "auto" (default: CUDA when available), "cpu", "cuda"; dtype: "auto" (fp32 on CPU, bf16 on CUDA),
-    "float32", "bfloat16" or a torch dtype.
+    "float32", "bfloat16" or a torch dtype. quantize "int8" or "int4" quantises the linear layers on the CPU
+    with the fastest method for this machine (mmllm.quantization; `quantize_method` names one instead); a
+    folder written by `mmllm export --quantize` is quantised as it was saved unless `quantize` says otherwise.
+    The result's `quantization` is the QuantizationReport (None in float).
     """
     path = Path(path)
     if not path.exists():
@@ -319,10 +324,23 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
             ) from None
     device = resolve_device(device)
     model.to(device=device, dtype=resolve_dtype(dtype, device))
+    if quantize is None and path.is_dir():
+        from mmllm.model_folder import read_quantization
+
+        saved = read_quantization(path)
+        quantize = f"int{saved['bits']}" if saved else None
+    report = None
+    if quantize is not None:
+        from mmllm.quantization import parse_bits
+        from mmllm.quantization import quantize as quantize_model
+
+        report = quantize_model(model, parse_bits(quantize), quantize_method)
     try:
-        return VisionLanguageModel(model, tokenizer, source=str(path))
+        vlm = VisionLanguageModel(model, tokenizer, source=str(path))
     except ValueError as error:  # the tokenizer lacks the project's special tokens
         raise UsageError(f"model {path}: {error}") from None
+    vlm.quantization = report
+    return vlm
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

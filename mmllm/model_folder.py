@@ -88,10 +88,11 @@ def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], sou
 # Saving
 
 
-def save_model_folder(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+def save_model_folder(model: nn.Module, tokenizer: Any, out_dir: str | Path, quantize: int | None = None) -> Path:
     """Write `config.json`, `model.safetensors` and `tokenizer.json` for a VLM and its tokenizer into `out_dir`.
 
     The model's dtype is kept; tied weights are stored once. `tokenizer` is a `tokenizers.Tokenizer`.
+    quantize 8 or 4 stores the linear layers' weights as int8 / int4 (mmllm.quantized_weights).
     All three files are written under temporary names first and renamed only when every one is complete,
     config.json last: a save that fails (a full disk) or is killed half-way leaves the folder as it was, and
     the OSError names the file that could not be written.
@@ -99,11 +100,18 @@ def save_model_folder(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config: VLMConfig = model.config
+    tensors, config_json = unique_state_dict(model), config_to_json(config)
+    if quantize is not None:
+        from mmllm.quantization import plan_layers
+        from mmllm.quantized_weights import pack, quantization_spec
+
+        layers, _kept = plan_layers(model, quantize)
+        tensors = pack(tensors, layers, quantize)
+        config_json["quantization"] = quantization_spec(quantize, layers)
     writers = {
         TOKENIZER_FILE: lambda path: tokenizer.save(str(path)),
-        WEIGHTS_FILE: lambda path: save_file(unique_state_dict(model), str(path), metadata={"format": "pt"}),
-        CONFIG_FILE: lambda path: path.write_text(json.dumps(config_to_json(config), indent=2) + "\n",
-                                                  encoding="utf-8"),
+        WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata={"format": "pt"}),
+        CONFIG_FILE: lambda path: path.write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8"),
     }
     partial = {name: out_dir / f".{name}.partial" for name in writers}
     try:
@@ -147,12 +155,21 @@ def read_model_config(path: str | Path) -> VLMConfig:
             hint = " (it looks like a Hugging Face model; import it with `mmllm build --lm/--vision`)"
         raise UsageError(f"{config_path} is not an mmllm model config{hint}")
     version = data.pop("format_version")
+    data.pop("quantization", None)  # how the weights are stored (read_quantization), not the model's shape
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UsageError(f"{config_path} has format version {version}; this mmllm reads up to {FORMAT_VERSION}")
     try:
         return VLMConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise UsageError(f"{config_path} is not a valid model config: {error}") from error
+
+
+def read_quantization(path: str | Path) -> dict | None:
+    """config.json's "quantization" entry of a folder written by `mmllm export --quantize`, or None."""
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    return read_json_object(config_path).get("quantization")
 
 
 def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -213,6 +230,11 @@ def load_model_folder(
     check_tokenizer_matches(config, tokenizer, folder / TOKENIZER_FILE)
     tensors = read_weights(folder / WEIGHTS_FILE)
     model = VLM(config)
+    spec = read_quantization(folder)
+    if spec is not None:  # int weights and scales -> float weights, checked layer by layer
+        from mmllm.quantized_weights import unpack
+
+        tensors = unpack(tensors, spec, model.state_dict(), str(folder / WEIGHTS_FILE))
     if dtype is None:
         saved = [t.dtype for t in tensors.values() if t.is_floating_point()]
         dtype = saved[0] if saved else None

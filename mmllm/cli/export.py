@@ -1,11 +1,14 @@
 """Export a training checkpoint or a model folder: as an mmllm model folder (config.json, model.safetensors,
 tokenizer.json), as a transformers Idefics3 folder (`--format hf`, mmllm.hf_idefics3) that
 AutoModelForImageTextToText and AutoProcessor load without trust_remote_code, or as llama.cpp's GGUF files
-(`--format gguf`, mmllm.gguf_export: the language model and the mmproj, F16 and Q8_0).
+(`--format gguf`, mmllm.gguf_export: the language model and the mmproj, F16 and Q8_0). `--quantize int8|int4`
+stores an mmllm folder's linear layers as int8 / int4 weights with scales (mmllm.quantized_weights), which
+`--model` loads quantised.
 
 Examples: mmllm export runs/shapes-tiny/checkpoints/last.ckpt --out models/shapes-tiny
           mmllm export models/smolvlm-tuned --format hf --out hf/smolvlm-tuned
           mmllm export models/smolvlm-tuned --format gguf --out gguf/smolvlm-tuned
+          mmllm export models/shapes-tiny --quantize int8 --out models/shapes-tiny-int8
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("mmllm", "hf", "gguf"), default="mmllm",
                         help="mmllm: a model folder (default); hf: a transformers Idefics3 folder; gguf: llama.cpp's "
                              "model-{f16,q8_0}.gguf and mmproj-{f16,q8_0}.gguf")
+    parser.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                        help="store the linear layers' weights as int8 or int4 (an mmllm folder: ~1/4 or ~1/7 of "
+                             "float32's size); commands load it quantised")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the model in OUT (it stays intact if the export fails half-way)")
 
@@ -35,14 +41,31 @@ def run(args: argparse.Namespace) -> int:
     taken = [name for name in files if (Path(args.out) / name).exists()]
     if taken and not args.overwrite:
         raise UsageError(f"{args.out} already holds a model ({', '.join(taken)}); pass --overwrite to replace it")
+    if args.quantize and args.format != "mmllm":
+        raise UsageError(f"--quantize writes an mmllm folder; --format {args.format} has its own precisions")
     if args.format in ("hf", "gguf"):
         return export_elsewhere(Path(args.checkpoint), Path(args.out), args.format)
+    if args.quantize:
+        return export_quantized(Path(args.checkpoint), Path(args.out), args.quantize)
     if Path(args.checkpoint).is_dir():
-        raise UsageError(f"{args.checkpoint} is a model folder already; export it with --format hf")
+        raise UsageError(f"{args.checkpoint} is a model folder already; export it with --format hf or --quantize")
     from mmllm.checkpoint_export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} to {out}")
+    return 0
+
+
+def export_quantized(source: Path, out: Path, quantize: str) -> int:
+    from mmllm.checkpoint_export import model_from_checkpoint
+    from mmllm.model_folder import WEIGHTS_FILE, load_model_folder, save_model_folder
+    from mmllm.quantization import parse_bits
+
+    load = load_model_folder if source.is_dir() else model_from_checkpoint
+    model, tokenizer, _config = load(source)
+    save_model_folder(model.float(), tokenizer, out, quantize=parse_bits(quantize))
+    size = (out / WEIGHTS_FILE).stat().st_size / 2**20
+    print(f"exported {source} to {out} ({quantize} weights, {WEIGHTS_FILE} {size:.1f} MiB)")
     return 0
 
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "tokenizer": {"train": "tokenizer_train"},
     "build": "build",
     "export": "export",
+    "prune": "prune",
     "caption": "caption",
     "ask": "ask",
     "chat": "chat",

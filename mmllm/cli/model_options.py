@@ -21,6 +21,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to run (default auto: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="weights' precision (default auto: float32 on cpu, bfloat16 on cuda)")
+    parser.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                        help="int8 or int4 weights for every linear layer, on the CPU, by the fastest method this "
+                             "machine has (measured once, then remembered); a folder from `mmllm export --quantize` "
+                             "is quantised as saved")
+    parser.add_argument("--quantize-method", default="auto", metavar="NAME",
+                        help="auto (the default: the fastest, measured) or one of torch-dynamic-int8, "
+                             "torchao-int8-weight-only, torchao-int8-dynamic, torchao-int4-weight-only, "
+                             "torchao-int8-dynamic-int4")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | str = 64,
@@ -53,10 +61,15 @@ def sampling(args: argparse.Namespace, max_new_tokens: int | None = None) -> dic
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by --model on --device in --dtype (mmllm.inference.load: UsageError on a bad model)."""
+    """The model named by --model on --device in --dtype, maybe quantised (mmllm.inference.load: UsageError on a bad
+    model); what quantisation chose is said once, on stderr."""
     from mmllm.inference import load
 
-    return load(args.model, device=args.device, dtype=args.dtype)
+    vlm = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+               quantize_method=args.quantize_method)
+    if vlm.quantization is not None:
+        print(vlm.quantization.summary(), file=sys.stderr)
+    return vlm
 
 
 def print_stream(pieces: Iterable[str], end: str = "\n") -> str:

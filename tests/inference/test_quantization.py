@@ -1,0 +1,229 @@
+"""Quantised inference (mmllm.quantization) and quantised model folders (mmllm.quantized_weights): every method
+against the float model it came from, the measured choice and its cache, the stored int grid, the loader's
+checks, and `mmllm export --quantize` / `mmllm ask --quantize` as a user runs them."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from inference_helpers import run_mmllm
+from safetensors.torch import load_file, save_file
+
+from mmllm.errors import UsageError
+from mmllm.generation import generate
+from mmllm.quantization import METHODS, QuantizationReport, machine_key, plan_layers, quantize
+from mmllm.quantized_weights import pack, unpack
+
+# The cosine similarity to float32's logits each precision must keep on the sharp tiny model (random N(0, 0.3)
+# weights, far rougher than trained ones): int8 rounds to 1/254 of a row's range, int4 to 1/15 of a group's.
+MIN_COSINE = {8: 0.999, 4: 0.97}
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLLM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _runs(method: str) -> bool:
+    """Whether this machine has the kernel (torchao builds differ: DA8W4 needs its C++ op)."""
+    try:
+        quantize(_model(), METHODS[method].bits, method)
+        return True
+    except (ImportError, RuntimeError, AssertionError, NotImplementedError):
+        return False
+
+
+def _model():
+    from tiny_models import tiny_model
+
+    return tiny_model(seed=1)
+
+
+def _logits(model, ids, pixels):
+    with torch.inference_mode():
+        return model(ids[None], pixel_values=pixels).float()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_keeps_the_float_models_logits_and_replaces_every_planned_layer(method, make_prompt, make_images):
+    if METHODS[method].name == "torchao-int8-dynamic-int4" and not _runs(method):
+        pytest.skip("this torchao build has no DA8W4 CPU kernel")  # the only method allowed to be missing
+    reference = _model()
+    ids, pixels = make_prompt(reference, 12, n_images=1), make_images(1)
+    expected = _logits(reference, ids, pixels)
+    model = copy.deepcopy(reference)
+    report = quantize(model, METHODS[method].bits, method)
+    got = _logits(model, ids, pixels)
+    cosine = F.cosine_similarity(got.flatten(1), expected.flatten(1)).min()
+    assert cosine > MIN_COSINE[report.bits], cosine
+    modules = dict(model.named_modules())
+    layers, kept = plan_layers(reference_with_head(reference), report.bits)
+    assert report.layers == len(layers) and report.float_layers == kept
+    for name in layers:  # a quantised layer no longer holds a plain float weight
+        weight = getattr(modules[name], "weight", None)
+        weight = weight() if callable(weight) else weight
+        assert type(weight) is not torch.nn.Parameter or weight.dtype != torch.float32, name
+    for name in kept:
+        assert modules[name].weight.dtype == torch.float32
+
+
+def reference_with_head(model):
+    from mmllm.quantization import untie_head
+
+    model = copy.deepcopy(model)
+    untie_head(model)
+    return model
+
+
+@pytest.mark.parametrize("method", ["torch-dynamic-int8", "torchao-int4-weight-only"])
+def test_quantized_kv_cache_decoding_equals_recomputation(method, make_prompt, make_images):
+    model = _model()
+    quantize(model, METHODS[method].bits, method)
+    ids, pixels = make_prompt(model, 10, n_images=1), make_images(1)
+    cached = generate(model, ids[None], pixel_values=pixels, max_new_tokens=6, stop_ids=[])
+    sequence = ids.tolist()
+    with torch.inference_mode():
+        for _ in range(6):  # the whole sequence through the model at every step
+            logits = model(torch.tensor([sequence]), pixel_values=pixels)
+            sequence.append(int(logits[0, -1].argmax()))
+    assert cached[0] == sequence[len(ids):]
+
+
+def test_int4_keeps_layers_no_group_size_divides_and_names_them():
+    model = reference_with_head(_model())
+    layers, kept = plan_layers(model, 4)
+    widths = {name: (m.in_features, m.out_features) for name, m in model.named_modules() if hasattr(m, "in_features")}
+    assert kept and layers
+    for name in kept:  # the tiny vision tower is 24 and 48 wide: no group of 32, 64 or 128 fits
+        i, o = widths[name]
+        assert i % 32 or o % 16
+    for name, group in layers.items():
+        assert widths[name][0] % group == 0 and widths[name][1] % 16 == 0
+    assert plan_layers(model, 8) == ({name: None for name in widths}, [])
+
+
+def test_auto_measures_once_then_remembers_the_choice_per_machine(tmp_path):
+    first = quantize(_model(), 8)
+    assert not first.cached and first.method in METHODS and "float32" in first.seconds
+    assert first.method == min((m for m in first.seconds if m != "float32"), key=first.seconds.get)
+    second = quantize(_model(), 8)
+    assert second.cached and second.method == first.method and second.seconds == first.seconds
+    cache = json.loads((tmp_path / "cache" / "quantize-choices.json").read_text())
+    assert list(cache) == [machine_key(_model(), 8)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:  # another thread count is another machine: its own measurement
+        assert machine_key(_model(), 8) not in cache
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_summary_says_when_quantization_saves_memory_not_time():
+    slower = QuantizationReport(bits=8, method="torch-dynamic-int8", layers=3, weight_bytes=(4 << 20, 1 << 20),
+                                seconds={"float32": 0.05, "torch-dynamic-int8": 0.06})
+    assert "saves memory here, not time" in slower.summary() and "4.0 -> 1.0 MiB" in slower.summary()
+    faster = QuantizationReport(bits=8, method="torch-dynamic-int8", layers=3, weight_bytes=(4 << 20, 1 << 20),
+                                seconds={"float32": 0.06, "torch-dynamic-int8": 0.03})
+    assert "2.00x float32's speed" in faster.summary() and "not time" not in faster.summary()
+
+
+def test_mistakes_are_refused_with_a_reason():
+    with pytest.raises(UsageError, match="no int4 quantization method 'torch-dynamic-int8'"):
+        quantize(_model(), 4, "torch-dynamic-int8")
+    with pytest.raises(UsageError, match="float32"):
+        quantize(_model().to(torch.bfloat16), 8, "torch-dynamic-int8")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stored form
+
+
+def test_int8_storage_rounds_each_weight_to_its_rows_grid():
+    w = torch.randn(6, 40)
+    stored = pack({"fc.weight": w}, {"fc": None}, 8)
+    assert stored["fc.weight_int8"].dtype == torch.int8 and set(stored) == {"fc.weight_int8", "fc.weight_scale"}
+    restored = unpack(stored, {"bits": 8, "format": "int8-symmetric-per-channel", "layers": {"fc": None}},
+                      {"fc.weight": w}, "test")["fc.weight"]
+    step = w.abs().amax(dim=1, keepdim=True) / 127
+    assert ((restored - w).abs() <= step / 2 + 1e-7).all()
+    assert torch.equal(restored.abs().amax(dim=1), w.abs().amax(dim=1))  # the row's largest weight is exact
+
+
+def test_int4_storage_is_the_kernels_grid_so_storing_again_changes_nothing():
+    w = torch.randn(16, 64)
+    spec = {"bits": 4, "format": "int4-asymmetric-per-group", "layers": {"fc": 32}}
+    stored = pack({"fc.weight": w}, {"fc": 32}, 4)
+    assert stored["fc.weight_int4"].shape == (16, 32) and stored["fc.weight_scale"].shape == (16, 2)
+    restored = unpack(stored, spec, {"fc.weight": w}, "test")["fc.weight"]
+    step = (w.view(16, 2, 32).amax(2) - w.view(16, 2, 32).amin(2)) / 15
+    assert ((restored - w).view(16, 2, 32).abs() <= step[..., None] / 2 + 1e-6).all()
+    again = pack({"fc.weight": restored}, {"fc": 32}, 4)
+    assert torch.equal(again["fc.weight_int4"], stored["fc.weight_int4"])
+
+
+def test_exported_int8_folder_is_a_quarter_of_the_size_and_answers_like_quantizing_at_load(trained, tmp_path):
+    out = tmp_path / "int8"
+    result = run_mmllm("export", trained.model, "--quantize", "int8", "--out", out)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
+    float_size = (trained.model / "model.safetensors").stat().st_size
+    embedding = 4 * trained_vocab(trained) * config["lm"]["dim"]  # the embedding stays float32
+    assert (out / "model.safetensors").stat().st_size < (float_size - embedding) / 3 + embedding
+
+    from mmllm.inference import load
+
+    saved = load(out, device="cpu", quantize_method="torch-dynamic-int8")
+    at_load = load(trained.model, device="cpu", quantize="int8", quantize_method="torch-dynamic-int8")
+    assert saved.quantization.bits == 8 and saved.quantization.method == "torch-dynamic-int8"
+    question = "What colour is the circle?"
+    options = dict(temperature=1.0, seed=3, max_new_tokens=8)
+    assert saved.ask(trained.image, question, **options) == at_load.ask(trained.image, question, **options)
+
+    asked = run_mmllm("ask", "--model", out, trained.image, question, "--temperature", "1.0", "--seed", "3",
+                      "--max-new-tokens", "8", "--quantize-method", "torch-dynamic-int8")
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout == saved.ask(trained.image, question, **options) + "\n"
+    assert "quantized" in asked.stderr and "torch-dynamic-int8" in asked.stderr and len(asked.stderr.splitlines()) == 1
+
+
+def trained_vocab(trained) -> int:
+    return json.loads((trained.model / "config.json").read_text())["lm"]["vocab_size"]
+
+
+def test_a_damaged_quantized_folder_is_refused_naming_the_layer(trained, tmp_path):
+    out = tmp_path / "int4"
+    assert run_mmllm("export", trained.model, "--quantize", "int4", "--out", out).returncode == 0
+    tensors = load_file(str(out / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith(".weight_int4"))
+    layer = name.removesuffix(".weight_int4")
+
+    from mmllm.inference import load
+
+    damaged = dict(tensors)
+    damaged[name] = tensors[name][:, :-1].contiguous()
+    save_file(damaged, str(out / "model.safetensors"))
+    with pytest.raises(UsageError, match=f"{layer}.weight_int4 is torch.uint8"):
+        load(out, device="cpu")
+    missing = {k: v for k, v in tensors.items() if k != f"{layer}.weight_min"}
+    save_file(missing, str(out / "model.safetensors"))
+    with pytest.raises(UsageError, match=f"{layer} has no {layer}.weight_min"):
+        load(out, device="cpu")
+    save_file(tensors, str(out / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    config["quantization"]["format"] = "int3-something"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="quantization entry is not one this mmllm reads"):
+        load(out, device="cpu")
+
+
+def test_quantize_mistakes_on_the_command_line_exit_2_with_one_line(trained):
+    for args in (("--quantize", "int3"), ("--quantize", "int4", "--quantize-method", "torch-dynamic-int8")):
+        result = run_mmllm("ask", "--model", trained.model, trained.image, "What is here?", *args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = run_mmllm("export", trained.model, "--quantize", "int8", "--format", "hf", "--out", trained.root / "x")
+    assert result.returncode == 2 and "--quantize writes an mmllm folder" in result.stderr
