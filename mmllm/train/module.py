@@ -130,12 +130,11 @@ class VLMModule(L.LightningModule):
         layout = {"pixel_shuffle": pixel_shuffle, "projector": projector, "image_markup": image_markup,
                   "resize": resize, "longest_edge": longest_edge, "image_splitting": image_splitting}
         layout = {name: value for name, value in layout.items() if value is not None}
-        if init_from and (lm or vision or layout):
-            raise ValueError(f"model.lm, model.vision and model.{', model.'.join(layout) or 'pixel_shuffle'} shape a "
-                             "preset; a model from init_from keeps its shape and preprocessing")
         shape = {"lm": dict(lm or {}), "vision": dict(vision or {}), **layout}
         self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
+        if init_from:  # the config file of the run that made the model may be reused, if it describes this model
+            _check_shape_matches(self.config, shape, init_from)
         for part in self.freeze:
             getattr(self.model, part).requires_grad_(False)
         # Kept out of the module's children: not trained, not in the optimizer, not in checkpoints.
@@ -358,6 +357,22 @@ def _load_teacher(folder: str, tokenizer: Any, student: VLMConfig, loss_chunk: O
     if differ:
         raise ValueError(f"model.teacher {folder} reads other inputs than the student ({', '.join(differ)} differ)")
     return teacher.eval().requires_grad_(False)
+
+
+def _check_shape_matches(config: VLMConfig, shape: dict[str, Any], init_from: str) -> None:
+    """A model from init_from keeps its shape and preprocessing: model.lm / model.vision / layout fields that
+    say otherwise (a pruned model's narrower MLP under the preset's config, say) are refused, naming them."""
+    differ = []
+    for part in ("lm", "vision"):
+        for name, value in shape[part].items():
+            if getattr(getattr(config, part), name, value) != value:
+                differ.append(f"model.{part}.{name} is {value!r} but {getattr(getattr(config, part), name)!r} there")
+    for name, value in shape.items():
+        if name not in ("lm", "vision") and getattr(config, name) != value:
+            differ.append(f"model.{name} is {value!r} but {getattr(config, name)!r} there")
+    if differ:
+        raise ValueError(f"a model from init_from {init_from} keeps its shape and preprocessing: "
+                         + "; ".join(differ))
 
 
 def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
