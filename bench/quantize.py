@@ -152,11 +152,11 @@ def main() -> None:
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         results.append(json.loads(lines[-1]) if lines else {"method": method, "error": done.stderr[-500:]})
         print(f"{method}: " + json.dumps({k: v for k, v in results[-1].items() if k != "answers"}), file=sys.stderr)
-    reference = next((r for r in results if r["method"] == "float32" and "answers" in r), None)
+    reference = next((r["answers"] for r in results if r["method"] == "float32" and "answers" in r), None)
     for result in results:
         if reference and "answers" in result:
-            same = sum(a == b for a, b in zip(result["answers"], reference["answers"]))
-            result["agreement"] = round(same / len(reference["answers"]), 4)
+            same = sum(a == b for a, b in zip(result["answers"], reference))
+            result["agreement"] = round(same / len(reference), 4)
         result.pop("answers", None)
         if "decode_tokens_per_s" in result and "decode_tokens_per_s" in results[0]:
             result["decode_vs_float32"] = round(result["decode_tokens_per_s"] / results[0]["decode_tokens_per_s"], 2)

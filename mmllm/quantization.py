@@ -259,12 +259,13 @@ def cache_path() -> Path:
 
 def machine_key(model: nn.Module, bits: int) -> str:
     """What a measured choice depends on: the CPU, its kernels, the libraries, the threads, the model's shape."""
-    flags = ""
+    cpu, flags = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith("model name") and cpu in ("", platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
                 flags = " ".join(sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))))
-                break
     except OSError:
         pass
     try:
@@ -276,7 +277,7 @@ def machine_key(model: nn.Module, bits: int) -> str:
     c = model.config
     shape = [c.lm.dim, c.lm.n_layers, c.lm.mlp_dim, c.lm.vocab_size, c.vision.dim, c.vision.n_layers,
              c.vision.image_size, c.tokens_per_image]
-    parts = [platform.processor() or platform.machine(), flags, torch.backends.cpu.get_cpu_capability(),
+    parts = [cpu, flags, torch.backends.cpu.get_cpu_capability(),
              torch.__version__, torchao_version, torch.get_num_threads(), shape, bits]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
@@ -340,7 +341,12 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
         report.method = entry["method"]
         report.seconds = entry.get("seconds", {})
         report.unavailable = entry.get("unavailable", {})
-    apply_method(model, METHODS[report.method], layers)
+    try:
+        apply_method(model, METHODS[report.method], layers)
+    except ImportError:
+        raise UsageError(f"{report.method} needs torchao: pip install 'mmllm[quantize]'") from None
+    except (RuntimeError, AssertionError, NotImplementedError) as error:
+        raise UsageError(f"{report.method} cannot run on this machine: {str(error).splitlines()[0][:200]}") from None
     release_freed_memory()
     return report
 
@@ -369,6 +375,7 @@ def _measure(model: nn.Module, bits: int, layers: dict[str, int | None]) -> dict
         del trial
     timed = {name: s for name, s in seconds.items() if name != "float32"}
     if not timed:
-        raise UsageError(f"no int{bits} method runs on this machine: "
+        hint = " (pip install 'mmllm[quantize]' for torchao's)" if any("ImportError" in v for v in unavailable.values()) else ""
+        raise UsageError(f"no int{bits} method runs on this machine{hint}: "
                          + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
     return {"method": min(timed, key=timed.get), "seconds": seconds, "unavailable": unavailable}
