@@ -95,6 +95,8 @@ class QuantizationReport:
             else:
                 text += (f"; on this machine no int{self.bits} method beats float32 ({how}: {others}), "
                          "so it saves memory here, not time")
+        if self.unavailable:
+            text += f"; cannot run here: {', '.join(sorted(self.unavailable))}"
         return text
 
 
@@ -229,9 +231,10 @@ def weight_bytes(model: nn.Module, layers: dict[str, int | None], bits: int | No
 # Measuring and choosing
 
 
-def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2) -> float:
+def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, give_up_after: float = float("inf")) -> float:
     """The fastest of `repeats` timed answers: one image and 16 prompt tokens in, `new_tokens` greedy tokens out
-    (image encoding, prefill and decode: what one `ask` costs)."""
+    (image encoding, prefill and decode: what one `ask` costs). A first (warm-up) answer slower than
+    `give_up_after` seconds is returned as it is: a method that slow has lost already."""
     from mmllm.generation import stream
 
     config = model.config
@@ -249,6 +252,8 @@ def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2) -> f
             for _step in stream(model, ids, pixel_values=pixels, max_new_tokens=new_tokens, stop_ids=[]):
                 pass
             best = min(best, time.perf_counter() - start)
+            if best > give_up_after:
+                break
     return best
 
 
@@ -325,9 +330,9 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
     if params and params[0].dtype != torch.float32:
         raise UsageError("--quantize takes a float32 model; leave --dtype at auto or float32")
     model.eval()
+    before = weight_bytes(model, {}, None)
     untie_head(model)
     layers, kept = plan_layers(model, bits)
-    before = weight_bytes(model, layers, None)
     report = QuantizationReport(bits=bits, method=method, layers=len(layers), float_layers=kept,
                                 weight_bytes=(before, weight_bytes(model, layers, bits)))
     if method == "auto":
@@ -369,7 +374,7 @@ def _measure(model: nn.Module, bits: int, layers: dict[str, int | None]) -> dict
         trial = copy.deepcopy(model)
         try:
             apply_method(trial, method, layers)
-            seconds[method.name] = answer_seconds(trial)
+            seconds[method.name] = answer_seconds(trial, give_up_after=3 * seconds["float32"])
         except (ImportError, RuntimeError, AssertionError, NotImplementedError, ValueError) as error:
             unavailable[method.name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         del trial
