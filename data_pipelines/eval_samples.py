@@ -40,6 +40,7 @@ class VQAQuestion:
     turn: int = 0
     history: list[dict[str, str]] = field(default_factory=list)
     content: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # the sample's JSON: top level, then this question's entry
 
     def prompt(self, turns: str) -> list[dict[str, str]]:
         """The conversation to answer: `alone` or `in-context` (see the module's docstring)."""
@@ -66,6 +67,8 @@ def vqa_questions(path: str | list, limit: int | None = None,
 def _questions(samples: Iterator[Sample]) -> Iterator[VQAQuestion]:
     for sample in samples:
         types = _question_types(sample.meta)
+        entries = _question_entries(sample.meta)
+        top = {k: v for k, v in sample.meta.items() if not isinstance(v, (list, dict))}
         image = sample.images[0] if sample.images else None
         turns = sample.conversation
         asked = 0
@@ -75,8 +78,17 @@ def _questions(samples: Iterator[Sample]) -> Iterator[VQAQuestion]:
             question = turn["content"].replace(IMAGE_MARKER, "").strip()
             history = [{"role": t["role"], "content": t["content"]} for t in turns[:index]]
             yield VQAQuestion(sample.key, image, question, reply["content"].strip(), types.get(question),
-                              turn=asked, history=history, content=turn["content"])
+                              turn=asked, history=history, content=turn["content"],
+                              fields={**top, **entries.get(question, {})})
             asked += 1
+
+
+def _question_entries(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """question text -> its entry of the sample json's `questions` list (fields like type, answer, colour)."""
+    questions = meta.get("questions")
+    if not isinstance(questions, list):
+        return {}
+    return {q["question"].strip(): q for q in questions if isinstance(q, dict) and isinstance(q.get("question"), str)}
 
 
 def _question_types(meta: dict[str, Any]) -> dict[str, str]:

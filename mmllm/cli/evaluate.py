@@ -10,7 +10,9 @@ Prints a table; --out writes every figure, the model, the data and the options a
   caption  caption shards: captioned with the training instruction, scored against every reference
   text     text shards: each document scored by the model's forward pass, in pieces of max_seq_len tokens
 --blind replaces every image with a blank one (the mean colour): the gap to the normal run is how much the
-model looks at the image. Answers are greedy by default, batched with left padding.
+model looks at the image. --group-by FIELD (vqa) adds accuracy per value of FIELD (a key of the report's samples,
+such as question_type or answer, or of the sample's own JSON) with 95% intervals, each group's blind accuracy
+(a second, blind pass) and the largest gap between groups with its p-value (mmllm.evaluation.groups). Answers are greedy by default, batched with left padding.
 Example: mmllm eval --model models/shapes-tiny --data data/shapes/val/chat --task vqa --out val-vqa.json
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from mmllm.cli.model_options import add_model_arguments, add_sampling_arguments, load_model, sampling
 from mmllm.errors import UsageError
 
+RECORD_FIELDS = ("key", "turn", "turns", "question", "answer", "question_type", "prediction")  # of each vqa record
 DEFAULT_MAX_NEW_TOKENS = {"vqa": 8, "caption": 32}  # shapes answers are a few tokens, captions a sentence
 
 
@@ -42,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain-dir", metavar="DIR",
                         help="vqa: write a heatmap of where each answer looked (first turns mode) to DIR; use with "
                              "--limit")
+    parser.add_argument("--group-by", metavar="FIELD",
+                        help="vqa: accuracy per value of FIELD (question_type, answer, or a key of the samples' JSON), "
+                             "with 95%% intervals, the blind accuracy of each group and the largest gap")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N questions / images / documents")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="prompts per batch (default 64)")
@@ -71,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    if (args.turns or args.explain_dir) and args.task != "vqa":
-        raise UsageError("--turns and --explain-dir apply to --task vqa")
+    if (args.turns or args.explain_dir or args.group_by) and args.task != "vqa":
+        raise UsageError("--turns, --explain-dir and --group-by apply to --task vqa")
     if args.blind and args.task == "text":
         raise UsageError("--blind applies to vqa and caption; text documents have no image")
     options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     handler = BadSampleHandler()
     start = time.perf_counter()
     evaluate = {"vqa": evaluate_vqa, "caption": evaluate_captions, "text": evaluate_text}[args.task]
-    scores, samples = evaluate(vlm, args, options, handler)
+    scores, samples, items = evaluate(vlm, args, options, handler)
     seconds = time.perf_counter() - start
 
     from mmllm.evaluation import build_report, format_report
@@ -97,10 +103,16 @@ def run(args: argparse.Namespace) -> int:
         **({} if args.task == "text" else options),
         "device": str(vlm.device), "dtype": str(vlm.dtype).removeprefix("torch."),
     }
+    if args.group_by:
+        report["groups"] = evaluate_groups(vlm, args, options, samples, items)
     report["skipped_samples"] = dict(handler.counts)
     report["seconds"] = round(seconds, 3)
     report["items_per_second"] = round(len(samples) / seconds, 2) if seconds > 0 else None
     print(format_report(report))
+    if args.group_by:
+        from mmllm.evaluation.report import format_groups
+
+        print(format_groups(report["groups"]))
     if handler.total:
         print(handler.summary(), file=sys.stderr)
     if args.out:
@@ -126,12 +138,16 @@ def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
 
 
 def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
-    """Scores per turns mode ({mode: VQAScores}, the main mode first) and one sample record per answer."""
+    """Scores per turns mode ({mode: VQAScores}, the main mode first), one sample record per answer, the questions."""
     from data_pipelines.eval_samples import TURNS, vqa_questions
     from mmllm.evaluation import vqa_scores
     from mmllm.evaluation.vqa_answers import answer_questions, default_turns
 
     questions = _read(vqa_questions, args, handler, "questions")
+    for name in (args.group_by or "").split(",") if args.group_by else ():
+        if name.strip() not in RECORD_FIELDS and not any(name.strip() in q.fields for q in questions):
+            found = sorted(set(RECORD_FIELDS) | {k for q in questions for k in q.fields})
+            raise UsageError(f"--group-by: no question has a field {name.strip()!r}; fields: {', '.join(found)}")
     modes = {None: default_turns(questions), "both": TURNS}.get(args.turns, (args.turns,))
     types = [q.question_type for q in questions]
     scores, samples = {}, []
@@ -145,7 +161,29 @@ def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
         if args.explain_dir and mode == modes[0]:
             explain_answers(vlm, questions, predictions, mode, records, Path(args.explain_dir), args.blind)
         samples += records
-    return scores, samples
+    return scores, samples, questions
+
+
+def evaluate_groups(vlm, args: argparse.Namespace, options: dict, samples: list[dict], questions: list) -> dict:
+    """--group-by: the main turns mode's scores per group, beside a blind pass over the same questions."""
+    from mmllm.evaluation.groups import group_of, group_report
+    from mmllm.evaluation.vqa_answers import answer_questions
+    from mmllm.evaluation.vqa_metric import vqa_accuracy
+
+    records = samples[:len(questions)]  # the main mode's records come first, in question order
+    mode = records[0]["turns"]
+    scores = [vqa_accuracy(r["prediction"], [r["answer"]]) for r in records]
+    blind = None
+    if not args.blind:  # the language prior of each group: the same questions with blank images
+        predictions = answer_questions(vlm, questions, mode, blind=True, batch_size=args.batch_size,
+                                       progress=Progress(f"vqa questions ({mode}, blind, for --group-by)"), **options)
+        blind = [vqa_accuracy(p, [q.answer]) for p, q in zip(predictions, questions)]
+    groups = [group_of(r, q.fields, args.group_by) for r, q in zip(records, questions)]
+    try:
+        report = group_report(args.group_by, groups, scores, blind)
+    except ValueError as error:
+        raise UsageError(f"--group-by: {error}") from None
+    return {"turns": mode, **report}
 
 
 def explain_answers(vlm, questions, predictions, mode: str, records: list[dict], folder: Path, blind: bool) -> None:
@@ -175,7 +213,7 @@ def evaluate_captions(vlm, args: argparse.Namespace, options: dict, handler):
     scores = caption_scores({i: item.references for i, item in enumerate(items)}, dict(enumerate(predictions)))
     samples = [{"key": item.key, "references": item.references, "prediction": p}
                for item, p in zip(items, predictions)]
-    return scores, samples
+    return scores, samples, None
 
 
 def evaluate_text(vlm, args: argparse.Namespace, options: dict, handler):
@@ -194,4 +232,4 @@ def evaluate_text(vlm, args: argparse.Namespace, options: dict, handler):
         samples.append({"index": index, "nll": nll, "tokens": tokens, "bytes": len(text.encode("utf-8"))})
     if not totals.tokens:
         raise UsageError(f"the documents in {args.data} are empty: no token to score")
-    return totals.scores(), samples
+    return totals.scores(), samples, None

@@ -128,3 +128,21 @@ def format_report(report: dict) -> str:
         rows = _metric_rows(report["task"], report["metrics"])
     table = format_table(rows, headers=("metric", "value", "n"))
     return f"{title}\n{table}"
+
+
+def format_groups(groups: dict) -> str:
+    """The --group-by table: group, n, accuracy, 95% interval, blind; then the largest gap."""
+    has_blind = any("blind_accuracy" in row for row in groups["groups"])
+    rows = []
+    for row in groups["groups"]:
+        low, high = row["ci95"]
+        cells = (row["group"], str(row["count"]), _percent(row["accuracy"]), f"{100 * low:.1f}-{100 * high:.1f}%")
+        rows.append(cells + ((_percent(row.get("blind_accuracy")),) if has_blind else ()))
+    headers = (groups["field"], "n", "accuracy", "95% interval") + (("blind",) if has_blind else ())
+    text = f"by {groups['field']} ({groups['turns']})\n" + format_table(rows, headers=headers)
+    gap = groups.get("largest_gap")
+    if gap:
+        verdict = "significant" if gap["significant"] else "not significant"
+        text += (f"\nlargest gap: {gap['best']} - {gap['worst']} = {100 * gap['gap']:.1f} points, p = {gap['p_value']:.3g} "
+                 f"(Bonferroni over {gap['pairs']} pairs): {verdict} at 5%")
+    return text
