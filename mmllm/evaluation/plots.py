@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+MAX_GROUPS = 30  # groups drawn by --group-by's panel, the largest first
 MAX_CLASSES = 24  # a confusion matrix only for answer sets this small (colours, yes/no, counts...)
 
 
@@ -81,7 +82,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def plot_report(report_path: str | Path, out: str | Path | None = None) -> Path:
     """A VQA report's picture (REPORT.png beside it, or out): accuracy per question type for each turns mode,
-    and the confusion matrix of gold and predicted answers when there are at most MAX_CLASSES gold answers."""
+    the confusion matrix of gold and predicted answers when there are at most MAX_CLASSES gold answers, and for a
+    report of `--group-by` the accuracy of its MAX_GROUPS largest groups with their 95% intervals and blind scores."""
     plt = _pyplot()
     report = json.loads(Path(report_path).read_text())
     if report.get("task") != "vqa":
@@ -93,7 +95,10 @@ def plot_report(report_path: str | Path, out: str | Path | None = None) -> Path:
     predicted = [s["prediction"].strip().lower() for s in samples if s.get("turns", mode) == mode]
     classes = sorted(set(gold))
     with_matrix = 1 < len(classes) <= MAX_CLASSES
-    figure, axes = plt.subplots(1, 2 if with_matrix else 1, figsize=(13 if with_matrix else 6, 5), squeeze=False)
+    groups = report.get("groups")
+    widths = [6] + ([7] if with_matrix else []) + ([7] if groups else [])
+    figure, axes = plt.subplots(1, len(widths), figsize=(sum(widths), 5), squeeze=False,
+                                gridspec_kw={"width_ratios": widths})
     bars = axes[0][0]
     types = sorted({t for metrics in by_turns.values() for t in metrics.get("accuracy_per_question_type", {})})
     labels = types or ["all"]
@@ -115,8 +120,30 @@ def plot_report(report_path: str | Path, out: str | Path | None = None) -> Path:
         cells.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
         cells.set_yticks(range(len(classes)), classes, fontsize=7)
         cells.set(title=f"answers ({mode}): gold rows, predicted columns", xlabel="predicted", ylabel="gold")
+    if groups:
+        _plot_groups(axes[0][-1], groups)
     figure.tight_layout()
     out = Path(out) if out else Path(report_path).with_suffix(".png")
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
+
+
+def _plot_groups(axis, groups: dict) -> None:
+    """Accuracy per group (the largest MAX_GROUPS) with 95% interval bars, and the blind accuracy as a marker."""
+    rows = groups["groups"][:MAX_GROUPS]
+    x = range(len(rows))
+    accuracy = [100 * r["accuracy"] for r in rows]
+    below = [100 * (r["accuracy"] - r["ci95"][0]) for r in rows]
+    above = [100 * (r["ci95"][1] - r["accuracy"]) for r in rows]
+    axis.bar(x, accuracy, yerr=[below, above], capsize=2, label="accuracy, 95% interval")
+    if all("blind_accuracy" in r for r in rows):
+        axis.scatter(x, [100 * r["blind_accuracy"] for r in rows], color="crimson", marker="_", s=120, zorder=3,
+                     label="blind")
+    axis.set_xticks(list(x), [f"{r['group']} ({r['count']})" for r in rows], rotation=90, fontsize=7)
+    gap = groups.get("largest_gap")
+    title = f"accuracy by {groups['field']}"
+    if gap:
+        title += f"; gap {100 * gap['gap']:.0f} pts, p = {gap['p_value']:.2g}"
+    axis.set(title=title, ylabel="%", ylim=(0, 105))
+    axis.legend(fontsize=8)

@@ -51,6 +51,22 @@ def test_plot_of_a_vqa_report_has_type_bars_and_a_confusion_matrix(tmp_path):
         assert image.size == (1300, 500)  # bars beside a confusion matrix (yes/no is a closed set)
 
 
+def test_plot_of_a_grouped_report_adds_the_groups_panel(tmp_path):
+    from mmllm.evaluation.groups import group_report
+
+    samples = [{"turns": "alone", "turn": 0, "question": "Is it red?", "answer": a, "question_type": "exists",
+                "prediction": p} for a, p in (("yes", "yes"), ("no", "yes"), ("no", "no"))]
+    metrics = {"accuracy": 2 / 3, "count": 3, "accuracy_per_question_type": {"exists": 2 / 3},
+               "count_per_question_type": {"exists": 3}}
+    groups = {"turns": "alone", **group_report("answer", ["yes", "no", "no"], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0])}
+    path = tmp_path / "grouped.json"
+    path.write_text(json.dumps({"task": "vqa", "blind": False, "metrics": metrics, "samples": samples,
+                                "groups": groups}))
+    assert main(["plot", str(path)]) == 0
+    with Image.open(tmp_path / "grouped.png") as image:
+        assert image.size == (2000, 500)  # type bars, the yes/no confusion matrix, the groups panel
+
+
 def test_plot_of_something_else_exits_2_with_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing")]) == 2
     (tmp_path / "caption.json").write_text(json.dumps({"task": "caption", "metrics": {}}))
