@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-from inference_helpers import run_mmllm
+from mmllm.cli.main import main
 
 
-def test_eval_group_by_question_type_reports_every_group_with_interval_and_blind(trained, tmp_path):
+def test_eval_group_by_question_type_reports_every_group_with_interval_and_blind(trained, tmp_path, capsys):
     out = tmp_path / "groups.json"
-    result = run_mmllm("eval", "--model", trained.model, "--data", trained.data / "val" / "chat", "--task", "vqa",
-                       "--turns", "alone", "--limit", "40", "--group-by", "question_type", "--out", out)
-    assert result.returncode == 0, result.stderr
+    assert main(["eval", "--model", str(trained.model), "--data", str(trained.data / "val" / "chat"), "--task", "vqa",
+                 "--turns", "alone", "--limit", "40", "--group-by", "question_type", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     groups = report["groups"]
     assert groups["field"] == "question_type" and groups["turns"] == "alone"
@@ -21,9 +21,10 @@ def test_eval_group_by_question_type_reports_every_group_with_interval_and_blind
     for row in groups["groups"]:
         assert row["accuracy"] == by_type[row["group"]]  # the same figure as the per-type metrics
         assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1] and 0 <= row["blind_accuracy"] <= 1
-    assert "largest gap" in result.stdout and "by question_type (alone)" in result.stdout
+    assert "largest gap" in printed and "by question_type (alone)" in printed
 
-    bad = run_mmllm("eval", "--model", trained.model, "--data", trained.data / "val" / "chat", "--task", "vqa",
-                    "--limit", "4", "--group-by", "no_such_field")
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert "no question has a field 'no_such_field'" in bad.stderr and "question_type" in bad.stderr
+    assert main(["eval", "--model", str(trained.model), "--data", str(trained.data / "val" / "chat"), "--task", "vqa",
+                 "--limit", "4", "--group-by", "no_such_field"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1, errors
+    assert "no question has a field 'no_such_field'" in errors[0] and "question_type" in errors[0]

@@ -1,4 +1,4 @@
-"""`mmllm prune` as a user runs it on the trained tiny model: a smaller folder that `ask` loads and that
+"""`mmllm prune` on the trained tiny model (its command line, in process): a smaller folder that `ask` loads and that
 `mmllm fit --config configs/shapes-tiny.yaml --model.init_from` takes with the demo config's shape fields
 (which describe it); a field that does not is refused, named; a share that leaves nothing exits 2 in one line."""
 
@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from inference_helpers import REPO, run_mmllm
+from inference_helpers import REPO
 
+from mmllm.cli.main import main
 from mmllm.inference import load
 from mmllm.model_folder import load_model_folder
 from mmllm.pruning import lm_parameters
 
 
-def test_mmllm_prune_writes_a_folder_every_command_loads_and_fit_fine_tunes(trained, tmp_path):
+def test_mmllm_prune_writes_a_folder_every_command_loads_and_fit_fine_tunes(trained, tmp_path, capsys):
     out = tmp_path / "pruned"
-    result = run_mmllm("prune", trained.model, "--data", trained.data / "train" / "chat", "--attention-heads", "0.34",
-                       "--mlp-channels", "0.3", "--layers", "1", "--samples", "32", "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert "fewer" in result.stdout
+    assert main(["prune", str(trained.model), "--data", str(trained.data / "train" / "chat"), "--attention-heads",
+                 "0.34", "--mlp-channels", "0.3", "--layers", "1", "--samples", "32", "--out", str(out)]) == 0
+    assert "fewer" in capsys.readouterr().out
     model, _, config = load_model_folder(out)
     full, _, full_config = load_model_folder(trained.model)
     assert (config.lm.n_layers, config.lm.n_heads) == (full_config.lm.n_layers - 1, 4)
@@ -42,9 +42,10 @@ def test_mmllm_prune_writes_a_folder_every_command_loads_and_fit_fine_tunes(trai
     with pytest.raises(ValueError, match=r"model.lm.mlp_dim is 512 but \d+ there"):
         VLMModule(init_from=str(out), model_inputs=inputs, lm={"mlp_dim": 512})
 
-    again = run_mmllm("prune", trained.model, "--data", trained.data / "train" / "chat", "--attention-heads", "1",
-                      "--out", tmp_path / "nothing")
-    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    capsys.readouterr()
+    assert main(["prune", str(trained.model), "--data", str(trained.data / "train" / "chat"), "--attention-heads", "1",
+                 "--out", str(tmp_path / "nothing")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def _batches(module, trained):

@@ -240,10 +240,10 @@ def test_a_damaged_quantized_folder_is_refused_naming_the_layer(trained, tmp_pat
         load(out, device="cpu")
 
 
-def test_quantize_mistakes_on_the_command_line_exit_2_with_one_line(trained):
-    result = run_mmllm("ask", "--model", trained.model, trained.image, "What is here?", "--quantize", "int4",
-                       "--quantize-method", "torch-dynamic-int8")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "no int4 quantization method 'torch-dynamic-int8'" in result.stderr
-    result = run_mmllm("export", trained.model, "--quantize", "int8", "--format", "hf", "--out", trained.root / "x")
-    assert result.returncode == 2 and "--quantize writes an mmllm folder" in result.stderr
+def test_quantize_mistakes_on_the_command_line_exit_2_with_one_line(trained, capsys):
+    assert main(["ask", "--model", str(trained.model), str(trained.image), "What is here?", "--quantize", "int4",
+                 "--quantize-method", "torch-dynamic-int8"]) == 2
+    assert main(["export", str(trained.model), "--quantize", "int8", "--format", "hf", "--out", str(trained.root / "x")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2, errors
+    assert "no int4 quantization method 'torch-dynamic-int8'" in errors[0] and "--quantize writes an mmllm folder" in errors[1]
