@@ -141,16 +141,22 @@ class PrunePlan:
     channels: list[list[int]]  # per kept layer: MLP channels kept, in order
 
 
+def check_shares(config: VLMConfig, attention_heads: float, mlp_channels: float, layers: int) -> None:
+    """UsageError for shares outside [0, 1) or a layer count that would leave no layer."""
+    n_layers = config.lm.n_layers
+    for name, share in (("attention heads", attention_heads), ("MLP channels", mlp_channels)):
+        if not 0 <= share < 1:
+            raise UsageError(f"the share of {name} to prune must be in [0, 1), got {share}")
+    if not 0 <= layers < n_layers:
+        raise UsageError(f"--layers must be in [0, {n_layers}) for this {n_layers}-layer model, got {layers}")
+
+
 def plan(config: VLMConfig, importance: Importance, attention_heads: float, mlp_channels: float,
          layers: int = 0) -> PrunePlan:
     """The least important `attention_heads` share of query heads (the same count under each key/value head),
     `mlp_channels` share of MLP channels (the same count in every layer) and `layers` whole layers to cut."""
+    check_shares(config, attention_heads, mlp_channels, layers)
     c = config.lm
-    for name, share in (("attention heads", attention_heads), ("MLP channels", mlp_channels)):
-        if not 0 <= share < 1:
-            raise UsageError(f"the share of {name} to prune must be in [0, 1), got {share}")
-    if not 0 <= layers < c.n_layers:
-        raise UsageError(f"--layers must be in [0, {c.n_layers}) for this {c.n_layers}-layer model, got {layers}")
     per_group = c.n_heads // c.n_kv_heads
     keep_per_group = per_group - math.floor(attention_heads * per_group + 1e-9)  # >= 1 as the share is < 1
     keep_channels = c.mlp_dim - math.floor(mlp_channels * c.mlp_dim + 1e-9)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmllm.model_folder import CONFIG_FILE, load_model_folder, save_model_folder
-    from mmllm.pruning import lm_parameters, measure_importance, plan, prune
+    from mmllm.pruning import check_shares, lm_parameters, measure_importance, plan, prune
 
     if (Path(args.out) / CONFIG_FILE).exists() and not args.overwrite:
         raise UsageError(f"{args.out} already holds a model; pass --overwrite to replace it")
@@ -52,11 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.model} is not a model folder (export a checkpoint with `mmllm export` first)")
     model, tokenizer, config = load_model_folder(args.model)
     model.float()
-    keep_check = plan(config, _uniform(config), args.attention_heads, args.mlp_channels, args.layers)
+    check_shares(config, args.attention_heads, args.mlp_channels, args.layers)  # before any data is read
     batches = list(calibration_batches(model, tokenizer, args))
     importance = measure_importance(model, batches, args.importance)
     keep = plan(config, importance, args.attention_heads, args.mlp_channels, args.layers)
-    assert len(keep.layers) == len(keep_check.layers)
     pruned = prune(model, keep)
     save_model_folder(pruned, tokenizer, args.out)
     before, after = lm_parameters(model), lm_parameters(pruned)
@@ -66,17 +65,6 @@ def run(args: argparse.Namespace) -> int:
           f"{c.mlp_dim} -> {p.mlp_dim}; LM parameters {before / 1e6:.2f}M -> {after / 1e6:.2f}M "
           f"({1 - after / before:.1%} fewer)")
     return 0
-
-
-def _uniform(config):
-    """Scores that rank nothing: the shares are checked before any data is read."""
-    import torch
-
-    from mmllm.pruning import Importance
-
-    c = config.lm
-    return Importance(torch.zeros(c.n_layers, c.n_heads), torch.zeros(c.n_layers, c.mlp_dim),
-                      torch.zeros(c.n_layers), 0)
 
 
 def calibration_batches(model, tokenizer, args: argparse.Namespace):
