@@ -18,6 +18,7 @@ from data_pipelines.shards import KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.model import VLM
 from mmllm.train.distill import KDLoss, distillation_loss
+from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
 PARTS = ("vision", "projector", "lm")
@@ -64,6 +65,8 @@ class VLMModule(L.LightningModule):
         weight_decay: decoupled weight decay of weight matrices (not of norms, biases and embeddings).
         betas: AdamW betas.
         muon_momentum: Muon's (Nesterov) momentum.
+        muon_ns_dtype: the dtype of Muon's Newton-Schulz products: `auto` (bf16 on a GPU or a CPU with bf16 matrix
+            units, float32 on other CPUs, where bf16 matmuls are ~40x slower), `bfloat16` or `float32`.
         warmup_steps: linear warmup from 0 to the peak rate.
         min_lr_ratio: the cosine schedule ends at this fraction of the peak rate.
         schedule_by_time: the cosine follows whichever is further along, the steps towards trainer.max_steps or
@@ -104,6 +107,7 @@ class VLMModule(L.LightningModule):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.98),
         muon_momentum: float = 0.95,
+        muon_ns_dtype: NSDtype = "auto",
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.05,
         schedule_by_time: bool = False,
@@ -229,7 +233,8 @@ class VLMModule(L.LightningModule):
         if not groups:
             raise ValueError(f"model.freeze={self.freeze} leaves nothing to train")
         optimizer = build_optimizer(groups, self.hparams.optimizer, tuple(self.hparams.betas),
-                                    self.hparams.muon_momentum, fused=self.device.type == "cuda")
+                                    self.hparams.muon_momentum, fused=self.device.type == "cuda",
+                                    muon_ns_dtype=self.hparams.muon_ns_dtype)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         time_fraction = self._time_fraction() if self.hparams.schedule_by_time else None
         schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -1,6 +1,6 @@
 """The optimiser of a training run: AdamW, or Muon on the hidden weight matrices with AdamW for the rest.
 
-Muon (torch.optim.Muon) orthogonalises each matrix's momentum with a few Newton-Schulz iterations, so every
+Muon (mmllm.train.muon: torch.optim.Muon's rule, in the matmul dtype this machine has) orthogonalises each matrix's momentum with a few Newton-Schulz iterations, so every
 direction of a weight matrix moves at the same rate; on the shapes demo it learned ~6x faster per step than
 AdamW at the same learning rate. It only suits hidden matrices: embeddings, the output head, the patch
 convolution, norms and biases stay with AdamW. Its update is scaled to AdamW's RMS ("match_rms_adamw"), so one
@@ -13,6 +13,8 @@ from typing import Any, Iterable, Literal
 
 import torch
 from torch import nn
+
+from mmllm.train.muon import Muon, NSDtype
 
 Algorithm = Literal["adamw", "muon"]
 
@@ -53,7 +55,7 @@ def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], *, lr: fl
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon over the groups marked `muon`, torch.optim.AdamW over the others, as one optimiser.
+    """Muon over the groups marked `muon`, torch.optim.AdamW over the others, as one optimiser.
 
     One object, so the Trainer, the learning-rate scheduler, gradient clipping and checkpoints see a single
     optimiser: its param_groups are the two inner optimisers' group dicts themselves, so a scheduler that sets
@@ -61,12 +63,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, groups: list[dict[str, Any]], betas: tuple[float, float] = (0.9, 0.98),
-                 momentum: float = 0.95, fused: bool = False) -> None:
+                 momentum: float = 0.95, fused: bool = False, ns_dtype: NSDtype = "auto") -> None:
         muon_groups = [group for group in groups if group.get("muon")]
         adamw_groups = [group for group in groups if not group.get("muon")]
         if not muon_groups:
             raise ValueError("MuonWithAdamW needs at least one group of weight matrices marked muon")
-        self.muon = torch.optim.Muon(muon_groups, momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+        self.muon = Muon(muon_groups, momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw",
+                         ns_dtype=ns_dtype)
         self.adamw = torch.optim.AdamW(adamw_groups, betas=betas, fused=fused) if adamw_groups else None
         inner = [self.muon] + ([self.adamw] if self.adamw is not None else [])
         super().__init__([group for optimizer in inner for group in optimizer.param_groups], {})
@@ -96,10 +99,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(groups: list[dict[str, Any]], algorithm: Algorithm, betas: tuple[float, float],
-                    muon_momentum: float, fused: bool) -> torch.optim.Optimizer:
-    """AdamW over every group, or Muon + AdamW; the groups come from `param_groups`."""
+                    muon_momentum: float, fused: bool, muon_ns_dtype: NSDtype = "auto") -> torch.optim.Optimizer:
+    """AdamW over every group, or Muon + AdamW; the groups come from `param_groups`. muon_ns_dtype: the dtype of
+    Muon's Newton-Schulz products (`auto`: bf16 where the hardware multiplies bf16 natively, else float32)."""
     if algorithm == "adamw":
         return torch.optim.AdamW(groups, betas=betas, fused=fused)
     if algorithm == "muon":
-        return MuonWithAdamW(groups, betas=betas, momentum=muon_momentum, fused=fused)
+        return MuonWithAdamW(groups, betas=betas, momentum=muon_momentum, fused=fused, ns_dtype=muon_ns_dtype)
     raise ValueError(f"unknown optimizer {algorithm!r}; choose adamw or muon")
