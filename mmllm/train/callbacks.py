@@ -1,11 +1,12 @@
 """Callbacks of a training run: checkpoints whose `last` holds the final step, a progress bar that counts
 steps, the model summary with the model's FLOPs, the learning rates logged (when there is a logger), the model
-folder export, and a checkpoint when the job is preempted."""
+folder export, a checkpoint when the job is preempted, and a warning when validation loss keeps rising."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -186,6 +187,41 @@ class ExportModel(L.Callback):
             source = f"weights at step {trainer.global_step}"
         print(f"exported {source} to {out}")
         plot_curves(trainer)
+
+
+class OverfitWarning(L.Callback):
+    """Says once, in one line on stderr, when validation loss has risen `patience` validations in a row: the run
+    is past its best weights, and the fix is a flag away (export the best checkpoint, or stop early)."""
+
+    def __init__(self, monitor: str = "val/loss", patience: int = 3) -> None:
+        self.monitor, self.patience = monitor, patience
+        self.history: list[tuple[int, float]] = []  # (step, loss) of each validation of this fit
+        self.said = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or self.said or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.history.append((trainer.global_step, float(value)))
+        recent = self.history[-(self.patience + 1):]
+        if len(recent) <= self.patience or not all(b[1] > a[1] for a, b in zip(recent, recent[1:])):
+            return
+        self.said = True
+        if trainer.is_global_zero:
+            best_step, best = min(self.history, key=lambda item: item[1])
+            losses = " -> ".join(f"{loss:.4g}" for _, loss in recent)
+            print(f"mmllm fit: {self.monitor} has risen {self.patience} validations in a row ({losses}, steps "
+                  f"{recent[0][0]}-{recent[-1][0]}; best {best:.4g} at step {best_step}): the model is overfitting; "
+                  f"export the best weights with --export.use_best true, or stop early with Lightning's EarlyStopping "
+                  f"(--trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor {self.monitor})",
+                  file=sys.stderr, flush=True)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "said": self.said}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [tuple(item) for item in state_dict.get("history", [])]
+        self.said = state_dict.get("said", False)
 
 
 def plot_curves(trainer: L.Trainer) -> None:

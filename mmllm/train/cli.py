@@ -7,6 +7,7 @@ the model through a linked argument, so a config never states them twice.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import sys
 import warnings
@@ -20,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from data_pipelines.shards import UnreadableShard
 from mmllm.errors import UsageError
 from mmllm.train import guards
-from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, Preemption
+from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, OverfitWarning, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
 
@@ -59,7 +60,15 @@ class MMLLMCLI(LightningCLI):
                 isinstance(callback, ModelSummary) for callback in callbacks):
             callbacks = callbacks + [FlopsSummary()]  # Lightning's would say "0 Total Flops"
         self.preemption = Preemption()
-        kwargs["callbacks"] = callbacks + [self.preemption]
+        kwargs["callbacks"] = callbacks + [self.preemption, OverfitWarning()]
+        # Every file of a run goes under trainer.default_root_dir unless the config names another place: the
+        # loggers' folders and the checkpoints' (a second experiment with another root never writes into the first).
+        root = trainer_config.get("default_root_dir") or os.getcwd()
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = run_loggers(root)
+        checkpoint = self._get(self.config_init, "checkpoint")
+        if checkpoint is not None and checkpoint.dirpath is None:
+            checkpoint.dirpath = os.path.realpath(os.path.join(root, "checkpoints"))
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -111,6 +120,18 @@ class MMLLMCLI(LightningCLI):
             "checkpoint.save_top_k": 1,
         })
         parser.add_lightning_class_args(ExportModel, "export")
+
+
+def run_loggers(root: str) -> list:
+    """The loggers of a run whose config names none: metrics.csv under ROOT/logs (what `mmllm plot` and the learning
+    curves read) and, when tensorboard is installed, ROOT/tensorboard."""
+    from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(save_dir=root, name="logs")]
+    if _TENSORBOARD_AVAILABLE:
+        loggers.append(TensorBoardLogger(save_dir=root, name="tensorboard"))
+    return loggers
 
 
 def check_time_budget(model, trainer) -> None:
