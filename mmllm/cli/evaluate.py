@@ -27,7 +27,8 @@ from pathlib import Path
 from mmllm.cli.model_options import add_model_arguments, add_sampling_arguments, load_model, sampling
 from mmllm.errors import UsageError
 
-RECORD_FIELDS = ("key", "turn", "turns", "question", "answer", "question_type", "prediction")  # of each vqa record
+RECORD_FIELDS = ("key", "turn", "turns", "question", "answer", "question_type", "question_prefix", "answer_type",
+                 "prediction")  # of each vqa record
 DEFAULT_MAX_NEW_TOKENS = {"vqa": 8, "caption": 32}  # shapes answers are a few tokens, captions a sentence
 
 
@@ -141,6 +142,7 @@ def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
     """Scores per turns mode ({mode: VQAScores}, the main mode first), one sample record per answer, the questions."""
     from data_pipelines.eval_samples import TURNS, vqa_questions
     from mmllm.evaluation import vqa_scores
+    from mmllm.evaluation.vqa_metric import answer_type, question_prefix
     from mmllm.evaluation.vqa_answers import answer_questions, default_turns
 
     questions = _read(vqa_questions, args, handler, "questions")
@@ -155,9 +157,11 @@ def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
         predictions = answer_questions(vlm, questions, mode, blind=args.blind, batch_size=args.batch_size,
                                        progress=Progress(f"vqa questions ({mode})"), **options)
         scores[mode] = vqa_scores(predictions, [[q.answer] for q in questions],
-                                  types if any(t is not None for t in types) else None)
+                                  types if any(t is not None for t in types) else None,
+                                  questions=[q.question for q in questions])
         records = [{"key": q.key, "turn": q.turn, "turns": mode, "question": q.question, "answer": q.answer,
-                    "question_type": q.question_type, "prediction": p} for q, p in zip(questions, predictions)]
+                    "question_type": q.question_type, "question_prefix": question_prefix(q.question),
+                    "answer_type": answer_type(q.answer), "prediction": p} for q, p in zip(questions, predictions)]
         if args.explain_dir and mode == modes[0]:
             explain_answers(vlm, questions, predictions, mode, records, Path(args.explain_dir), args.blind)
         samples += records

@@ -79,8 +79,14 @@ def _metric_rows(task: str, metrics: dict) -> list[tuple[str, str, str]]:
     if task == "vqa":
         rows = [("accuracy", _percent(metrics["accuracy"]), str(metrics["count"]))]
         counts = metrics.get("count_per_question_type", {})
+        by_prefix = metrics.get("question_types_from") == "prefix"  # VQAv2's opening words: quoted as such
         for question_type, accuracy in metrics.get("accuracy_per_question_type", {}).items():
-            rows.append((f"  {question_type}", _percent(accuracy), str(counts.get(question_type, ""))))
+            label = f'"{question_type} ..."' if by_prefix else question_type
+            rows.append((f"  {label}", _percent(accuracy), str(counts.get(question_type, ""))))
+        if by_prefix or not metrics.get("accuracy_per_question_type"):  # typed data: its own types say more
+            counts = metrics.get("count_per_answer_type", {})
+            for kind, accuracy in metrics.get("accuracy_per_answer_type", {}).items():
+                rows.append((f"  answer {kind}", _percent(accuracy), str(counts.get(kind, ""))))
         return rows
     if task == "caption":
         count = str(metrics["count"])

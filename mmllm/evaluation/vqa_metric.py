@@ -15,6 +15,10 @@ Where we differ from the official script, on purpose:
 - Per-question-type accuracy averages the per-question accuracies. The official script averages the last
   leave-one-out value of each question instead (a slip that the overall number does not share).
 - Contractions are written with ASCII apostrophes (the official table mixes ' and U+2019).
+
+Data without question types (LLaVA JSON from elsewhere) still gets VQAv2's two breakdowns: by answer type (yes/no,
+number, other, from the normalised reference) and by question type from the question's first words ("how many",
+"is there", "what color is the": the longest of VQAv2's prefixes that starts the question).
 """
 
 from __future__ import annotations
@@ -113,14 +117,53 @@ def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
     return sum(subset_scores) / len(subset_scores)
 
 
+# VQAv2's question types are the opening words of its questions; these are its most frequent ones. A question is
+# filed under the longest that starts it, and under "other" when none does.
+QUESTION_PREFIXES = (
+    "how many people are in", "how many people are", "how many", "how", "is there a", "is there", "are there any",
+    "are there", "is this a", "is this an", "is this person", "is this", "is that a", "is the man", "is the woman",
+    "is the person", "is the", "is it", "is he", "is", "are these", "are the", "are they", "are", "does the",
+    "does this", "do you", "do", "can you", "could", "has", "was", "what color is the", "what color are the",
+    "what color is", "what color", "what is the color of the", "what is the man", "what is the woman",
+    "what is the person", "what is the name", "what is the", "what is on the", "what is in the", "what is this",
+    "what is", "what are the", "what are", "what kind of", "what type of", "what does the", "what time",
+    "what sport is", "what animal is", "what room is", "what number is", "what brand", "what", "where is the",
+    "where are the", "where", "which", "who is", "who", "why is the", "why", "when",
+)
+_PREFIX_WORDS = sorted((tuple(prefix.split()) for prefix in QUESTION_PREFIXES), key=len, reverse=True)
+
+
+def question_prefix(question: str) -> str:
+    """VQAv2's question type of a question: the longest known opening ("how many", "what color is the"), else
+    "other"."""
+    words = tuple(_strip_punctuation(question.lower().replace(".", " ")).split())
+    return next((" ".join(prefix) for prefix in _PREFIX_WORDS if words[:len(prefix)] == prefix), "other")
+
+
+def answer_type(reference: str) -> str:
+    """VQAv2's answer type of a reference answer: "yes/no", "number" (digits after normalisation, so "two" too), or
+    "other"."""
+    answer = normalize_vqa_answer(reference)
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "number" if re.fullmatch(r"\d+(\.\d+)?", answer.replace(",", "")) else "other"
+
+
 @dataclass
 class VQAScores:
-    """VQA accuracy (fractions in [0, 1]) over a set of questions, overall and per question type."""
+    """VQA accuracy (fractions in [0, 1]) over a set of questions, overall, per question type and per answer type.
+
+    `question_types_from` says where the question types came from: "data" (the samples' own) or "prefix" (VQAv2's
+    opening words, for data without types); None when there are none.
+    """
 
     overall: float
     count: int
     per_question_type: dict[str, float] = field(default_factory=dict)
     count_per_question_type: dict[str, int] = field(default_factory=dict)
+    per_answer_type: dict[str, float] = field(default_factory=dict)
+    count_per_answer_type: dict[str, int] = field(default_factory=dict)
+    question_types_from: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -128,6 +171,9 @@ class VQAScores:
             "count": self.count,
             "accuracy_per_question_type": dict(self.per_question_type),
             "count_per_question_type": dict(self.count_per_question_type),
+            "question_types_from": self.question_types_from,
+            "accuracy_per_answer_type": dict(self.per_answer_type),
+            "count_per_answer_type": dict(self.count_per_answer_type),
         }
 
 
@@ -135,23 +181,42 @@ def vqa_scores(
     predictions: Sequence[str],
     references: Sequence[Sequence[str]],
     question_types: Sequence[str | None] | None = None,
+    questions: Sequence[str] | None = None,
 ) -> VQAScores:
-    """Accuracy of predictions[i] against references[i]; a question whose type is None counts only overall."""
+    """Accuracy of predictions[i] against references[i]; a question whose type is None counts only overall.
+
+    Without any question type, `questions` (their texts) give VQAv2's types from their opening words. Answer types
+    come from each question's first reference.
+    """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if question_types is not None and len(question_types) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions but {len(question_types)} question types")
     if len(predictions) == 0:
         raise ValueError("no questions to score")
+    if questions is not None and len(questions) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions but {len(questions)} questions")
     types = question_types if question_types is not None else [None] * len(predictions)
+    source = "data" if any(t is not None for t in types) else None
+    if source is None and questions is not None:
+        types, source = [question_prefix(q) for q in questions], "prefix"
     accuracies = [vqa_accuracy(p, r) for p, r in zip(predictions, references)]
-    by_type: dict[str, list[float]] = defaultdict(list)
-    for accuracy, question_type in zip(accuracies, types):
-        if question_type is not None:
-            by_type[question_type].append(accuracy)
+    by_type, by_answer = _mean_by(accuracies, types), _mean_by(accuracies, [answer_type(r[0]) for r in references])
     return VQAScores(
         overall=sum(accuracies) / len(accuracies),
         count=len(accuracies),
-        per_question_type={t: sum(a) / len(a) for t, a in sorted(by_type.items())},
-        count_per_question_type={t: len(a) for t, a in sorted(by_type.items())},
+        per_question_type={t: sum(a) / len(a) for t, a in by_type.items()},
+        count_per_question_type={t: len(a) for t, a in by_type.items()},
+        per_answer_type={t: sum(a) / len(a) for t, a in by_answer.items()},
+        count_per_answer_type={t: len(a) for t, a in by_answer.items()},
+        question_types_from=source,
     )
+
+
+def _mean_by(accuracies: Sequence[float], keys: Sequence[str | None]) -> dict[str, list[float]]:
+    """The accuracies of each key (None left out), keys sorted."""
+    grouped: dict[str, list[float]] = defaultdict(list)
+    for accuracy, key in zip(accuracies, keys):
+        if key is not None:
+            grouped[key].append(accuracy)
+    return dict(sorted(grouped.items()))

@@ -64,3 +64,12 @@ def test_table_columns_line_up():
 def test_unknown_task_is_an_error():
     with pytest.raises(ValueError, match="unknown evaluation task"):
         build_report("retrieval", text_scores(1.0, 1, 1))
+
+
+def test_a_report_of_untyped_questions_lists_vqav2_breakdowns():
+    from mmllm.evaluation.report import build_report, format_report
+
+    scores = vqa_scores(["yes", "2"], [["yes"], ["3"]], questions=["Is there a dog?", "How many cats?"])
+    text = format_report(build_report("vqa", scores))
+    assert '"how many ..."' in text and '"is there a ..."' in text
+    assert "answer yes/no" in text and "answer number" in text

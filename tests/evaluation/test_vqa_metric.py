@@ -97,3 +97,33 @@ def test_scores_without_question_types_have_no_breakdown():
 def test_scores_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="2 predictions but 1"):
         vqa_scores(["a", "b"], [["a"]])
+
+
+def test_question_prefix_is_the_longest_vqav2_opening():
+    from mmllm.evaluation.vqa_metric import question_prefix
+
+    assert question_prefix("How many dogs are there?") == "how many"
+    assert question_prefix("How many people are in the picture?") == "how many people are in"
+    assert question_prefix("What color is the car?") == "what color is the"
+    assert question_prefix("what is the man holding") == "what is the man"
+    assert question_prefix("Is there a cat?") == "is there a"
+    assert question_prefix("Is there  anything red ?") == "is there"
+    assert question_prefix("Describe the scene.") == "other"
+
+
+def test_answer_type_follows_vqav2():
+    from mmllm.evaluation.vqa_metric import answer_type
+
+    assert [answer_type(a) for a in ("Yes", "no.", "two", "3", "1,000", "red", "none")] == [
+        "yes/no", "yes/no", "number", "number", "number", "other", "number"]  # "none" normalises to "0"
+
+
+def test_untyped_questions_are_broken_down_by_opening_words_and_answer_type():
+    scores = vqa_scores(["yes", "2", "blue", "no"], [["yes"], ["two"], ["red"], ["yes"]],
+                        questions=["Is there a dog?", "How many cats?", "What color is the ball?", "Is it day?"])
+    assert scores.question_types_from == "prefix"
+    assert scores.per_question_type == {"how many": 1.0, "is it": 0.0, "is there a": 1.0, "what color is the": 0.0}
+    assert scores.per_answer_type == {"number": 1.0, "other": 0.0, "yes/no": 0.5}
+    assert scores.count_per_answer_type == {"number": 1, "other": 1, "yes/no": 2}
+    typed = vqa_scores(["yes"], [["yes"]], ["exists"], questions=["Is there a dog?"])
+    assert typed.per_question_type == {"exists": 1.0} and typed.question_types_from == "data"
