@@ -84,6 +84,11 @@ class VLMConfig:
     pixel_shuffle: int = 2  # r: each r x r block of patches becomes one image token
     # After the pixel shuffle: an MLP (fc1, GELU, fc2), or one bias-free Linear (Idefics3/SmolVLM's, exportable).
     projector: Literal["mlp", "linear"] = "mlp"
+    # Where each image token sits, in its content as well as in its rotary angle: "rows_cols" adds a learned row
+    # and a learned column vector (zero at the start) to every image token after the projector, so a value an
+    # answer retrieves from an image token says where that token was (Relation Networks' and CoordConv's
+    # coordinates). "none": position only through the LM's 1-D rotary angles.
+    image_positions: Literal["none", "rows_cols"] = "none"
     attention: Literal["causal", "prefix"] = "causal"
     # Special-token ids, set from the tokenizer (see with_tokenizer_ids).
     image_token_id: int = 0

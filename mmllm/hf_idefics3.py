@@ -192,6 +192,8 @@ def not_exportable(config: VLMConfig) -> str | None:
     """Why a model has no Idefics3 counterpart (the option and what makes it exportable), or None."""
     if config.projector != "linear":
         return "the MLP projector has no Idefics3 counterpart; train with model.projector linear"
+    if config.image_positions != "none":
+        return "learned image-token rows and columns have no Idefics3 counterpart; train with model.image_positions none"
     if config.attention != "causal":
         return "prefix attention has no Idefics3 counterpart; train with model.attention causal"
     if config.lm.qk_norm:

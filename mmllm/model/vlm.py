@@ -43,7 +43,8 @@ def pixel_shuffle(patches: torch.Tensor, factor: int) -> torch.Tensor:
 
 class Projector(nn.Module):
     """(N, g*g, vision.dim) -> (N, tokens_per_image, lm.dim): pixel shuffle, then fc1, GELU, fc2 (projector
-    "mlp"), or one bias-free `proj` (projector "linear": Idefics3's modality_projection.proj)."""
+    "mlp"), or one bias-free `proj` (projector "linear": Idefics3's modality_projection.proj); with image_positions
+    "rows_cols", plus a learned vector per row and per column of the token grid."""
 
     def __init__(self, config: VLMConfig) -> None:
         super().__init__()
@@ -55,18 +56,31 @@ class Projector(nn.Module):
         else:
             self.fc1 = nn.Linear(width, config.lm.dim)
             self.fc2 = nn.Linear(config.lm.dim, config.lm.dim)
+        if config.image_positions == "rows_cols":
+            side = config.vision.grid_size // self.factor  # image tokens per side
+            # "embed" in the names: AdamW without weight decay, like every embedding table (train/optim.py)
+            self.row_embed = nn.Parameter(torch.zeros(side, config.lm.dim))
+            self.col_embed = nn.Parameter(torch.zeros(side, config.lm.dim))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         tokens = pixel_shuffle(patches, self.factor)  # (N, tokens_per_image, vision.dim * r^2)
         if self.kind == "linear":
-            return self.proj(tokens)
-        return self.fc2(F.gelu(self.fc1(tokens)))
+            out = self.proj(tokens)
+        else:
+            out = self.fc2(F.gelu(self.fc1(tokens)))
+        if hasattr(self, "row_embed"):  # token (i, j) in reading order gets row i's vector plus column j's
+            side, dim = self.row_embed.shape
+            out = out + (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(side * side, dim)
+        return out
 
     def init_weights(self, std: float = 0.02) -> None:
         for linear in [m for m in self.modules() if isinstance(m, nn.Linear)]:
             nn.init.normal_(linear.weight, std=std)
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
+        if hasattr(self, "row_embed"):  # zero: a model starts as it would without them, and learns where they pay
+            nn.init.zeros_(self.row_embed)
+            nn.init.zeros_(self.col_embed)
 
 
 # ---- who attends to whom ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from data_pipelines.shards import KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.model import VLM
 from mmllm.train.distill import KDLoss, distillation_loss
+from mmllm.train.loss_weighting import LossWeighting, weighted_loss
 from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
@@ -44,6 +45,9 @@ class VLMModule(L.LightningModule):
             a preset.
         projector: `mlp` (fc1, GELU, fc2) or `linear` (one bias-free layer, Idefics3's: exportable to
             transformers) after the pixel shuffle (default: the preset's). Only with a preset.
+        image_positions: `none`, or `rows_cols`: a learned row and a learned column vector added to each image
+            token after the projector, so the token's content says where it sits (default: the preset's). Only
+            with a preset.
         image_markup: `none`, or `idefics3` (Idefics3's tokens around each image, from the tokenizer; trained
             with `--tokens smolvlm`). Only with a preset.
         resize: how images become the tower's square: `squash`, `center_crop`, `pad`, or `idefics3` (the long side
@@ -79,6 +83,10 @@ class VLMModule(L.LightningModule):
         kd_loss: `forward_kl` (KL(teacher || student)), `reverse_kl`, or `jsd` (generalised JSD at kd_beta).
         kd_temperature: both distributions are softened by it; KD is scaled by its square.
         kd_beta: the JSD's mixing weight of the teacher, in (0, 1).
+        loss_weighting: what each supervised token weighs in the training loss: `token` (the mean over tokens), `sample`
+            (every sample, every packed segment, weighs the same however long its answer or caption), or `sqrt`
+            (each token 1 / sqrt(its sample's tokens)); see mmllm.train.loss_weighting. Validation losses stay
+            per token.
         loss_chunk: compute the loss `loss_chunk` supervised tokens at a time without the (batch, tokens, vocab)
             logits (mmllm.model.vlm.chunked_cross_entropy): for large vocabularies on a GPU, where those logits are
             gigabytes. Same loss and gradients; on a CPU the recomputed head costs more than it saves.
@@ -92,6 +100,7 @@ class VLMModule(L.LightningModule):
         vision: Optional[VisionShape] = None,
         pixel_shuffle: Optional[int] = None,
         projector: Optional[Literal["mlp", "linear"]] = None,
+        image_positions: Optional[Literal["none", "rows_cols"]] = None,
         image_markup: Optional[Literal["none", "idefics3"]] = None,
         resize: Optional[Literal["squash", "center_crop", "pad", "idefics3"]] = None,
         longest_edge: Optional[int] = None,
@@ -116,6 +125,7 @@ class VLMModule(L.LightningModule):
         kd_loss: KDLoss = "forward_kl",
         kd_temperature: float = 1.0,
         kd_beta: float = 0.5,
+        loss_weighting: LossWeighting = "token",
         loss_chunk: Optional[int] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -131,7 +141,8 @@ class VLMModule(L.LightningModule):
             "projector": lr if lr_projector is None else lr_projector,
             "lm": lr if lr_lm is None else lr_lm,
         }
-        layout = {"pixel_shuffle": pixel_shuffle, "projector": projector, "image_markup": image_markup,
+        layout = {"pixel_shuffle": pixel_shuffle, "projector": projector, "image_positions": image_positions,
+                  "image_markup": image_markup,
                   "resize": resize, "longest_edge": longest_edge, "image_splitting": image_splitting}
         layout = {name: value for name, value in layout.items() if value is not None}
         shape = {"lm": dict(lm or {}), "vision": dict(vision or {}), **layout}
@@ -151,6 +162,9 @@ class VLMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
+        if self.hparams.loss_weighting != "token":
+            output.loss = weighted_loss(output.token_losses, batch["labels"], batch.get("segment_ids"),
+                                        self.hparams.loss_weighting)
         loss = output.loss
         if self.teacher is not None:
             loss = self._with_distillation(output, batch)

@@ -1,4 +1,5 @@
-"""The recipe options of the shapes demo through `mmllm fit`: Muon, QK-norm, pixel shuffle, the time-bound schedule,
+"""The recipe options of the shapes demo through `mmllm fit`: Muon, QK-norm, pixel shuffle, image-token rows and
+columns, the time-bound schedule,
 plain progress lines off a terminal, and a Muon run resumed from a checkpoint continuing as if never stopped."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from mmllm.model_folder import load_model_folder
 
 pytestmark = pytest.mark.slow
 
-RECIPE = {"optimizer": "muon", "lr": 4e-3, "pixel_shuffle": 4}
+RECIPE = {"optimizer": "muon", "lr": 4e-3, "pixel_shuffle": 4, "image_positions": "rows_cols", "loss_weighting": "sqrt"}
 
 
 def recipe_config(shapes_data, run_dir, **sections):
@@ -36,6 +37,7 @@ def test_muon_qk_norm_pixel_shuffle_fit_prints_progress_lines_and_exports_its_sh
     model, _, model_config = load_model_folder(tmp_path / "model")
     assert model_config.lm.qk_norm and model_config.pixel_shuffle == 4 and model_config.tokens_per_image == 4
     assert model.lm.layers[0].self_attn.q_norm is not None
+    assert model_config.image_positions == "rows_cols" and model.projector.row_embed.abs().sum() > 0  # learned
 
 
 def test_muon_run_resumed_from_a_checkpoint_gives_the_uninterrupted_losses(shapes_data, tmp_path):
