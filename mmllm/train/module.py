@@ -227,8 +227,15 @@ class VLMModule(L.LightningModule):
         was_training = self.model.training
         answers = answer_questions(vlm, questions, datamodule.val_vqa_turns, max_new_tokens=8)
         self.model.train(was_training)
-        accuracy = sum(vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)) / len(questions)
-        self.log("val/vqa_accuracy", accuracy, prog_bar=True, sync_dist=True)
+        scores = [vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)]
+        self.log("val/vqa_accuracy", sum(scores) / len(scores), prog_bar=True, sync_dist=True)
+        by_type: dict[str, list[float]] = {}
+        for score, question in zip(scores, questions):
+            if question.question_type is not None:
+                by_type.setdefault(question.question_type, []).append(score)
+        # the learning curve of each type; this rank's questions only (a type absent on a rank would hang a sync)
+        for question_type, values in sorted(by_type.items()):
+            self.log(f"val/vqa_accuracy_{question_type}", sum(values) / len(values))
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

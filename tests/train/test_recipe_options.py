@@ -34,6 +34,8 @@ def test_muon_qk_norm_pixel_shuffle_fit_prints_progress_lines_and_exports_its_sh
     losses = [value for _, value in column(rows, "train/loss")]
     assert sum(losses[-3:]) / 3 < losses[0] - 0.5
     assert column(rows, "lr-MuonWithAdamW/lm_muon") and column(rows, "lr-MuonWithAdamW/lm_no_decay")
+    per_type = {name for name in rows[0] if name.startswith("val/vqa_accuracy_")}  # one learning curve per type
+    assert per_type and all(column(rows, name) for name in per_type)
     model, _, model_config = load_model_folder(tmp_path / "model")
     assert model_config.lm.qk_norm and model_config.pixel_shuffle == 4 and model_config.tokens_per_image == 4
     assert model.lm.layers[0].self_attn.q_norm is not None
