@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer
 
 from data_pipelines.chat import (
@@ -96,6 +97,8 @@ class Processor:
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.max_pixels = max_pixels
+        # PIL image -> PIL image before the resize (data_pipelines.augment), on training processors only
+        self.augment: Callable[[Image.Image], Image.Image] | None = None
 
     @classmethod
     def from_file(cls, tokenizer_path: str | Path, **fields: Any) -> "Processor":
@@ -122,7 +125,10 @@ class Processor:
         """Images -> ((N, 3, S, S) or None, each image's (rows, cols) of tiles, (0, 0) when it is not split)."""
         if not images:
             return None, []
-        tiled = [self.transform.tiles(load_image(image, self.max_pixels)) for image in images]
+        decoded = [load_image(image, self.max_pixels) for image in images]
+        if self.augment is not None:
+            decoded = [self.augment(image) for image in decoded]
+        tiled = [self.transform.tiles(image) for image in decoded]
         return torch.cat([pixels for pixels, _ in tiled]), [grid for _, grid in tiled]
 
     # --- training samples -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ image size, normalisation and image-token count the data uses are exactly the mo
 
 from __future__ import annotations
 
+import copy
 import itertools
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal, Optional
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from data_pipelines.augment import Augmentation, check_available as check_augment_available
 from data_pipelines.bad_samples import BadSampleCounter
 from data_pipelines.eval_samples import VQAQuestion, vqa_questions
 from data_pipelines.hf_chat import SpecialIds
@@ -66,6 +68,9 @@ class VLMDataModule(L.LightningDataModule):
         chat_template: for a model built from a preset, lay turns out with a Jinja chat template instead of
             mmllm's own: `smolvlm` (SmolVLM's layout; the tokenizer trained with `--tokens smolvlm`), or the path
             of a Jinja file. The model keeps it, and exports to transformers and llama.cpp with it.
+        augment: augmentation of training images, each part opt-in: `{crop_scale: 0.7, flip: false,
+            color_jitter: 0.2}` (data_pipelines.augment; needs torchvision). Only what the labels survive: a flip
+            swaps left and right, a jitter can change a colour's name. Validation images are never augmented.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class VLMDataModule(L.LightningDataModule):
         val_vqa_questions: int = 64,
         val_vqa_turns: Literal["alone", "in-context"] = "alone",
         chat_template: Optional[str] = None,
+        augment: Optional[Augmentation] = None,
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer
@@ -124,7 +130,13 @@ class VLMDataModule(L.LightningDataModule):
         self.val_vqa_turns = val_vqa_turns
         self.bad_samples = BadSampleCounter()  # training batches' skipped samples, kept across resumes
         self.val_bad_samples = BadSampleCounter()
-        self.processor = None
+        self.augment = augment if augment is not None and augment.active else None
+        if self.augment is not None:
+            try:
+                check_augment_available()  # said at startup, not in a loader worker
+            except ImportError as error:
+                raise UsageError(str(error)) from None
+        self.processor = self.train_processor = None
         self._vqa_questions: list[VQAQuestion] | None = None
 
     @property
@@ -143,9 +155,13 @@ class VLMDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         config = self.trainer.lightning_module.config
         self.processor = processor_for(config, self.tokenizer, self.max_length)
+        self.train_processor = self.processor
+        if self.augment is not None:
+            self.train_processor = copy.copy(self.processor)
+            self.train_processor.augment = self.augment
 
     def _loader(self, sources: list[Source], train: bool):
-        return make_loader(sources, self.processor, self.batch_size,
+        return make_loader(sources, self.train_processor if train else self.processor, self.batch_size,
                            num_workers=self.num_workers if train else 0,
                            rank=self.trainer.global_rank, world_size=self.trainer.world_size,
                            seed=self.seed, resampled=self.resampled and train, shuffle=train,
