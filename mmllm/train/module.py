@@ -87,6 +87,8 @@ class VLMModule(L.LightningModule):
             (every sample, every packed segment, weighs the same however long its answer or caption), or `sqrt`
             (each token 1 / sqrt(its sample's tokens)); see mmllm.train.loss_weighting. Validation losses stay
             per token.
+        finite_check_every: check that the training loss is finite every this many steps (default: every step on a
+            CPU, every 50 on a GPU, where each check waits for the device); the error names the first bad step.
         loss_chunk: compute the loss `loss_chunk` supervised tokens at a time without the (batch, tokens, vocab)
             logits (mmllm.model.vlm.chunked_cross_entropy): for large vocabularies on a GPU, where those logits are
             gigabytes. Same loss and gradients; on a CPU the recomputed head costs more than it saves.
@@ -126,6 +128,7 @@ class VLMModule(L.LightningModule):
         kd_temperature: float = 1.0,
         kd_beta: float = 0.5,
         loss_weighting: LossWeighting = "token",
+        finite_check_every: Optional[int] = None,
         loss_chunk: Optional[int] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -168,19 +171,14 @@ class VLMModule(L.LightningModule):
         loss = output.loss
         if self.teacher is not None:
             loss = self._with_distillation(output, batch)
-        # Decided on every rank together: a rank that stopped alone would leave the others waiting forever.
-        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
-            raise FloatingPointError(
-                f"training loss is not finite at step {self.global_step} (batch {batch_idx} of the epoch, "
-                f"kinds {sorted(samples_by_kind(batch))}; loss {loss.item()} on rank {self.global_rank}); "
-                f"lower the learning rate or check the data"
-            )
+        self._check_finite(loss.detach(), batch, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         sums, samples = loss_sums_by_kind(output.token_losses, batch), samples_by_kind(batch)
         for index, kind in enumerate(KINDS):
-            if sums[index, 1] > 0:  # this rank's batch only: no collective, so a kind may be absent on a rank
-                self.log(f"train/loss_{kind}", sums[index, 0] / sums[index, 1], on_step=True, on_epoch=False,
-                         batch_size=samples[kind])
+            if samples[kind]:  # this rank's batch only (no collective, so a kind may be absent on a rank); the
+                # sample count is on the host, so deciding costs no device sync
+                self.log(f"train/loss_{kind}", sums[index, 0] / sums[index, 1].clamp(min=1), on_step=True,
+                         on_epoch=False, batch_size=samples[kind])
         self._log_skipped(batch)
         return loss
 
@@ -236,6 +234,35 @@ class VLMModule(L.LightningModule):
         # the learning curve of each type; this rank's questions only (a type absent on a rank would hang a sync)
         for question_type, values in sorted(by_type.items()):
             self.log(f"val/vqa_accuracy_{question_type}", sum(values) / len(values))
+
+    def _check_finite(self, loss: torch.Tensor, batch: dict[str, Any], batch_idx: int) -> None:
+        """FloatingPointError naming the first step whose loss was not finite.
+
+        Reading the loss on the host waits for the device to finish the step, which on a GPU stalls the launch
+        queue; so the check runs every `finite_check_every` steps (default: every step on a CPU, where reading is
+        free, every 50 on an accelerator), the first bad step being kept on the device in between. Decided on
+        every rank together: a rank that stopped alone would leave the others waiting forever.
+        """
+        every = self.hparams.finite_check_every or (1 if self.device.type == "cpu" else 50)
+        if every == 1:
+            if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+                raise FloatingPointError(
+                    f"training loss is not finite at step {self.global_step} (batch {batch_idx} of the epoch, "
+                    f"kinds {sorted(samples_by_kind(batch))}; loss {loss.item()} on rank {self.global_rank}); "
+                    f"lower the learning rate or check the data")
+            return
+        first = getattr(self, "_first_nonfinite", None)
+        if first is None or first.device != loss.device:
+            first = self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=loss.device)
+        first.copy_(torch.where((first < 0) & ~torch.isfinite(loss), self.global_step, first))
+        if (self.global_step + 1) % every:
+            return
+        step = int(first)  # the one host read of the last `every` steps
+        if self.trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
+            raise FloatingPointError(
+                f"training loss is not finite from step {step if step >= 0 else 'unknown'} on (checked every "
+                f"{every} steps, model.finite_check_every; rank {self.global_rank}); lower the learning rate or check "
+                f"the data")
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
