@@ -71,6 +71,8 @@ def convert_folder(
     maxsize: int = DEFAULT_MAXSIZE,
     overwrite: bool = False,
     report=print,
+    scrub=None,
+    blur=None,
 ) -> WriteStats:
     """Write one caption sample per image named in `captions_file`; keys are the image's rank there.
 
@@ -78,7 +80,8 @@ def convert_folder(
     """
     images_root = Path(images_dir)
     captions, bad_rows = read_caption_rows(captions_file)
-    with ShardWriter(out_dir, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, report=report) as writer:
+    with ShardWriter(out_dir, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, report=report,
+                     scrub=scrub, blur=blur) as writer:
         for reason, count in bad_rows.items():
             writer.skip(reason, count)
         for index, (file, references) in enumerate(captions.items()):

@@ -120,6 +120,8 @@ def convert_llava(
     maxsize: int = DEFAULT_MAXSIZE,
     overwrite: bool = False,
     report=print,
+    scrub=None,
+    blur=None,
 ) -> WriteStats:
     """Write the rows of `annotations` as chat shards in `out_dir`; image paths are relative to `images_dir`.
 
@@ -127,7 +129,8 @@ def convert_llava(
     row's "id" is kept in KEY.json.
     """
     images_root = Path(images_dir) if images_dir is not None else None
-    with ShardWriter(out_dir, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, report=report) as writer:
+    with ShardWriter(out_dir, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, report=report,
+                     scrub=scrub, blur=blur) as writer:
         for index, row in enumerate(read_rows(annotations)):
             try:
                 if isinstance(row, SkipRow):

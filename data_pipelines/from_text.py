@@ -71,12 +71,14 @@ def convert_text(
     maxsize: int = DEFAULT_MAXSIZE,
     overwrite: bool = False,
     report=print,
+    scrub=None,
 ) -> WriteStats:
     """Write the documents of `files` (in order) as text shards; keys are the running document index."""
     if doc_chars < 1:
         raise ValueError(f"doc_chars must be positive, got {doc_chars}")
     paths = text_files(files)
-    with ShardWriter(out_dir, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, report=report) as writer:
+    with ShardWriter(out_dir, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, report=report,
+                     scrub=scrub) as writer:
         for path in paths:
             text, replaced = decode_text(path.read_bytes())
             if replaced:

@@ -81,6 +81,9 @@ class WriteStats:
     shards: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> samples left out
     warnings: Counter = field(default_factory=Counter)  # reason -> things repaired but kept
+    scrubbed: Counter = field(default_factory=Counter)  # kind of personal data -> replacements (--scrub-pii)
+    blurred_images: int = 0  # images written with faces blurred (--blur-faces)
+    blurred_faces: int = 0
 
     def summary(self, out_dir: str | os.PathLike) -> str:
         """One line: "wrote 1200 samples in 3 shards to X; skipped 4: missing image 3, unreadable image 1"."""
@@ -89,6 +92,10 @@ class WriteStats:
             line += f"; skipped {sum(self.skipped.values())}: " + _reasons(self.skipped)
         if self.warnings:
             line += "; warnings: " + _reasons(self.warnings)
+        if self.scrubbed:
+            line += "; scrubbed: " + _reasons(self.scrubbed)
+        if self.blurred_images:
+            line += f"; faces blurred: {self.blurred_faces} in {self.blurred_images} images"
         return line
 
 
@@ -113,13 +120,20 @@ class ShardWriter:
         maxsize: int = DEFAULT_MAXSIZE,
         overwrite: bool = False,
         report: Callable[[str], Any] | None = print,
+        scrub: Callable[[str], tuple[str, Counter]] | None = None,
+        blur: Callable[[Any], tuple[Any, int]] | None = None,
     ):
+        """scrub: text -> (text, replacements by kind), applied to every caption, turn and document written
+        (data_pipelines.pii.PIIScrubber.scrub); blur: image -> (image, faces blurred), applied to every image
+        (data_pipelines.faces.FaceBlurrer.blur_encoded). Their counts go into the summary line."""
         if maxcount < 1 or maxsize < 1:
             raise ValueError(f"maxcount and maxsize must be positive, got {maxcount} and {maxsize}")
         self.out_dir = Path(out_dir)
         self.maxcount = maxcount
         self.maxsize = maxsize
         self.report = report
+        self.scrub = scrub
+        self.blur = blur
         self.stats = WriteStats()
         self.sizes: dict[str, int] = {}  # finished shard name -> sample count
         self._keys: set[str] = set()
@@ -143,8 +157,10 @@ class ShardWriter:
     def write_caption(self, image: bytes | Image.Image, caption: str, *, key: str | None = None,
                       meta: dict | None = None) -> str:
         """KEY.{jpg,png,webp} + KEY.txt (+ KEY.json with `meta`, e.g. {"captions": [...]})."""
-        extension, image_bytes = encode_image(image)
-        members: dict[str, Any] = {extension: image_bytes, "txt": caption}
+        extension, image_bytes = encode_image(self._blurred(image))
+        if meta and isinstance(meta.get("captions"), list):
+            meta = {**meta, "captions": [self._scrubbed(c) if isinstance(c, str) else c for c in meta["captions"]]}
+        members: dict[str, Any] = {extension: image_bytes, "txt": self._scrubbed(caption)}
         if meta:
             members["json"] = meta
         return self.write(members, key=key)
@@ -152,15 +168,34 @@ class ShardWriter:
     def write_chat(self, conversations: list[dict], *, image: bytes | Image.Image | None = None,
                    key: str | None = None, meta: dict | None = None) -> str:
         """KEY.json {"conversations": [...], **meta} (+ KEY.{jpg,png,webp}; none means a text-only chat)."""
+        if self.scrub is not None:
+            conversations = [{k: self._scrubbed(v) if k in ("value", "content") and isinstance(v, str) else v
+                              for k, v in turn.items()} for turn in conversations]
         members: dict[str, Any] = {"json": {"conversations": conversations, **(meta or {})}}
         if image is not None:
-            extension, image_bytes = encode_image(image)
+            extension, image_bytes = encode_image(self._blurred(image))
             members[extension] = image_bytes
         return self.write(members, key=key)
 
     def write_text(self, text: str, *, key: str | None = None) -> str:
         """KEY.txt."""
-        return self.write({"txt": text}, key=key)
+        return self.write({"txt": self._scrubbed(text)}, key=key)
+
+    def _blurred(self, image: bytes | Image.Image) -> bytes | Image.Image:
+        if self.blur is None:
+            return image
+        image, faces = self.blur(image)
+        if faces:
+            self.stats.blurred_images += 1
+            self.stats.blurred_faces += faces
+        return image
+
+    def _scrubbed(self, text: str) -> str:
+        if self.scrub is None:
+            return text
+        text, counts = self.scrub(text)
+        self.stats.scrubbed.update(counts)
+        return text
 
     # -- the generic part --
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipelines.from_folder import convert_folder
-from mmllm.cli.data_options import add_output_arguments, converting, require_samples
+from mmllm.cli.data_options import add_output_arguments, converting, face_blurrer, scrubber, require_samples
 from mmllm.errors import UsageError
 
 
@@ -25,8 +25,9 @@ def run(args) -> int:
         raise UsageError(f"no such image folder: {args.folder}")
     if not Path(args.captions).is_file():
         raise UsageError(f"no such captions file: {args.captions}")
+    scrub, blur = scrubber(args), face_blurrer(args)  # before reading anything: a missing library is said first
     with converting():
         stats = convert_folder(args.folder, args.captions, args.out, maxcount=args.shard_size,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, scrub=scrub, blur=blur)
     require_samples(stats, args.captions)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipelines.from_llava import convert_llava
-from mmllm.cli.data_options import add_output_arguments, converting, require_samples
+from mmllm.cli.data_options import add_output_arguments, converting, face_blurrer, scrubber, require_samples
 from mmllm.errors import UsageError
 
 
@@ -24,7 +24,9 @@ def run(args) -> int:
         raise UsageError(f"no such file: {args.file}")
     if args.images is not None and not Path(args.images).is_dir():
         raise UsageError(f"no such image folder: {args.images}")
+    scrub, blur = scrubber(args), face_blurrer(args)  # before reading anything: a missing library is said first
     with converting(args.file):
-        stats = convert_llava(args.file, args.images, args.out, maxcount=args.shard_size, overwrite=args.overwrite)
+        stats = convert_llava(args.file, args.images, args.out, maxcount=args.shard_size, overwrite=args.overwrite,
+                              scrub=scrub, blur=blur)
     require_samples(stats, args.file, " (is --images right?)")
     return 0

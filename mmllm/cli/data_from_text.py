@@ -7,7 +7,7 @@ document per file with --per-file). Invalid UTF-8 bytes are replaced and the fil
 from __future__ import annotations
 
 from data_pipelines.from_text import DEFAULT_DOC_CHARS, convert_text
-from mmllm.cli.data_options import add_output_arguments, converting
+from mmllm.cli.data_options import add_output_arguments, converting, scrubber
 
 
 def add_arguments(parser) -> None:
@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    scrub = scrubber(args)  # before reading anything: a missing library is said first
     with converting():
         convert_text(args.files, args.out, doc_chars=args.doc_chars, per_file=args.per_file,
-                     maxcount=args.shard_size, overwrite=args.overwrite)
+                     maxcount=args.shard_size, overwrite=args.overwrite, scrub=scrub)
     return 0

@@ -15,6 +15,41 @@ def add_output_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_MAXCOUNT,
                         help=f"samples per shard (default {DEFAULT_MAXCOUNT})")
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+    if kind in ("caption", "chat", "text"):
+        parser.add_argument("--scrub-pii", action="store_true",
+                            help="replace e-mail addresses, phone numbers, card numbers, IBANs, IP addresses and "
+                                 "secrets (keys, tokens, passwords) in the text by <EMAIL>, <PHONE>, ... and count "
+                                 "them (needs mmllm[privacy])")
+        parser.add_argument("--pii-region", default=None, metavar="CC",
+                            help="country whose phone numbers may be written without a country code (US, GB, ...)")
+    if kind in ("caption", "chat"):
+        parser.add_argument("--blur-faces", action="store_true",
+                            help="blur the faces OpenCV's bundled detectors find in each image before writing it, "
+                                 "and count the images changed (needs mmllm[privacy])")
+
+
+def face_blurrer(args: argparse.Namespace):
+    """The writer's blur function for --blur-faces (None without it); a missing library exits 2 in one line."""
+    if not getattr(args, "blur_faces", False):
+        return None
+    from data_pipelines.faces import FaceBlurrer
+
+    try:
+        return FaceBlurrer().blur_encoded
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+
+
+def scrubber(args: argparse.Namespace):
+    """The writer's scrub function for --scrub-pii (None without it); a missing library exits 2 in one line."""
+    if not getattr(args, "scrub_pii", False):
+        return None
+    from data_pipelines.pii import PIIScrubber
+
+    try:
+        return PIIScrubber(region=args.pii_region).scrub
+    except ImportError as error:
+        raise UsageError(str(error)) from None
 
 
 @contextmanager
