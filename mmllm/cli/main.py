@@ -27,6 +27,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "from-folder": "data_from_folder",
         "from-text": "data_from_text",
         "canaries": "data_canaries",
+        "dedup": "data_dedup",
+        "scan": "data_scan",
     },
     "audit": {"memorization": "audit_memorization"},
     "tokenizer": {"train": "tokenizer_train"},

@@ -1,0 +1,68 @@
+"""Find exact and near-duplicate samples across shards and write the shards without them.
+
+Text: MinHash over character 5-grams (Jaccard >= --text-threshold); images: 64-bit perceptual hashes within
+--image-distance bits. A caption or chat duplicates another when both its image and its text do (--by both), or
+either (--by image, --by text). Each cluster keeps its first sample. The report lists the clusters.
+
+Example: mmllm data dedup data/web/train --kind caption --out data/web/train-dedup --report dedup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mmllm.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DIR", help="the shards (a folder, brace pattern or .tar)")
+    parser.add_argument("--kind", required=True, choices=("caption", "chat", "text"), help="the shards' kind")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where the deduplicated shards go")
+    add_duplicate_arguments(parser)
+    parser.add_argument("--report", default=None, metavar="FILE.json", help="write the clusters as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+
+
+def add_duplicate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--by", choices=("both", "image", "text"), default="both",
+                        help="what makes a duplicate: image and text (default), either one alone")
+    parser.add_argument("--text-threshold", type=float, default=0.8, metavar="J",
+                        help="Jaccard similarity of character 5-grams from which texts match (default 0.8)")
+    parser.add_argument("--image-distance", type=int, default=4, metavar="BITS",
+                        help="perceptual-hash bits two matching images may differ in, 0-7 (default 4)")
+
+
+def find(args: argparse.Namespace, handler):
+    """The duplicate report of args.data; user mistakes as UsageError."""
+    from data_pipelines.dedup import find_duplicates
+    from data_pipelines.shards import read_samples
+
+    try:
+        return find_duplicates(read_samples(args.data, args.kind, handler, decode=False), by=args.by,
+                               text_threshold=args.text_threshold, image_distance=args.image_distance)
+    except (ImportError, ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipelines.bad_samples import BadSampleHandler
+    from data_pipelines.dedup import write_deduplicated
+
+    handler = BadSampleHandler()
+    report = find(args, handler)
+    largest = max(map(len, report.clusters), default=0)
+    print(f"{report.duplicates} of {report.samples} samples are duplicates, in {len(report.clusters)} clusters "
+          f"(largest {largest}); pairs: {report.text_pairs} by text, {report.image_pairs} by image")
+    if handler.total:
+        print(handler.summary(), file=sys.stderr)
+    try:
+        write_deduplicated(args.data, args.out, report.removed(), overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise UsageError(f"{error} (pass --overwrite)") from None
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        print(f"wrote {args.report}", file=sys.stderr)
+    return 0
