@@ -1,7 +1,7 @@
 """Fixtures for the inference tests: a tiny model trained for a few steps by `mmllm fit`, once per test run.
 
 The run happens in a temporary folder: a small shapes dataset, a tokenizer trained on it, then
-`mmllm fit --config configs/shapes-tiny.yaml` for 3 steps, which exports a model folder and leaves a
+`mmllm fit --config configs/shapes-tiny.yaml` for 3 steps (in this process), which exports a model folder and leaves a
 Lightning checkpoint of the same weights.
 """
 
@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from inference_helpers import REPO, TrainedRun, run_mmllm
+from inference_helpers import REPO, TrainedRun
 
 
 def _extract_pngs(shard: Path, out: Path, count: int) -> None:
@@ -31,7 +31,7 @@ def trained(tmp_path_factory) -> TrainedRun:
     data = root / "data"
     generate_shapes(data, train=64, val=16, test=16, report=lambda *_: None)
     train_tokenizer(shard_texts(find_shards([data / "train"])), vocab_size=400).save(str(data / "tokenizer.json"))
-    result = run_mmllm(
+    args = (
         "fit", "--config", REPO / "configs" / "shapes-tiny.yaml",
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -41,9 +41,11 @@ def trained(tmp_path_factory) -> TrainedRun:
                           f"{{kind: chat, path: {data}/train/chat, weight: 2.0}}]",
         "--data.val_sources", f"[{{kind: chat, path: {data}/val/chat}}]",
         "--checkpoint.dirpath", root / "checkpoints", "--export.out", root / "model",
-        cwd=root,  # the config's relative log folders land in the temporary folder
+        "--trainer.default_root_dir", root,  # the logs land in the temporary folder
     )
-    assert result.returncode == 0, f"mmllm fit failed:\n{result.stderr[-4000:]}"
+    from mmllm.cli.main import main
+
+    assert main([str(arg) for arg in args]) == 0, "mmllm fit failed"  # in this process: no second torch import
     images = root / "images"
     _extract_pngs(data / "val" / "captions" / "00000.tar", images, count=5)
     return TrainedRun(root, root / "model", root / "checkpoints" / "last.ckpt", data, images)

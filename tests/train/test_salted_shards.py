@@ -136,20 +136,33 @@ def test_converters_skip_unreadable_images_and_keep_odd_ones(tmp_path):
     shutil.rmtree(images)
 
 
-def test_a_shard_that_is_not_a_tar_stops_every_command_with_one_line_naming_it(salted_run, tmp_path):
+def test_a_shard_that_is_not_a_tar_stops_every_command_with_one_line_naming_it(salted_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    from mmllm.cli.main import main
+
     _, _, run_dir, config_file = salted_run
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "00000.tar").write_text("this is not a tar file, only its name says so\n" * 20)
     named = str(bad / "00000.tar")
-    results = {
-        "tokenizer": run_mmllm("tokenizer", "train", "--data", bad, "--vocab-size", "300", "--out", tmp_path / "t.json"),
-        "eval": run_mmllm("eval", "--model", run_dir / "model", "--data", bad, "--task", "caption"),
-        "fit": run_mmllm("fit", "--config", config_file, "--data.sources", f"[{{kind: caption, path: {bad}}}]",
-                         "--checkpoint.dirpath", tmp_path / "checkpoints", cwd=run_dir),
+    monkeypatch.chdir(run_dir)
+
+    def status(*args) -> int:  # in this process: LightningCLI leaves with SystemExit, the other commands return
+        try:
+            return main([str(arg) for arg in args])
+        except SystemExit as stop:
+            return stop.code
+
+    commands = {
+        "tokenizer": ("tokenizer", "train", "--data", bad, "--vocab-size", "300", "--out", tmp_path / "t.json"),
+        "eval": ("eval", "--model", run_dir / "model", "--data", bad, "--task", "caption"),
+        "fit": ("fit", "--config", config_file, "--data.sources", f"[{{kind: caption, path: {bad}}}]",
+                "--checkpoint.dirpath", tmp_path / "checkpoints"),
     }
-    for command, result in results.items():
-        errors = [line for line in result.stderr.splitlines() if "error:" in line]
-        assert result.returncode == 2, (command, result.stderr[-2000:])
-        assert len(errors) == 1 and named in errors[0] and "not a tar file" in errors[0], (command, result.stderr)
-        assert "Traceback" not in result.stderr
+    for command, args in commands.items():
+        code = status(*args)
+        stderr = capsys.readouterr().err
+        errors = [line for line in stderr.splitlines() if "error:" in line]
+        assert code == 2, (command, stderr[-2000:])
+        assert len(errors) == 1 and named in errors[0] and "not a tar file" in errors[0], (command, stderr)
+        assert "Traceback" not in stderr
