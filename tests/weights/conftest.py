@@ -85,11 +85,11 @@ def splitting_folder(idefics3_folder, tmp_path_factory):
 
     folder, model, _ = idefics3_folder
     out = tmp_path_factory.mktemp("idefics3-split")
-    processor = Idefics3Processor.from_pretrained(folder)
+    processor = Idefics3Processor.from_pretrained(folder, backend="pil")  # the PIL processor, as everywhere here
     processor.image_processor.do_image_splitting = True
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    return out, model, Idefics3Processor.from_pretrained(out)
+    return out, model, Idefics3Processor.from_pretrained(out, backend="pil")
 
 
 @pytest.fixture(scope="session")

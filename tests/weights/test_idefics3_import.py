@@ -163,7 +163,7 @@ def test_export_hf_of_a_fine_tuned_model_answers_in_transformers_as_mmllm_ask_do
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert main(["export", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf").eval()
-    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf", backend="pil")
     assert type(model).__name__ == "Idefics3ForConditionalGeneration"
     greedy_answers_agree(model, processor, folder, tmp_path, capsys, max_new_tokens=10)
 
