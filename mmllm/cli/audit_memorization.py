@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from data_pipelines.bad_samples import BadSampleHandler
     from data_pipelines.canaries import MANIFEST, CanaryManifest, carriers
-    from data_pipelines.shards import read_samples
+    from data_pipelines.shards import decode_samples, read_samples
     from mmllm.evaluation import memorization as mem
 
     if args.limit < 1 or args.candidates < 1 or args.batch_size < 1:
@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     verbatim["gap"] = verbatim["train"]["share"] - verbatim["heldout"]["share"]
     report["verbatim"] = verbatim
     if manifest:
-        found = {s.key: s for s in read_samples(args.train, kind, handler) if s.key in carrying}
+        # only the few carriers' images decoded; their bad samples were counted above already
+        again = BadSampleHandler()
+        wanted = (s for s in read_samples(args.train, kind, again, decode=False) if s.key in carrying)
+        found = {s.key: s for s in decode_samples(wanted, again)}
         try:
             results = mem.canary_exposures(vlm, manifest, found, candidates=args.candidates,
                                            batch_size=args.batch_size)

@@ -35,14 +35,13 @@ def add_duplicate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="perceptual-hash bits two matching images may differ in, 0-7 (default 4)")
 
 
-def find(args: argparse.Namespace, handler):
-    """The duplicate report of args.data; user mistakes as UsageError."""
+def find(args: argparse.Namespace, samples):
+    """The duplicate report of `samples` (read from args.data) under the options; user mistakes as UsageError."""
     from data_pipelines.dedup import find_duplicates
-    from data_pipelines.shards import read_samples
 
     try:
-        return find_duplicates(read_samples(args.data, args.kind, handler, decode=False), by=args.by,
-                               text_threshold=args.text_threshold, image_distance=args.image_distance)
+        return find_duplicates(samples, by=args.by, text_threshold=args.text_threshold,
+                               image_distance=args.image_distance)
     except (ImportError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
 
@@ -50,9 +49,10 @@ def find(args: argparse.Namespace, handler):
 def run(args: argparse.Namespace) -> int:
     from data_pipelines.bad_samples import BadSampleHandler
     from data_pipelines.dedup import write_deduplicated
+    from data_pipelines.shards import read_samples
 
     handler = BadSampleHandler()
-    report = find(args, handler)
+    report = find(args, read_samples(args.data, args.kind, handler, decode=False))
     largest = max(map(len, report.clusters), default=0)
     print(f"{report.duplicates} of {report.samples} samples are duplicates, in {len(report.clusters)} clusters "
           f"(largest {largest}); pairs: {report.text_pairs} by text, {report.image_pairs} by image")

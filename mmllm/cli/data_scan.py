@@ -38,10 +38,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise UsageError(str(error)) from None
     handler = BadSampleHandler()
-    pii, with_pii, faces, with_faces, samples = Counter(), [], 0, [], 0
-    try:
-        for sample in read_samples(args.data, args.kind, handler):
-            samples += 1
+    pii, with_pii, faces, with_faces = Counter(), [], 0, []
+
+    def inspected(samples):
+        """Each sample counted for personal data and faces on its way to the duplicate search: one read."""
+        nonlocal faces
+        for sample in samples:
             _, counts = scrubber.scrub(sample_text(sample))
             if counts:
                 pii.update(counts)
@@ -50,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
             if found:
                 faces += found
                 with_faces.append(sample_id(sample))
-    except FileNotFoundError as error:
-        raise UsageError(str(error)) from None
-    duplicates = find(args, BadSampleHandler())
-    report = {"data": args.data, "kind": args.kind, "samples": samples,
+            yield sample
+
+    duplicates = find(args, inspected(read_samples(args.data, args.kind, handler)))
+    report = {"data": args.data, "kind": args.kind, "samples": duplicates.samples,
               "pii": {"by_kind": dict(pii.most_common()), "samples": len(with_pii), "sample_ids": with_pii[:100]},
               "faces": {"faces": faces, "samples": len(with_faces), "sample_ids": with_faces[:100]},
               "duplicates": duplicates.to_dict(), "skipped_samples": dict(handler.counts)}

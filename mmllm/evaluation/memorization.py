@@ -28,16 +28,21 @@ from data_pipelines.shards import Sample
 UNSEEN_MEAN_EXPOSURE = math.log2(math.e)  # what a secret the model never saw shows on average, for large R
 
 
-def exposure(true_score: float, candidate_scores: Sequence[float]) -> float:
-    """log2(R + 1) - log2(rank) of the true secret among itself and R candidates, higher score = likelier.
-
-    A tie counts half against the true secret (rank = 1 + better + ties / 2), so a model that scores everything
-    alike shows log2(R + 1) - log2(1 + R / 2), about 1 bit, not the full log2(R + 1).
-    """
+def rank(true_score: float, candidate_scores: Sequence[float]) -> float:
+    """The true secret's rank among itself and the candidates, higher score = likelier; a tie counts half against
+    it (rank = 1 + better + ties / 2)."""
     better = sum(score > true_score for score in candidate_scores)
     ties = sum(score == true_score for score in candidate_scores)
-    rank = 1 + better + ties / 2
-    return math.log2(len(candidate_scores) + 1) - math.log2(rank)
+    return 1 + better + ties / 2
+
+
+def exposure(true_score: float, candidate_scores: Sequence[float]) -> float:
+    """log2(R + 1) - log2(rank) of the true secret among itself and R candidates.
+
+    With ties counted half, a model that scores everything alike shows log2(R + 1) - log2(1 + R / 2), about 1 bit,
+    not the full log2(R + 1).
+    """
+    return math.log2(len(candidate_scores) + 1) - math.log2(rank(true_score, candidate_scores))
 
 
 def normalise_text(text: str) -> str:
@@ -91,7 +96,7 @@ def canary_exposures(vlm, manifest: CanaryManifest, carriers: dict[str, Sample],
                      seed: int = 0, batch_size: int = 32) -> list[CanaryExposure]:
     """The exposure of each canary in the context of the first sample that carried it.
 
-    carriers: key -> the (decoded) training sample with that key, as read back from the canary shards.
+    carriers: key -> the training sample with that key (images decoded), as read back from the canary shards.
     """
     if candidates < 1:
         raise ValueError("exposure needs at least one candidate secret")
@@ -112,9 +117,8 @@ def canary_exposures(vlm, manifest: CanaryManifest, carriers: dict[str, Sample],
         sentence = manifest.sentence(canary.secret)
         variants = [with_secret(carriers[key], sentence, manifest.sentence(s)) for s in [canary.secret, *sorted(others)]]
         true_score, *other_scores = sample_log_likelihoods(vlm, variants, batch_size)
-        bits = exposure(true_score, other_scores)
-        rank = 2 ** (math.log2(candidates + 1) - bits)
-        results.append(CanaryExposure(canary.secret, canary.repeats, bits, rank))
+        results.append(CanaryExposure(canary.secret, canary.repeats, exposure(true_score, other_scores),
+                                      rank(true_score, other_scores)))
     return results
 
 
