@@ -152,6 +152,9 @@ def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
             raise UsageError(f"--group-by: no question has a field {name.strip()!r}; fields: {', '.join(found)}")
     modes = {None: default_turns(questions), "both": TURNS}.get(args.turns, (args.turns,))
     types = [q.question_type for q in questions]
+    # VQAv2's breakdowns of each question, the same in every mode
+    breakdowns = [{"question_prefix": question_prefix(q.question), "answer_type": answer_type(q.answer)}
+                  for q in questions]
     scores, samples = {}, []
     for mode in modes:
         predictions = answer_questions(vlm, questions, mode, blind=args.blind, batch_size=args.batch_size,
@@ -160,8 +163,8 @@ def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
                                   types if any(t is not None for t in types) else None,
                                   questions=[q.question for q in questions])
         records = [{"key": q.key, "turn": q.turn, "turns": mode, "question": q.question, "answer": q.answer,
-                    "question_type": q.question_type, "question_prefix": question_prefix(q.question),
-                    "answer_type": answer_type(q.answer), "prediction": p} for q, p in zip(questions, predictions)]
+                    "question_type": q.question_type, **breakdown, "prediction": p}
+                   for q, breakdown, p in zip(questions, breakdowns, predictions)]
         if args.explain_dir and mode == modes[0]:
             explain_answers(vlm, questions, predictions, mode, records, Path(args.explain_dir), args.blind)
         samples += records
