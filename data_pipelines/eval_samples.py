@@ -24,6 +24,7 @@ from data_pipelines.special_tokens import IMAGE_MARKER
 
 
 TURNS = ("in-context", "alone")
+CONVERSATION_KEYS = ("conversations", "messages", "questions")  # in VQAQuestion.fields question by question
 
 
 @dataclass
@@ -40,7 +41,8 @@ class VQAQuestion:
     turn: int = 0
     history: list[dict[str, str]] = field(default_factory=list)
     content: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)  # the sample's JSON: top level, then this question's entry
+    # the sample's JSON (its top level without the conversation, then this question's entry in `questions`)
+    fields: dict[str, Any] = field(default_factory=dict)
 
     def prompt(self, turns: str) -> list[dict[str, str]]:
         """The conversation to answer: `alone` or `in-context` (see the module's docstring)."""
@@ -68,7 +70,7 @@ def _questions(samples: Iterator[Sample]) -> Iterator[VQAQuestion]:
     for sample in samples:
         types = _question_types(sample.meta)
         entries = _question_entries(sample.meta)
-        top = {k: v for k, v in sample.meta.items() if not isinstance(v, (list, dict))}
+        top = {k: v for k, v in sample.meta.items() if k not in CONVERSATION_KEYS}
         image = sample.images[0] if sample.images else None
         turns = sample.conversation
         asked = 0

@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -93,13 +94,20 @@ def scene_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"mmllm-shapes/{seed}/{split}/{index}")
 
 
-def sample_scene(rng: random.Random, split: str) -> Scene:
-    """1-4 objects in distinct cells; train/val avoid HELD_OUT_PAIRS, test_compositional includes one."""
+def sample_scene(rng: random.Random, split: str, rare_colour: tuple[str, float] | None = None) -> Scene:
+    """1-4 objects in distinct cells; train/val avoid HELD_OUT_PAIRS, test_compositional includes one.
+
+    rare_colour (colour, fraction) skews the train split: objects of that colour are drawn `fraction` times as
+    often as the others (a deliberately biased training set, for `mmllm eval --group-by colour` to find)."""
     count = rng.randint(1, MAX_OBJECTS)
     cells = sorted(rng.sample(range(len(CELLS)), count))
     if split == "test_compositional":
         pairs = [rng.choice(ALL_PAIRS) for _ in range(count)]
         pairs[rng.randrange(count)] = rng.choice(HELD_OUT_PAIRS)
+    elif rare_colour is not None and split == "train":
+        colour, fraction = rare_colour
+        weights = [fraction if pair[0] == colour else 1.0 for pair in TRAIN_PAIRS]
+        pairs = rng.choices(TRAIN_PAIRS, weights, k=count)
     else:
         pairs = [rng.choice(TRAIN_PAIRS) for _ in range(count)]
     objects = []
@@ -153,7 +161,8 @@ def caption(scene: Scene) -> str:
     return ", ".join(f"a {obj.description} {CELL_PHRASES[obj.cell]}" for obj in scene.objects) + "."
 
 
-# -- questions: each asker returns (question, answer) or None when the scene cannot support its type --
+# -- questions: each asker returns (question, answer, about) or None when the scene cannot support its type;
+# `about` names the colour and shape the question is about, where it is about one (for results by group) --
 
 def _referring_names(scene: Scene) -> dict[ShapeObject, str]:
     """Objects that a short phrase picks out unambiguously: "the star", else "the red star"."""
@@ -166,27 +175,32 @@ def _referring_names(scene: Scene) -> dict[ShapeObject, str]:
     return names
 
 
+def _about(colour: str | None = None, shape: str | None = None) -> dict[str, str]:
+    return {k: v for k, v in (("colour", colour), ("shape", shape)) if v is not None}
+
+
 def _ask_colour(scene: Scene, rng: random.Random, pairs) -> tuple[str, str] | None:
     candidates = []
     for obj in scene.objects:
         if sum(o.shape == obj.shape for o in scene.objects) == 1:
-            candidates.append((f"What colour is the {obj.shape}?", obj.colour))
+            candidates.append((f"What colour is the {obj.shape}?", obj.colour, _about(obj.colour, obj.shape)))
         elif sum((o.size, o.shape) == (obj.size, obj.shape) for o in scene.objects) == 1:
-            candidates.append((f"What colour is the {obj.size} {obj.shape}?", obj.colour))
+            candidates.append((f"What colour is the {obj.size} {obj.shape}?", obj.colour,
+                               _about(obj.colour, obj.shape)))
     return rng.choice(candidates) if candidates else None
 
 
 def _ask_shape(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
     obj = rng.choice(scene.objects)
-    return f"What shape is {CELL_PHRASES[obj.cell]}?", obj.shape
+    return f"What shape is {CELL_PHRASES[obj.cell]}?", obj.shape, _about(obj.colour, obj.shape)
 
 
 def _ask_what(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
     empty = [cell for cell in CELLS if all(obj.cell != cell for obj in scene.objects)]
     if empty and rng.random() < 0.3:
-        return f"What is {CELL_PHRASES[rng.choice(empty)]}?", "nothing"
+        return f"What is {CELL_PHRASES[rng.choice(empty)]}?", "nothing", {}
     obj = rng.choice(scene.objects)
-    return f"What is {CELL_PHRASES[obj.cell]}?", f"{obj.colour} {obj.shape}"
+    return f"What is {CELL_PHRASES[obj.cell]}?", f"{obj.colour} {obj.shape}", _about(obj.colour, obj.shape)
 
 
 def _ask_count(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
@@ -197,7 +211,7 @@ def _ask_count(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
     value = rng.choice(absent) if absent and rng.random() < 0.2 else rng.choice(present)
     count = sum((obj.shape if by_shape else obj.colour) == value for obj in scene.objects)
     question = f"How many {value}s are there?" if by_shape else f"How many {value} objects are there?"
-    return question, str(count)
+    return question, str(count), _about(shape=value) if by_shape else _about(colour=value)
 
 
 def _article(word: str) -> str:
@@ -209,11 +223,11 @@ def _ask_exists(scene: Scene, rng: random.Random, pairs) -> tuple[str, str]:
     absent = [pair for pair in pairs if pair not in present]
     if rng.random() < 0.5 or not absent:
         obj = rng.choice(scene.objects)
-        return f"Is there {_article(obj.colour)} {obj.colour} {obj.shape}?", "yes"
+        return f"Is there {_article(obj.colour)} {obj.colour} {obj.shape}?", "yes", _about(obj.colour, obj.shape)
     # half of the negatives share a colour or a shape with an object in the scene: binding, not presence
     near = [pair for pair in absent if any(pair[0] == c or pair[1] == s for c, s in present)]
     colour, shape = rng.choice(near if near and rng.random() < 0.5 else absent)
-    return f"Is there {_article(colour)} {colour} {shape}?", "no"
+    return f"Is there {_article(colour)} {colour} {shape}?", "no", _about(colour, shape)
 
 
 def _relation_holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
@@ -241,15 +255,78 @@ def _ask_relation(scene: Scene, rng: random.Random, pairs) -> tuple[str, str] | 
     wanted = rng.random() < 0.5  # the answer is drawn first, so yes and no are balanced where possible
     if not by_answer[wanted]:
         wanted = not wanted
-    return rng.choice(by_answer[wanted]), "yes" if wanted else "no"
+    return rng.choice(by_answer[wanted]), "yes" if wanted else "no", {}
 
 
 ASKERS = {"colour": _ask_colour, "shape": _ask_shape, "what": _ask_what, "count": _ask_count,
           "exists": _ask_exists, "relation": _ask_relation}
 
 
+# -- answering a question of this grammar from a scene's objects (for counterfactual questions) --
+
+_NAME = r"the (?:(?P<{0}colour>\w+) )?(?P<{0}shape>\w+)"
+_PATTERNS = (
+    ("colour", re.compile(r"what colou?r is the (?:(?P<size>small|large) )?(?P<shape>\w+)")),
+    ("shape", re.compile(r"what shape is (?P<phrase>.+)")),
+    ("what", re.compile(r"what is (?P<phrase>.+)")),
+    ("count_shape", re.compile(r"how many (?P<shape>\w+)s are there")),
+    ("count_colour", re.compile(r"how many (?P<colour>\w+) objects are there")),
+    ("exists", re.compile(r"is there an? (?P<colour>\w+) (?P<shape>\w+)")),
+    ("relation", re.compile(f"is {_NAME.format('a_')} (?P<relation>{'|'.join(RELATIONS)}) {_NAME.format('b_')}")),
+)
+_PHRASE_CELLS = {phrase: cell for cell, phrase in CELL_PHRASES.items()}
+
+
+def answer_from_objects(objects: list[dict], question: str) -> str | None:
+    """The answer the generator would give to `question` about a scene of `objects` (their json records), or
+    None when the question is not of this grammar or has no answer in the scene (an ambiguous "the circle", a
+    colour asked of an empty cell). Used to know how a rewritten question should be answered."""
+    text = " ".join(question.lower().strip().rstrip("?").split())
+    for kind, pattern in _PATTERNS:
+        match = pattern.fullmatch(text)
+        if match:
+            return _answer(kind, match.groupdict(), objects)
+    return None
+
+
+def _answer(kind: str, slots: dict, objects: list[dict]) -> str | None:
+    if kind == "colour":
+        found = [o for o in objects if o["shape"] == slots["shape"] and slots["size"] in (None, o["size"])]
+        return found[0]["colour"] if len(found) == 1 else None
+    if kind in ("shape", "what"):
+        cell = _PHRASE_CELLS.get(slots["phrase"])
+        if cell is None:
+            return None
+        found = [o for o in objects if o["cell"] == cell]
+        if not found:
+            return "nothing" if kind == "what" else None
+        return found[0]["shape"] if kind == "shape" else f"{found[0]['colour']} {found[0]['shape']}"
+    if kind == "count_shape":
+        return str(sum(o["shape"] == slots["shape"] for o in objects)) if slots["shape"] in SHAPES else None
+    if kind == "count_colour":
+        return str(sum(o["colour"] == slots["colour"] for o in objects)) if slots["colour"] in COLOURS else None
+    if kind == "exists":
+        if slots["colour"] not in COLOURS or slots["shape"] not in SHAPES:
+            return None
+        return "yes" if any((o["colour"], o["shape"]) == (slots["colour"], slots["shape"]) for o in objects) else "no"
+    a, b = (_referred(objects, slots[f"{side}_colour"], slots[f"{side}_shape"]) for side in ("a", "b"))
+    if a is None or b is None or a == b:
+        return None
+    return "yes" if _relation_holds(a, slots["relation"], b) else "no"
+
+
+def _referred(objects: list[dict], colour: str | None, shape: str) -> ShapeObject | None:
+    """The one object "the [colour] shape" names, or None when it names none or several."""
+    found = [o for o in objects if o["shape"] == shape and colour in (None, o["colour"])]
+    if len(found) != 1:
+        return None
+    o = found[0]
+    return ShapeObject(o["shape"], o["colour"], o["size"], o["cell"], o["x"], o["y"])
+
+
 def questions(scene: Scene, rng: random.Random, split: str, n: int = QUESTIONS_PER_IMAGE) -> list[dict]:
-    """Up to n distinct questions of distinct types, in random order: [{"question", "answer", "type"}]."""
+    """Up to n distinct questions of distinct types, in random order: [{"question", "answer", "type"}], plus the
+    "colour" and "shape" the question is about where it is about one object or pair."""
     pairs = ALL_PAIRS if split == "test_compositional" else TRAIN_PAIRS
     asked = []
     for kind in rng.sample(QUESTION_TYPES, len(QUESTION_TYPES)):
@@ -257,7 +334,7 @@ def questions(scene: Scene, rng: random.Random, split: str, n: int = QUESTIONS_P
             break
         qa = ASKERS[kind](scene, rng, pairs)
         if qa is not None:
-            asked.append({"question": qa[0], "answer": qa[1], "type": kind})
+            asked.append({"question": qa[0], "answer": qa[1], "type": kind, **qa[2]})
     return asked
 
 
@@ -282,11 +359,12 @@ def object_record(obj: ShapeObject) -> dict:
             "row": obj.row, "col": obj.col, "x": obj.x, "y": obj.y}
 
 
-def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
+def make_example(seed: int, split: str, index: int, image_size: int,
+                 rare_colour: tuple[str, float] | None = None) -> dict:
     """Everything about scene `index` of `split`: png bytes, caption, objects, questions (the chats are
     built from the questions when written, see chat_groups)."""
     rng = scene_rng(seed, split, index)
-    scene = sample_scene(rng, split)
+    scene = sample_scene(rng, split, rare_colour)
     asked = questions(scene, rng, split)
     return {
         "png": _png(render(scene, image_size)),
@@ -306,7 +384,8 @@ def chat_groups(asked: list[dict], per_chat: int) -> list[list[dict]]:
 
 def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: int = 0, image_size: int = 64,
                    maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, workers: int = 1,
-                   questions_per_chat: int = 0, report=print) -> dict[str, WriteStats]:
+                   questions_per_chat: int = 0, rare_colour: tuple[str, float] | None = None,
+                   report=print) -> dict[str, WriteStats]:
     """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl.
 
     The same key names a scene in both kinds of shards and in scenes.jsonl. With questions_per_chat > 0 a
@@ -319,7 +398,7 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
     split_dir = Path(out_dir) / split
     captions = ShardWriter(split_dir / "captions", maxcount=maxcount, overwrite=overwrite, report=report)
     chats = ShardWriter(split_dir / "chat", maxcount=maxcount, overwrite=overwrite, report=report)
-    draw = partial(make_example, seed, split, image_size=image_size)
+    draw = partial(make_example, seed, split, image_size=image_size, rare_colour=rare_colour)
     parallel = workers > 1 and count > 1
     pool = multiprocessing.get_context("fork").Pool(workers) if parallel else nullcontext()
     with pool, captions, chats, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
@@ -342,8 +421,12 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
 def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int = 500, test: int = 500,
                     image_size: int = 64, seed: int = 0, maxcount: int = DEFAULT_MAXCOUNT,
                     overwrite: bool = False, workers: int = 1, questions_per_chat: int = 0,
+                    rare_colour: tuple[str, float] | None = None,
                     report=print) -> dict[str, dict[str, WriteStats]]:
     """All three splits plus out_dir/shapes.json (the settings and vocabulary, for evaluation and reuse)."""
+    if rare_colour is not None and (rare_colour[0] not in COLOURS or not 0 <= rare_colour[1] <= 1):
+        raise ValueError(f"a rare colour is one of {', '.join(COLOURS)} with a fraction in [0, 1], "
+                         f"got {rare_colour[0]}:{rare_colour[1]}")
     if image_size < 16:
         raise ValueError(f"image size must be at least 16 pixels, got {image_size}")
     if min(train, val, test) < 0:
@@ -351,11 +434,12 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
     out = Path(out_dir)
     stats = {split: generate_split(out, split, count, seed=seed, image_size=image_size, maxcount=maxcount,
                                    overwrite=overwrite, workers=workers, questions_per_chat=questions_per_chat,
-                                   report=report)
+                                   rare_colour=rare_colour, report=report)
              for split, count in zip(SPLITS, (train, val, test))}
     settings = {
         "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),
         "questions_per_chat": questions_per_chat,
+        "rare_colour": list(rare_colour) if rare_colour else None,
         "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES), "cells": list(CELLS),
         "held_out_pairs": [list(pair) for pair in HELD_OUT_PAIRS], "question_types": list(QUESTION_TYPES),
     }

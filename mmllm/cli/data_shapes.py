@@ -6,6 +6,7 @@ OUT/shapes.json). test_compositional scenes each hold a colour-shape pair that t
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -24,7 +25,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--questions-per-chat", type=int, default=0,
                         help="questions per chat sample; a scene's questions are split over several samples "
                              "(default 0: all of a scene's questions in one conversation)")
+    parser.add_argument("--rare-colour", metavar="COLOUR:FRACTION", type=_rare_colour,
+                        help="skew the train split: objects of COLOUR drawn FRACTION times as often as the others "
+                             "(e.g. purple:0.1; val and test stay balanced), to see a bias report find the gap")
     add_output_arguments(parser, "caption and chat")
+
+
+def _rare_colour(text: str) -> tuple[str, float]:
+    from data_pipelines.shapes import COLOURS
+
+    colour, _, fraction = text.partition(":")
+    try:
+        value = float(fraction)
+    except ValueError:
+        value = -1.0
+    if colour not in COLOURS or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected COLOUR:FRACTION with COLOUR one of {', '.join(COLOURS)} and "
+                                         f"FRACTION in [0, 1], got {text!r}")
+    return colour, value
 
 
 def run(args) -> int:
@@ -32,7 +50,8 @@ def run(args) -> int:
     with converting():
         generate_shapes(args.out, train=args.train, val=args.val, test=args.test, image_size=args.image_size,
                         seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
-                        workers=args.workers, questions_per_chat=args.questions_per_chat)
+                        workers=args.workers, questions_per_chat=args.questions_per_chat,
+                        rare_colour=args.rare_colour)
     scenes = args.train + args.val + args.test
     print(f"generated {scenes} scenes in {time.perf_counter() - start:.1f} s")
     return 0

@@ -12,7 +12,10 @@ Prints a table; --out writes every figure, the model, the data and the options a
 --blind replaces every image with a blank one (the mean colour): the gap to the normal run is how much the
 model looks at the image. --group-by FIELD (vqa) adds accuracy per value of FIELD (a key of the report's samples,
 such as question_type or answer, or of the sample's own JSON) with 95% intervals, each group's blind accuracy
-(a second, blind pass) and the largest gap between groups with its p-value (mmllm.evaluation.groups). Answers are greedy by default, batched with left padding.
+(a second, blind pass) and the largest gap between groups with its p-value (mmllm.evaluation.groups).
+--counterfactual "red=blue,green" asks each question naming a swapped word again with the word replaced and reports
+how often the answer changes when the data says it should, and when it should not (mmllm.evaluation.counterfactual).
+Answers are greedy by default, batched with left padding.
 Example: mmllm eval --model models/shapes-tiny --data data/shapes/val/chat --task vqa --out val-vqa.json
 """
 
@@ -49,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="FIELD",
                         help="vqa: accuracy per value of FIELD (question_type, answer, or a key of the samples' JSON), "
                              "with 95%% intervals, the blind accuracy of each group and the largest gap")
+    parser.add_argument("--counterfactual", metavar="SWAPS",
+                        help='vqa: ask every question naming a word of SWAPS again with the word swapped '
+                             '("red=blue,green;left=right") and report how often the answer changes when the data '
+                             'says it should, and when it should not')
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N questions / images / documents")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="prompts per batch (default 64)")
@@ -78,8 +85,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    if (args.turns or args.explain_dir or args.group_by) and args.task != "vqa":
-        raise UsageError("--turns, --explain-dir and --group-by apply to --task vqa")
+    if (args.turns or args.explain_dir or args.group_by or args.counterfactual) and args.task != "vqa":
+        raise UsageError("--turns, --explain-dir, --group-by and --counterfactual apply to --task vqa")
+    swaps = None
+    if args.counterfactual is not None:
+        from mmllm.evaluation.counterfactual import parse_swaps
+
+        try:
+            swaps = parse_swaps(args.counterfactual)
+        except ValueError as error:
+            raise UsageError(f"--counterfactual: {error}") from None
     if args.blind and args.task == "text":
         raise UsageError("--blind applies to vqa and caption; text documents have no image")
     options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
@@ -106,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.group_by:
         report["groups"] = evaluate_groups(vlm, args, options, samples, items)
+    if swaps:
+        report["counterfactual"] = evaluate_counterfactual(vlm, args, options, swaps, samples, items)
     report["skipped_samples"] = dict(handler.counts)
     report["seconds"] = round(seconds, 3)
     report["items_per_second"] = round(len(samples) / seconds, 2) if seconds > 0 else None
@@ -114,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
         from mmllm.evaluation.report import format_groups
 
         print(format_groups(report["groups"]))
+    if swaps:
+        from mmllm.evaluation.report import format_counterfactual
+
+        print(format_counterfactual(report["counterfactual"]))
     if handler.total:
         print(handler.summary(), file=sys.stderr)
     if args.out:
@@ -190,6 +211,25 @@ def evaluate_groups(vlm, args: argparse.Namespace, options: dict, samples: list[
         report = group_report(args.group_by, groups, scores, blind)
     except ValueError as error:
         raise UsageError(f"--group-by: {error}") from None
+    return {"turns": mode, **report}
+
+
+def evaluate_counterfactual(vlm, args: argparse.Namespace, options: dict, swaps: dict, samples: list[dict],
+                            questions: list) -> dict:
+    """--counterfactual: the main turns mode's questions with words swapped, answered the same way."""
+    from mmllm.evaluation.counterfactual import counterfactual_questions, counterfactual_report
+    from mmllm.evaluation.vqa_answers import answer_questions
+
+    records = samples[:len(questions)]  # the main mode's records, in question order
+    mode = records[0]["turns"]
+    rewrites = counterfactual_questions(questions, swaps)
+    if not rewrites:
+        words = ", ".join(repr(word) for word in swaps)
+        raise UsageError(f"--counterfactual: no question names {words}")
+    predictions = answer_questions(vlm, [r.question for r in rewrites], mode, blind=args.blind,
+                                   batch_size=args.batch_size, progress=Progress(f"counterfactual questions ({mode})"),
+                                   **options)
+    report = counterfactual_report(swaps, questions, [r["prediction"] for r in records], rewrites, predictions)
     return {"turns": mode, **report}
 
 

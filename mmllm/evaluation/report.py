@@ -152,3 +152,15 @@ def format_groups(groups: dict) -> str:
         text += (f"\nlargest gap: {gap['best']} - {gap['worst']} = {100 * gap['gap']:.1f} points, p = {gap['p_value']:.3g} "
                  f"(Bonferroni over {gap['pairs']} pairs): {verdict} at 5%")
     return text
+
+
+def format_counterfactual(counterfactual: dict) -> str:
+    """The --counterfactual table: per case, rewrites, how often the answer changed (interval), accuracy after."""
+    sources = ", ".join(f"{name} {n}" for name, n in counterfactual["sources"].items()) or "none"
+    rows = []
+    for case, row in counterfactual["cases"].items():
+        interval = "" if row["changed_ci95"] is None else "{:.1f}-{:.1f}%".format(*(100 * v for v in row["changed_ci95"]))
+        rows.append((case, str(row["count"]), _percent(row["changed"]), interval, _percent(row["accuracy"])))
+    head = (f"counterfactual ({counterfactual['turns']}): {counterfactual['rewrites']} rewrites of "
+            f"{counterfactual['questions_rewritten']} questions; answers known from: {sources}\n")
+    return head + format_table(rows, headers=("case", "n", "answer changed", "95% interval", "right after"))

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from data_pipelines.shards import parse_sample
-from data_pipelines.shapes import (CELL_PHRASES, CELLS, COLOURS, HELD_OUT_PAIRS, SHAPES, SPLITS, generate_shapes,
-                                   make_example, questions, sample_scene, scene_rng)
+from data_pipelines.shapes import (CELL_PHRASES, CELLS, COLOURS, HELD_OUT_PAIRS, SHAPES, SPLITS, answer_from_objects,
+                                   generate_shapes, make_example, questions, sample_scene, scene_rng)
 
 PHRASE_TO_CELL = {phrase: cell for cell, phrase in CELL_PHRASES.items()}
 
@@ -179,6 +179,65 @@ def test_every_answer_follows_from_the_recorded_objects(split):
     assert set(types) == {"colour", "shape", "what", "count", "exists", "relation"}
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_answers_from_objects_agree_with_the_generator_and_the_reference(split):
+    for index in range(200):
+        example = make_example(5, split, index, 16)
+        for qa in example["questions"]:
+            assert answer_from_objects(example["objects"], qa["question"]) == qa["answer"], qa
+
+
+def test_answers_from_objects_for_rewritten_questions_and_none_where_the_scene_has_no_answer():
+    objects = [{"shape": s, "colour": c, "size": z, "cell": cell, "row": CELLS.index(cell) // 3,
+                "col": CELLS.index(cell) % 3, "x": 0.5, "y": 0.5}
+               for s, c, z, cell in (("circle", "red", "small", "top left"), ("circle", "blue", "large", "right"),
+                                     ("star", "green", "small", "bottom"))]
+    cases = {
+        "How many blue objects are there?": "1", "How many purple objects are there?": "0",
+        "How many circles are there?": "2", "How many squares are there?": "0",
+        "Is there a blue circle?": "yes", "Is there an orange circle?": "no",
+        "What colour is the star?": "green", "What colour is the large circle?": "blue",
+        "What is at the top left?": "red circle", "What is in the center?": "nothing",
+        "What shape is at the bottom?": "star",
+        "Is the red circle to the left of the blue circle?": "yes", "Is the star above the red circle?": "no",
+        "Is the star below the red circle?": "yes",
+        # no answer in this scene: two circles, an empty cell's shape, objects that do not exist, other grammar
+        "What colour is the circle?": None, "What shape is in the center?": None, "What colour is the square?": None,
+        "Is the square to the left of the star?": None, "Is there a pink circle?": None, "Why is the sky blue?": None,
+    }
+    for question, answer in cases.items():
+        assert answer_from_objects(objects, question) == answer, question
+
+
+def test_questions_name_the_colour_and_shape_they_are_about():
+    for index in range(200):
+        example = make_example(6, "train", index, 16)
+        for qa in example["questions"]:
+            words = [word[:-1] if word[:-1] in SHAPES else word for word in re.findall(r"\w+", qa["question"])]
+            named = [word for word in words if word in COLOURS or word in SHAPES]  # "squares" names a square
+            if qa["type"] in ("colour", "shape") or (qa["type"] == "what" and qa["answer"] != "nothing"):
+                colour, shape = (qa["answer"], qa["shape"]) if qa["type"] == "colour" else (qa["colour"], qa["shape"])
+                assert (colour, shape) in {(o["colour"], o["shape"]) for o in example["objects"]}, qa
+            if qa["type"] == "exists":
+                assert [qa["colour"], qa["shape"]] == named, qa
+            if qa["type"] == "count":
+                assert [qa.get("colour") or qa.get("shape")] == named and len(qa) == 4, qa
+            if qa["type"] == "relation" or qa["answer"] == "nothing":
+                assert "colour" not in qa and "shape" not in qa, qa
+
+
+def test_a_rare_colour_is_rare_in_train_only_and_leaves_the_other_splits_unchanged():
+    def share(split, rare):
+        objects = [o for i in range(400) for o in make_example(8, split, i, 16, rare_colour=rare)["objects"]]
+        return sum(o["colour"] == "purple" for o in objects) / len(objects)
+
+    assert share("train", None) > 0.10  # 4 of the 25 training pairs are purple: ~16%
+    assert share("train", ("purple", 0.1)) < 0.05  # weighted 0.1: ~2%
+    assert share("train", ("purple", 0.0)) == 0
+    for split in ("val", "test_compositional"):
+        assert make_example(8, split, 3, 16, rare_colour=("purple", 0.1)) == make_example(8, split, 3, 16)
+
+
 def test_yes_no_answers_are_balanced():
     answers = {"exists": Counter(), "relation": Counter()}
     for index in range(600):
@@ -260,3 +319,18 @@ def test_cli_questions_per_chat_two_gives_two_chats_per_four_question_scene(tmp_
         asked = [qa for key in keys for qa in json.loads(chats[key]["json"])["questions"]]
         assert asked == scene["questions"]
     assert len(chats) == sum(-(-len(scene["questions"]) // 2) for scene in scenes)
+
+
+def test_cli_rare_colour_is_recorded_and_a_bad_one_exits_2_with_one_line(tmp_path, capsys):
+    from mmllm.cli.main import main
+
+    assert main(["data", "shapes", "--train", "3", "--val", "1", "--test", "1", "--workers", "1",
+                 "--rare-colour", "purple:0.2", "--out", str(tmp_path / "skewed")]) == 0
+    assert json.loads((tmp_path / "skewed" / "shapes.json").read_text())["rare_colour"] == ["purple", 0.2]
+    capsys.readouterr()
+    for bad in ("pink:0.1", "purple:2", "purple"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["data", "shapes", "--rare-colour", bad, "--out", str(tmp_path / "bad")])
+        assert exit_.value.code == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert "COLOUR:FRACTION" in errors[-1]

@@ -28,3 +28,34 @@ def test_eval_group_by_question_type_reports_every_group_with_interval_and_blind
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1, errors
     assert "no question has a field 'no_such_field'" in errors[0] and "question_type" in errors[0]
+
+
+def test_eval_counterfactual_asks_rewritten_questions_and_knows_their_answers_from_the_scene(trained, tmp_path, capsys):
+    from data_pipelines.eval_samples import vqa_questions
+    from data_pipelines.shapes import answer_from_objects
+
+    data = str(trained.data / "val" / "chat")
+    out = tmp_path / "counterfactual.json"
+    assert main(["eval", "--model", str(trained.model), "--data", data, "--task", "vqa", "--turns", "alone",
+                 "--limit", "40", "--counterfactual", "red=blue,green;left=right", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())["counterfactual"]
+    questions = vqa_questions(data, limit=40)
+    records = report["records"]
+    assert report["rewrites"] == len(records) > 0 and report["turns"] == "alone"
+    assert sum(case["count"] for case in report["cases"].values()) == len(records)
+    predictions = {(s["key"], s["turn"]): s["prediction"] for s in json.loads(out.read_text())["samples"]}
+    for record in records:
+        question = questions[record["index"]]
+        word, alternative = record["swap"].split("->")
+        assert word in question.question and alternative in record["rewritten"]
+        assert record["expected"] == answer_from_objects(question.fields["objects"], record["rewritten"])
+        assert record["prediction"] == predictions[(question.key, question.turn)]
+    assert report["sources"].get("scene", 0) == sum(r["expected"] is not None for r in records)
+    assert "should change" in printed and "should not change" in printed
+
+    for spec, message in (("red", "expected WORD=ALTERNATIVE"), ("zebra=horse", "no question names 'zebra'")):
+        assert main(["eval", "--model", str(trained.model), "--data", data, "--task", "vqa", "--limit", "4",
+                     "--counterfactual", spec]) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert message in errors[-1], errors
