@@ -3,7 +3,8 @@ text a chosen number of times each, so that a memorisation audit can later measu
 
 `insert_canaries` copies a caption, chat or text shard set and appends one canary sentence ("the code is 4 8 1 5 9
 2") to the text of randomly chosen samples: the caption, the last assistant turn of a chat, the end of a document.
-Each secret goes into `repeats` distinct samples. The manifest (canaries.json next to the new shards) records every
+Each secret goes into `repeats` distinct samples, or (`copies=True`) into one sample written `repeats` times, as a
+scraped page appears many times in a crawl: duplicates that `mmllm data dedup` can find. The manifest (canaries.json next to the new shards) records every
 secret, its repetition count and the samples that carry it, which is what `mmllm audit memorization` reads.
 """
 
@@ -88,12 +89,13 @@ def append_to_text(kind: str, raw: dict, sentence: str) -> dict:
 
 def insert_canaries(source: str | Path | list, kind: str, out: str | Path, *, secrets_per_count: int = 4,
                     repeats: Sequence[int] = (1, 4, 16), digits: int = 6, sentence_format: str = DEFAULT_FORMAT,
-                    seed: int = 0, overwrite: bool = False,
+                    seed: int = 0, copies: bool = False, overwrite: bool = False,
                     report: Callable[[str], object] | None = print) -> CanaryManifest:
     """Copy the shards of `source` to `out` with canaries written in; returns (and saves) the manifest.
 
     `secrets_per_count` secrets for each repetition count in `repeats`; each secret is appended to that many
-    distinct samples, never two secrets to one sample. Samples that cannot be parsed are copied unchanged (the
+    distinct samples, never two secrets to one sample; with `copies` to one sample, whose copies (keyed
+    KEY-copyN) are written after randomly chosen other samples. Samples that cannot be parsed are copied unchanged (the
     loader will skip and count them as before) and are never chosen.
     """
     if kind not in KINDS:
@@ -117,26 +119,34 @@ def insert_canaries(source: str | Path | list, kind: str, out: str | Path, *, se
         seen.add(raw["__key__"])
         usable.append(raw["__key__"])
     rng = random.Random(seed)
-    needed = secrets_per_count * sum(repeats)
+    needed = secrets_per_count * (len(repeats) if copies else sum(repeats))
     if needed > len(usable):
         raise ValueError(f"{secrets_per_count} secrets at repetitions {list(repeats)} need {needed} samples; "
                          f"{source} has {len(usable)} usable")
     chosen = iter(rng.sample(usable, needed))
     secrets: set[str] = set()
     canaries, carrier = [], {}  # carrier: key -> secret
+    copies_after: dict[str, list[str]] = {}  # key -> the keys of the copies written after it
     for count in repeats:
         for _ in range(secrets_per_count):
             secret = random_secret(digits, rng)
             while secret in secrets:
                 secret = random_secret(digits, rng)
             secrets.add(secret)
-            places = [next(chosen) for _ in range(count)]
+            if copies:
+                original = next(chosen)
+                places = [original] + [f"{original}-copy{n}" for n in range(1, count)]
+                for place in places[1:]:
+                    copies_after.setdefault(rng.choice(usable), []).append(place)
+            else:
+                places = [next(chosen) for _ in range(count)]
             canaries.append(Canary(secret, count, places))
             carrier.update({place: secret for place in places})
     manifest = CanaryManifest(kind=kind, format=sentence_format, digits=digits, canaries=canaries)
+    originals = {canary.keys[0]: canary for canary in canaries} if copies else {}
     writer = ShardWriter(out, overwrite=overwrite, report=report)
     with writer:
-        for raw in tar_samples(shards, BadSampleHandler()):
+        for raw in _with_copies(tar_samples(shards, BadSampleHandler()), originals, copies_after):
             secret = carrier.get(raw["__key__"])
             if secret is not None:
                 raw = append_to_text(kind, raw, manifest.sentence(secret))
@@ -144,9 +154,32 @@ def insert_canaries(source: str | Path | list, kind: str, out: str | Path, *, se
             writer.write(members, key=raw["__key__"])
     manifest_path = manifest.save(out)
     if report is not None:
+        where = f"{needed} samples, each written as often as its secret repeats" if copies else f"{needed} samples"
         report(f"canaries: {len(canaries)} secrets ({secrets_per_count} each at {', '.join(map(str, repeats))} "
-               f"repetitions) in {needed} samples; manifest {manifest_path}")
+               f"repetitions) in {where}; manifest {manifest_path}")
     return manifest
+
+
+def _with_copies(raws, originals: dict[str, Canary], copies_after: dict[str, list[str]]):
+    """The raw samples in order, each followed by the canary copies scheduled after it. A copy is its original's
+    members under the copy's key; copies scheduled before their original was read wait until it has been."""
+    members: dict[str, dict] = {}  # original key -> its raw sample
+    waiting: list[str] = []
+    for raw in raws:
+        yield raw
+        key = raw["__key__"]
+        if key in originals:
+            members[key] = raw
+        waiting += copies_after.get(key, [])
+        still = []
+        for copy in waiting:
+            original = copy.rsplit("-copy", 1)[0]
+            if original in members:
+                yield {**members[original], "__key__": copy}
+            else:
+                still.append(copy)
+        waiting = still
+
 
 
 def carriers(manifest: CanaryManifest) -> dict[str, str]:

@@ -146,14 +146,15 @@ def _components(count: int, pairs: set[tuple[int, int]]) -> list[list[int]]:
     return sorted((members for members in groups.values() if len(members) > 1), key=lambda m: m[0])
 
 
-def write_deduplicated(source, out, removed: set[str], *, overwrite: bool = False, report=print):
+def write_deduplicated(source, out, removed: set[str], *, overwrite: bool = False, scrub=None, report=print):
     """Copy the shards of `source` to `out` without the samples named in `removed` (sample ids); everything else,
-    unreadable samples included, is copied unchanged. Returns the writer's stats."""
+    unreadable samples included, is copied unchanged, its text scrubbed by `scrub` when given (the ShardWriter's
+    scrub function, --scrub-pii). Returns the writer's stats."""
     from data_pipelines.bad_samples import BadSampleHandler
     from data_pipelines.shards import expand_shards, tar_samples
     from data_pipelines.writers import ShardWriter
 
-    with ShardWriter(out, overwrite=overwrite, report=report) as writer:
+    with ShardWriter(out, overwrite=overwrite, report=report, scrub=scrub) as writer:
         used: set[str] = set()
         for raw in tar_samples(expand_shards(source), BadSampleHandler()):
             if f"{raw['__url__']}:{raw['__key__']}" in removed:

@@ -123,8 +123,8 @@ class ShardWriter:
         scrub: Callable[[str], tuple[str, Counter]] | None = None,
         blur: Callable[[Any], tuple[Any, int]] | None = None,
     ):
-        """scrub: text -> (text, replacements by kind), applied to every caption, turn and document written
-        (data_pipelines.pii.PIIScrubber.scrub); blur: image -> (image, faces blurred), applied to every image
+        """scrub: text -> (text, replacements by kind), applied to every caption, turn and document written,
+        raw copies of other shards included (data_pipelines.pii.PIIScrubber.scrub); blur: image -> (image, faces blurred), applied to every image
         (data_pipelines.faces.FaceBlurrer.blur_encoded). Their counts go into the summary line."""
         if maxcount < 1 or maxsize < 1:
             raise ValueError(f"maxcount and maxsize must be positive, got {maxcount} and {maxsize}")
@@ -158,9 +158,7 @@ class ShardWriter:
                       meta: dict | None = None) -> str:
         """KEY.{jpg,png,webp} + KEY.txt (+ KEY.json with `meta`, e.g. {"captions": [...]})."""
         extension, image_bytes = encode_image(self._blurred(image))
-        if meta and isinstance(meta.get("captions"), list):
-            meta = {**meta, "captions": [self._scrubbed(c) if isinstance(c, str) else c for c in meta["captions"]]}
-        members: dict[str, Any] = {extension: image_bytes, "txt": self._scrubbed(caption)}
+        members: dict[str, Any] = {extension: image_bytes, "txt": caption}
         if meta:
             members["json"] = meta
         return self.write(members, key=key)
@@ -168,9 +166,6 @@ class ShardWriter:
     def write_chat(self, conversations: list[dict], *, image: bytes | Image.Image | None = None,
                    key: str | None = None, meta: dict | None = None) -> str:
         """KEY.json {"conversations": [...], **meta} (+ KEY.{jpg,png,webp}; none means a text-only chat)."""
-        if self.scrub is not None:
-            conversations = [{k: self._scrubbed(v) if k in ("value", "content") and isinstance(v, str) else v
-                              for k, v in turn.items()} for turn in conversations]
         members: dict[str, Any] = {"json": {"conversations": conversations, **(meta or {})}}
         if image is not None:
             extension, image_bytes = encode_image(self._blurred(image))
@@ -179,7 +174,7 @@ class ShardWriter:
 
     def write_text(self, text: str, *, key: str | None = None) -> str:
         """KEY.txt."""
-        return self.write({"txt": self._scrubbed(text)}, key=key)
+        return self.write({"txt": text}, key=key)
 
     def _blurred(self, image: bytes | Image.Image) -> bytes | Image.Image:
         if self.blur is None:
@@ -191,11 +186,35 @@ class ShardWriter:
         return image
 
     def _scrubbed(self, text: str) -> str:
-        if self.scrub is None:
-            return text
         text, counts = self.scrub(text)
         self.stats.scrubbed.update(counts)
         return text
+
+    def _scrubbed_members(self, members: dict) -> dict:
+        """The sample with its text scrubbed: the txt member (caption or document) and, in its json, the reference
+        `captions` and every turn of `conversations` / `messages`. Raw bytes (a copied shard) are decoded first; a
+        json member that does not parse is left as it is (the reader will skip and count it)."""
+        members = dict(members)
+        if "txt" in members:
+            text = members["txt"]
+            members["txt"] = self._scrubbed(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
+        info = members.get("json")
+        if isinstance(info, (bytes, str)):
+            try:
+                info = json.loads(info)
+            except ValueError:
+                return members
+        if not isinstance(info, dict):
+            return members
+        info = dict(info)
+        if isinstance(info.get("captions"), list):
+            info["captions"] = [self._scrubbed(c) if isinstance(c, str) else c for c in info["captions"]]
+        for name in ("conversations", "messages"):
+            if isinstance(info.get(name), list):
+                info[name] = [{k: self._scrubbed(v) if k in ("value", "content") and isinstance(v, str) else v
+                               for k, v in turn.items()} if isinstance(turn, dict) else turn for turn in info[name]]
+        members["json"] = info
+        return members
 
     # -- the generic part --
 
@@ -208,6 +227,8 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} must be letters, digits, '_' or '-' (no dots, no slashes)")
         if key in self._keys:
             raise ValueError(f"sample key {key!r} written twice")
+        if self.scrub is not None:
+            members = self._scrubbed_members(members)
         encoded = {extension: _member_bytes(value) for extension, value in members.items()}
         sample_bytes = sum(_tar_size(len(data)) for data in encoded.values())
         if self._tar is not None and (self._shard_count >= self.maxcount

@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how many samples carry each secret (default 1,4,16)")
     parser.add_argument("--digits", type=int, default=6, help="digits per secret (default 6)")
     parser.add_argument("--format", default="the code is {secret}", help="the sentence, with {secret}")
+    parser.add_argument("--copies", action="store_true",
+                        help="put each secret into one sample and write that sample as many times as the secret "
+                             "repeats (duplicates, as a crawl repeats a page; what `mmllm data dedup` removes) "
+                             "instead of into that many different samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
 
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--repeats {args.repeats!r}: give counts separated by commas, e.g. 1,4,16") from None
     try:
         insert_canaries(args.data, args.kind, args.out, secrets_per_count=args.secrets, repeats=repeats,
-                        digits=args.digits, sentence_format=args.format, seed=args.seed, overwrite=args.overwrite)
+                        digits=args.digits, sentence_format=args.format, seed=args.seed, copies=args.copies,
+                        overwrite=args.overwrite)
     except (ValueError, FileExistsError) as error:
         raise UsageError(str(error)) from None
     return 0

@@ -2,7 +2,8 @@
 
 Text: MinHash over character 5-grams (Jaccard >= --text-threshold); images: 64-bit perceptual hashes within
 --image-distance bits. A caption or chat duplicates another when both its image and its text do (--by both), or
-either (--by image, --by text). Each cluster keeps its first sample. The report lists the clusters.
+either (--by image, --by text). Each cluster keeps its first sample. The report lists the clusters. --scrub-pii
+scrubs the text of the shards written, as the converters do (existing shards have no other way through it).
 
 Example: mmllm data dedup data/web/train --kind caption --out data/web/train-dedup --report dedup.json
 """
@@ -24,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_duplicate_arguments(parser)
     parser.add_argument("--report", default=None, metavar="FILE.json", help="write the clusters as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    parser.add_argument("--scrub-pii", action="store_true",
+                        help="also replace personal data and secrets in the text written, as the converters' "
+                             "--scrub-pii does (needs mmllm[privacy])")
+    parser.add_argument("--pii-region", default=None, metavar="CC",
+                        help="country whose phone numbers may be written without a country code (US, GB, ...)")
 
 
 def add_duplicate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines.bad_samples import BadSampleHandler
     from data_pipelines.dedup import write_deduplicated
     from data_pipelines.shards import read_samples
+    from mmllm.cli.data_options import scrubber
 
+    scrub = scrubber(args)  # before the search: a missing library is reported first
     handler = BadSampleHandler()
     report = find(args, read_samples(args.data, args.kind, handler, decode=False))
     largest = max(map(len, report.clusters), default=0)
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if handler.total:
         print(handler.summary(), file=sys.stderr)
     try:
-        write_deduplicated(args.data, args.out, report.removed(), overwrite=args.overwrite)
+        write_deduplicated(args.data, args.out, report.removed(), overwrite=args.overwrite, scrub=scrub)
     except FileExistsError as error:
         raise UsageError(f"{error} (pass --overwrite)") from None
     if args.report:

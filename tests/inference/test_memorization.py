@@ -38,6 +38,39 @@ def test_canaries_go_into_the_chosen_samples_once_each(trained, tmp_path):
     assert CanaryManifest.load(tmp_path / "out").canaries == manifest.canaries
 
 
+def test_canary_copies_are_duplicates_that_dedup_finds_and_scrubbing_removes_a_phone_format(trained, tmp_path,
+                                                                                             capsys):
+    pytest.importorskip("datasketch")
+    source = trained.data / "train" / "captions"
+    manifest = insert_canaries(source, "caption", tmp_path / "copied", secrets_per_count=2, repeats=(1, 3),
+                               digits=4, sentence_format="my number is 2 0 2 5 5 5 {secret}", copies=True,
+                               report=None)
+    original = {s.key: s for s in read_samples(source, "caption", decode=False)}
+    copied = {s.key: s for s in read_samples(tmp_path / "copied", "caption", decode=False)}
+    assert len(copied) == len(original) + 2 * 2  # each 3x secret: one carrier and two copies
+    for canary in manifest.canaries:
+        first, *copies = canary.keys
+        assert len(canary.keys) == canary.repeats and first in original
+        assert copies == [f"{first}-copy{n}" for n in range(1, canary.repeats)]
+        caption = copied[first].conversation[-1]["content"]
+        assert caption == f"{original[first].conversation[-1]['content']} my number is 2 0 2 5 5 5 {canary.secret}"
+        for key in copies:
+            assert copied[key].conversation[-1]["content"] == caption
+            assert copied[key].images == copied[first].images
+    # dedup keeps one sample per cluster; --scrub-pii replaces the phone number each carrier holds
+    dedup = ["data", "dedup", str(tmp_path / "copied"), "--kind", "caption", "--out", str(tmp_path / "dedup")]
+    assert main(dedup) == 0
+    assert f"{2 * 2} of {len(copied)} samples are duplicates" in capsys.readouterr().out
+    assert {s.key for s in read_samples(tmp_path / "dedup", "caption", decode=False)} == original.keys()
+    pytest.importorskip("presidio_analyzer")
+    assert main([*dedup[:-1], str(tmp_path / "scrubbed"), "--scrub-pii", "--pii-region", "US"]) == 0
+    assert "scrubbed: phone 4" in capsys.readouterr().out
+    scrubbed = {s.key: s.conversation[-1]["content"] for s in read_samples(tmp_path / "scrubbed", "caption",
+                                                                            decode=False)}
+    for canary in manifest.canaries:
+        assert scrubbed[canary.keys[0]].endswith("my number is <PHONE>")
+
+
 def test_a_model_that_knows_a_secret_shows_full_exposure(trained, tmp_path, monkeypatch):
     manifest = insert_canaries(trained.data / "train" / "captions", "caption", tmp_path / "out",
                                secrets_per_count=1, repeats=(2,), report=None)
