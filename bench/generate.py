@@ -3,6 +3,7 @@
     python bench/generate.py                                   # tiny and small, batch 1 and 8, fp32 and bf16
     python bench/generate.py --preset small --batch-size 1 --dtype fp32 --repeats 3
     python bench/generate.py --device cuda --dtype bf16 --batch-size 1 32
+    python bench/generate.py --preset small --decode eager static compiled   # the three decode paths
 
 Prompt: one image + 64 text tokens per row; 128 new tokens, greedy, no stop token (every row runs to the end).
 - ttft: prompt in -> first new token out (image encoding, prefill over the cache, head, argmax).
@@ -11,6 +12,9 @@ Prompt: one image + 64 text tokens per row; 128 new tokens, greedy, no stop toke
   reference the KV cache must beat; for big presets only some of the 128 steps are timed (evenly spread) and
   the total is their mean x 128 (`recompute_steps_timed` says how many). Its tokens are checked against the
   cache's.
+- decode kind (`--decode`, mmllm.generation): eager (the default on CPUs), static (fixed shapes), compiled (the
+  static step through torch.compile; CUDA graphs on a GPU). `warmup_s` is the first, untimed generation of 8
+  tokens, which holds the compilation; `tokens_equal_eager` checks the greedy tokens against the eager path's.
 - decode bound: one decode step reads every LM weight once (the tied head reads the whole embedding matrix)
   plus the KV cache; the memory read bandwidth measured in this run divided by those bytes is the most
   decode steps per second this memory allows. `bound_fraction` = achieved / bound.
@@ -48,11 +52,11 @@ def make_prompt(model: VLM, batch_size: int, text_tokens: int, device: torch.dev
     return torch.cat([image, text], 1).to(device), pixels.to(device, dtype)
 
 
-def kv_cache_run(model, input_ids, pixels, new_tokens, device) -> tuple[float, float, torch.Tensor]:
+def kv_cache_run(model, input_ids, pixels, new_tokens, device, decode="eager") -> tuple[float, float, torch.Tensor]:
     """(ttft seconds, decode seconds for the remaining tokens, new tokens (B, new_tokens))."""
     common.synchronize(device)
     start = time.perf_counter()
-    steps = stream(model, input_ids, pixel_values=pixels, max_new_tokens=new_tokens, stop_ids=[])
+    steps = stream(model, input_ids, pixel_values=pixels, max_new_tokens=new_tokens, stop_ids=[], decode=decode)
     produced = [list(next(steps).values())]
     first = time.perf_counter()
     produced += [list(step.values()) for step in steps]
@@ -93,25 +97,32 @@ def decode_bytes(model: VLM, batch_size: int, context: int, dtype: torch.dtype) 
     return {"weight_bytes": weights, "kv_cache_bytes": kv, "bytes_per_step": weights + kv}
 
 
-def bench_case(preset: str, dtype_name: str, batch_size: int, args, bandwidth: float, device) -> dict:
+def bench_case(preset: str, dtype_name: str, batch_size: int, args, bandwidth: float, device,
+               decode_kind: str = "eager", eager_tokens: dict | None = None) -> dict:
     dtype = common.DTYPES[dtype_name]
     torch.manual_seed(0)
     config = build_config(preset, VOCAB.get(preset))
     model = VLM(config).to(device, dtype).eval()
     input_ids, pixels = make_prompt(model, batch_size, args.prompt_tokens, device, dtype)
     prompt_len = input_ids.size(1)
-    kv_cache_run(model, input_ids, pixels, 8, device)  # warm-up: allocator, kernel choices
+    warmup_start = time.perf_counter()
+    kv_cache_run(model, input_ids, pixels, 8, device, decode_kind)  # warm-up: allocator, kernels, compilation
+    warmup_s = time.perf_counter() - warmup_start
     ttfts, decodes, cpu_decode = [], [], []
     for _ in range(args.repeats):
         cpu_start = time.process_time()
-        ttft, decode, tokens = kv_cache_run(model, input_ids, pixels, args.new_tokens, device)
+        ttft, decode, tokens = kv_cache_run(model, input_ids, pixels, args.new_tokens, device, decode_kind)
         cpu_decode.append(time.process_time() - cpu_start)
         ttfts.append(ttft)
         decodes.append(decode)
     decode_steps = args.new_tokens - 1
     decode_s = common.summary(decodes)
+    case = (preset, dtype_name, batch_size)
+    if eager_tokens is not None and decode_kind == "eager":
+        eager_tokens[case] = tokens
     row = {
-        "preset": preset, "dtype": dtype_name, "batch_size": batch_size, "prompt_len": prompt_len,
+        "preset": preset, "dtype": dtype_name, "batch_size": batch_size, "decode": decode_kind,
+        "warmup_s": round(warmup_s, 3), "prompt_len": prompt_len,
         "image_tokens": config.tokens_per_image, "new_tokens": args.new_tokens,
         "ttft": common.summary(ttfts),
         "decode_tokens_per_s": batch_size * decode_steps / decode_s["median_s"],
@@ -119,9 +130,11 @@ def bench_case(preset: str, dtype_name: str, batch_size: int, args, bandwidth: f
         "decode_ms_per_step": 1000 * decode_s["median_s"] / decode_steps,
         "cpu_s_per_generation": min(cpu_decode),
     }
+    if eager_tokens is not None and decode_kind != "eager" and case in eager_tokens:
+        row["tokens_equal_eager"] = bool(torch.equal(tokens, eager_tokens[case]))
     kv_total = min(t + d for t, d in zip(ttfts, decodes))
     steps_timed = args.recompute_steps or (args.new_tokens if preset == "tiny" else 8)
-    if steps_timed > 0:
+    if steps_timed > 0 and decode_kind == "eager":
         mean_step, cpu_step, agree, timed = recompute_run(model, input_ids, pixels, tokens, steps_timed, device)
         recompute_total = mean_step * args.new_tokens
         row.update({
@@ -157,18 +170,23 @@ def main() -> None:
     parser.add_argument("--recompute-steps", type=int,
                         help="steps of full recomputation to time (default: all for tiny, 8 otherwise; 0: skip)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument("--decode", nargs="+", choices=("eager", "static", "compiled"), default=["eager"],
+                        help="decode paths to time, each case in each (default: eager)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = args.dtype or (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
     bandwidth = common.memory_read_bandwidth(device)
-    rows = []
+    rows, eager_tokens = [], {}
+    decodes = sorted(args.decode, key=["eager", "static", "compiled"].index)  # eager first: the tokens to match
     for preset in args.preset:
         for dtype_name in dtypes:
             for batch_size in args.batch_size:
-                rows.append(bench_case(preset, dtype_name, batch_size, args, bandwidth["read_bytes_per_s"], device))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress
+                for decode_kind in decodes:
+                    rows.append(bench_case(preset, dtype_name, batch_size, args, bandwidth["read_bytes_per_s"],
+                                           device, decode_kind, eager_tokens))
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress
     print(json.dumps({"bench": "generate", "machine": common.machine(device), "memory_bandwidth": bandwidth,
                       "rows": rows}, indent=1))
 

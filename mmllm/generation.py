@@ -1,11 +1,20 @@
 """Text generation with a KV cache: prefill the (left-padded) prompt batch once, then decode token by token.
 
 - `KVCache`: per-layer key/value tensors (B, n_kv_heads, max_len, head_dim) allocated once, written in place.
+- `StaticKVCache`: the same with fixed shapes at every decode step (see `decode` below).
 - `stream(...)`: a generator yielding `{row: token_id}` at each step for the rows still generating.
 - `generate(...)`: runs `stream` and returns the new tokens of each row (stop token removed).
 
-Images are encoded once, in prefill. Rows that produce a stop id are removed from the batch (and from the
-cache), so finished rows cost nothing. In prefix mode the prompt is the prefix: prefill attends
+Images are encoded once, in prefill. Decoding comes in three kinds (`decode=`):
+- `eager`: rows that produce a stop id are removed from the batch (and from the cache), so finished rows cost
+  nothing; each step attends to the positions filled so far.
+- `static`: every step has the same shapes: the cache holds a bucket of positions (prompt + new tokens rounded
+  up to a multiple of STATIC_BUCKET), batches are padded to a power of two, a step writes its keys with
+  index_copy_ at a position held in a tensor and attends to the whole cache through a mask; finished rows stay
+  (their tokens are dropped). Slower than eager by itself, it is what compilation needs:
+- `compiled`: the static step through torch.compile, once per (batch bucket, length bucket, dtype); on CUDA with
+  CUDA graphs (mode "reduce-overhead"), which removes the per-kernel launch cost that bounds batch-1 decoding.
+Greedy tokens are the same in all three (tests/inference/test_static_decode.py). In prefix mode the prompt is the prefix: prefill attends
 bidirectionally over it and decoded tokens are causal, which is exactly what full recomputation with
 prefix_mask = prompt does, since prompt positions never attend to later tokens.
 """
@@ -59,6 +68,79 @@ class KVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
 
 
+STATIC_BUCKET = 64  # positions: a static cache's length is a multiple of this, so most lengths share a graph
+DECODES = ("eager", "static", "compiled")
+
+
+class StaticKVCache:
+    """Keys and values for a fixed number of positions and rows, written in place at `slot` (a tensor, so that a
+    compiled step reads it without recompiling); every decode step reads all of it, masked by `visible`."""
+
+    def __init__(self, config: LMConfig, batch_size: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.max_len = max_len
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # where the next decode step writes
+        self.positions = torch.arange(max_len, device=device)  # (L,)
+        self.prefilled = False
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill (the prompt's b rows and T positions) writes from position 0 and attends to the prompt only;
+        a decode step (one position, all rows) writes at `slot` and attends to the whole cache (B, n_kv, L, hd)."""
+        if not self.prefilled:
+            rows, length = k.size(0), k.size(2)
+            self.keys[layer][:rows, :, :length] = k
+            self.values[layer][:rows, :, :length] = v
+            return k, v
+        self.keys[layer].index_copy_(2, self.slot, k)
+        self.values[layer].index_copy_(2, self.slot, v)
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, n: int) -> None:
+        """After prefill, every write is a decode step; the slot itself moves in the decode loop, outside any
+        compiled step (see _stream_static)."""
+        self.prefilled = True
+
+
+def static_shapes(batch_size: int, length: int, max_seq_len: int) -> tuple[int, int]:
+    """(rows, positions) of the static cache: the batch rounded up to a power of two, the length to a multiple
+    of STATIC_BUCKET (never past what the model can attend to, nor under `length`)."""
+    rows = 1 << (batch_size - 1).bit_length()
+    bucketed = -(-length // STATIC_BUCKET) * STATIC_BUCKET
+    return rows, max(length, min(bucketed, max_seq_len))
+
+
+def static_decode_step(model: VLM, tokens: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache,
+                       key_is_real: torch.Tensor) -> torch.Tensor:
+    """One token per row (B,) at rotary positions (B,) into the static cache; logits (B, V). key_is_real (B, L)
+    marks real prompt keys and every decode slot; those after `cache.slot` are not written yet and stay hidden."""
+    visible = key_is_real & (cache.positions <= cache.slot)  # (B, L)
+    embeds = model.lm.embed_tokens(tokens[:, None])  # (B, 1, dim)
+    hidden = model.lm(embeds, positions[:, None], attn_mask=visible[:, None, None, :], is_causal=False,
+                      kv_cache=cache)
+    return model.lm.logits(hidden[:, -1])
+
+
+_COMPILED_STEPS: dict = {}  # (device type, mode) -> the compiled step (torch.compile caches graphs by shape)
+
+
+def compiled_decode_step(device: torch.device):
+    """static_decode_step through torch.compile: CUDA graphs on CUDA, Inductor's fused kernels elsewhere."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    key = (device.type, mode)
+    if key not in _COMPILED_STEPS:
+        _COMPILED_STEPS[key] = torch.compile(static_decode_step, mode=mode, dynamic=False)
+    return _COMPILED_STEPS[key]
+
+
+def default_decode(device: torch.device | str) -> str:
+    """`compiled` on CUDA (launch-bound otherwise); `eager` on CPUs, where compiling costs more than a
+    generation of a few dozen tokens saves (bench/generate.py measures both)."""
+    return "compiled" if torch.device(device).type == "cuda" else "eager"
+
+
 def sample_next_token(
     logits: torch.Tensor,
     temperature: float = 0.0,
@@ -98,14 +180,17 @@ def stream(
     top_p: float | None = None,
     stop_ids: Sequence[int] | None = None,
     seed: int | None = None,
+    decode: str = "eager",
 ) -> Iterator[dict[int, int]]:
     """Yield {row: new token id} once per decoding step, for the rows still generating.
 
     input_ids (B, T) is LEFT-padded (attention_mask 1 on real tokens, last column real in every row).
     A row's last yield is its stop token (config.eos_token_ids unless stop_ids is given) or its
     max_new_tokens-th token; generation also ends at lm.max_seq_len. seed makes sampling reproducible.
-    The image placeholder id is never generated.
+    The image placeholder id is never generated. decode: eager, static or compiled (the module's docstring).
     """
+    if decode not in DECODES:
+        raise ValueError(f"unknown decode {decode!r}; choose one of {', '.join(DECODES)}")
     config = model.config
     B, T = input_ids.shape
     device = input_ids.device
@@ -120,6 +205,10 @@ def stream(
     if max_new_tokens <= 0:
         return
     dtype = next(model.parameters()).dtype
+    if decode != "eager":
+        yield from _stream_static(model, embeds, attention_mask, max_new_tokens, stop, decode,
+                                  (temperature, top_k, top_p, generator))
+        return
     cache = KVCache(config.lm, B, T + max_new_tokens, dtype=dtype, device=device)
     logits = prefill(model, embeds, attention_mask, cache)  # (B, V)
 
@@ -148,6 +237,39 @@ def stream(
             rows = [rows[i] for i in keep]
         logits = decode_step(model, tokens, next_position, cache, key_is_real)
         next_position = next_position + 1
+
+
+def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                   stop: set[int], decode: str, sampling: tuple) -> Iterator[dict[int, int]]:
+    """stream's loop over a StaticKVCache: all rows (padded to the bucket) decode every step; a finished row's
+    tokens are no longer yielded."""
+    config = model.config
+    B, T = attention_mask.shape
+    device = embeds.device
+    rows_bucket, length = static_shapes(B, T + max_new_tokens, config.lm.max_seq_len)
+    cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device)
+    logits = prefill(model, embeds, attention_mask, cache)  # (B, V): the real rows only
+    key_is_real = torch.ones(rows_bucket, length, dtype=torch.bool, device=device)
+    key_is_real[:, :T] = False  # padded rows see only their own decode slots
+    key_is_real[:B, :T] = attention_mask.bool()
+    next_position = torch.zeros(rows_bucket, dtype=torch.long, device=device)
+    next_position[:B] = attention_mask.long().sum(-1)
+    tokens = torch.zeros(rows_bucket, dtype=torch.long, device=device)
+    step_fn = compiled_decode_step(device) if decode == "compiled" else static_decode_step
+    alive = list(range(B))
+    for step in range(max_new_tokens):
+        logits = logits[:B].clone()  # a compiled CUDA-graph step reuses its output buffer
+        logits[:, config.image_token_id] = float("-inf")
+        chosen = sample_next_token(logits, *sampling)  # (B,)
+        token_list = chosen.tolist()
+        yield {row: token_list[row] for row in alive}
+        alive = [row for row in alive if token_list[row] not in stop]
+        if step == max_new_tokens - 1 or not alive:
+            return
+        tokens[:B] = chosen
+        cache.slot.fill_(T + step)
+        logits = step_fn(model, tokens, next_position, cache, key_is_real)
+        next_position += 1
 
 
 def prefill(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -194,12 +316,13 @@ def generate(
     top_p: float | None = None,
     stop_ids: Sequence[int] | None = None,
     seed: int | None = None,
+    decode: str = "eager",
 ) -> list[list[int]]:
     """The new tokens of each row, without the stop token that ended it. Arguments as in `stream`."""
     stop = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
     steps = stream(
         model, input_ids, attention_mask, pixel_values, image_counts, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids, seed=seed,
+        temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids, seed=seed, decode=decode,
     )
     new_tokens: list[list[int]] = [[] for _ in range(input_ids.size(0))]
     for step in steps:

@@ -29,7 +29,7 @@ from data_pipelines.images import ImageError, load_image
 from data_pipelines.special_tokens import CAPTION_INSTRUCTION
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
-from mmllm.generation import generate, stream
+from mmllm.generation import DECODES, default_decode, generate, stream
 from mmllm.processing import processor_for
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
@@ -68,6 +68,7 @@ class VisionLanguageModel:
         self.processor = processor_for(self.config, tokenizer)
         self.source = source  # the folder or checkpoint it was loaded from, for reports
         self.quantization = None  # mmllm.quantization.QuantizationReport when `load` quantised the model
+        self.decode = default_decode(self.device)  # eager, static or compiled (mmllm.generation)
 
     @property
     def device(self) -> torch.device:
@@ -252,10 +253,11 @@ class VisionLanguageModel:
 
     @torch.inference_mode()
     def _generate(self, batch: dict, options: SamplingOptions) -> list[list[int]]:
-        return generate(self.model, **self._model_inputs(batch), **asdict(options))
+        return generate(self.model, **self._model_inputs(batch), **asdict(options), decode=self.decode)
 
     def _stream_text(self, batch: dict, options: SamplingOptions, strip: bool) -> Iterator[str]:
-        tokens = (step[0] for step in stream(self.model, **self._model_inputs(batch), **asdict(options)))
+        tokens = (step[0] for step in stream(self.model, **self._model_inputs(batch), **asdict(options),
+                                             decode=self.decode))
         yield from decode_incrementally(self.processor.decode, tokens, strip=strip)
 
     def _model_inputs(self, batch: dict) -> dict:
@@ -292,7 +294,7 @@ def decode_incrementally(decode: Callable[[list[int]], str], tokens: Iterable[in
 
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
-         quantize: str | None = None, quantize_method: str = "auto") -> VisionLanguageModel:
+         quantize: str | None = None, quantize_method: str = "auto", decode: str = "auto") -> VisionLanguageModel:
     """A model ready to use, from an exported model folder or a Lightning checkpoint (`.ckpt`).
 
     A model folder (config.json, model.safetensors, tokenizer.json) is read as JSON and safetensors: nothing
@@ -302,8 +304,12 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     "float32", "bfloat16" or a torch dtype. quantize "int8" or "int4" quantises the linear layers on the CPU
     with the fastest method for this machine (mmllm.quantization; `quantize_method` names one instead); a
     folder written by `mmllm export --quantize` is quantised as it was saved unless `quantize` says otherwise.
-    The result's `quantization` is the QuantizationReport (None in float).
+    The result's `quantization` is the QuantizationReport (None in float). decode: how tokens are decoded,
+    "auto" (compiled static-cache steps on CUDA, eager elsewhere: mmllm.generation.default_decode), "eager",
+    "static" or "compiled".
     """
+    if decode != "auto" and decode not in DECODES:
+        raise UsageError(f"unknown decode {decode!r}; choose one of auto, {', '.join(DECODES)}")
     path = Path(path)
     if not path.exists():
         raise UsageError(f"model {path} does not exist")
@@ -340,6 +346,8 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     except ValueError as error:  # the tokenizer lacks the project's special tokens
         raise UsageError(f"model {path}: {error}") from None
     vlm.quantization = report
+    if decode != "auto":
+        vlm.decode = decode
     return vlm
 
 

@@ -29,6 +29,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (the default: the fastest, measured) or one of torch-dynamic-int8, "
                              "torchao-int8-weight-only, torchao-int8-dynamic, torchao-int4-weight-only, "
                              "torchao-int8-dynamic-int4")
+    parser.add_argument("--decode", default="auto", choices=("auto", "eager", "static", "compiled"),
+                        help="how tokens are decoded: compiled (a static KV cache through torch.compile, CUDA "
+                             "graphs on a GPU; compiles once per shape bucket), static, eager (rows leave the "
+                             "batch as they finish); auto (the default): compiled on cuda, eager on cpu")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | str = 64,
@@ -66,7 +70,7 @@ def load_model(args: argparse.Namespace):
     from mmllm.inference import load
 
     vlm = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-               quantize_method=args.quantize_method)
+               quantize_method=args.quantize_method, decode=getattr(args, "decode", "auto"))
     if vlm.quantization is not None:
         print(vlm.quantization.summary(), file=sys.stderr)
     return vlm

@@ -129,3 +129,12 @@ def test_eval_vqa_on_multi_turn_chats_reports_in_context_and_alone_answers(train
     alone_only, _ = _eval(capsys, trained, tmp_path, "--data", str(data), "--task", "vqa", "--limit", "6",
                           "--turns", "alone")
     assert alone_only["turns"] == ["alone"] and alone_only["metrics"] == report["metrics_by_turns"]["alone"]
+
+
+def test_eval_answers_the_same_with_static_cache_decoding(trained, tmp_path, capsys, one_thread):
+    data = ["--data", str(trained.data / "val" / "chat"), "--task", "vqa", "--turns", "alone", "--limit", "24",
+            "--batch-size", "8"]
+    eager, _ = _eval(capsys, trained, tmp_path, *data, "--decode", "eager")
+    static, _ = _eval(capsys, trained, tmp_path, *data, "--decode", "static")
+    assert [s["prediction"] for s in static["samples"]] == [s["prediction"] for s in eager["samples"]]
+    assert len(eager["samples"]) == 24
