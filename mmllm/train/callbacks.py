@@ -170,23 +170,44 @@ class ExportModel(L.Callback):
         self.use_best = use_best
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.interrupted:
+        if trainer.interrupted:
             return
         from mmllm.checkpoint_export import export_checkpoint
         from mmllm.model_folder import save_model_folder
+        from mmllm.train.fsdp import is_sharded
 
         out = Path(self.out or Path(trainer.log_dir or trainer.default_root_dir) / "model")
         checkpoint = trainer.checkpoint_callback
         # Without a monitored metric "best" is only the newest scheduled save: the final weights are newer.
         best = getattr(checkpoint, "best_model_path", "") if getattr(checkpoint, "monitor", None) else ""
-        if self.use_best and best and Path(best).is_file():
+        use_best = self.use_best and best and Path(best).is_file()
+        model = pl_module.model
+        if not use_best and is_sharded(trainer.strategy):
+            model = _gathered_model(trainer, pl_module)  # every rank takes part; rank 0 gets the weights
+        if not trainer.is_global_zero:
+            return
+        if use_best:
             export_checkpoint(best, out)
             source = f"best checkpoint {best}"
         else:
-            save_model_folder(pl_module.model, pl_module.tokenizer, out)
+            save_model_folder(model, pl_module.tokenizer, out)
             source = f"weights at step {trainer.global_step}"
         print(f"exported {source} to {out}")
         plot_curves(trainer)
+
+
+def _gathered_model(trainer: L.Trainer, pl_module: L.LightningModule):
+    """The whole model from an FSDP run's shards: the strategy gathers the full state dict (a collective, so every
+    rank calls this) and rank 0 loads it into a fresh VLM of the same config (None on the other ranks)."""
+    from mmllm.model import VLM
+
+    state = trainer.strategy.lightning_module_state_dict()
+    if not trainer.is_global_zero:
+        return None
+    model = VLM(pl_module.config)
+    model.load_state_dict({name.removeprefix("model."): tensor for name, tensor in state.items()
+                           if name.startswith("model.")})
+    return model.to(next(iter(state.values())).dtype)
 
 
 class OverfitWarning(L.Callback):

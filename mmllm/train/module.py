@@ -7,6 +7,7 @@ compute the loss of a batch, which parameters train at which rate, and what to l
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 from typing import Any, Callable, Literal, Optional
 
@@ -151,6 +152,9 @@ class VLMModule(L.LightningModule):
         shape = {"lm": dict(lm or {}), "vision": dict(vision or {}), **layout}
         self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
+        # Each parameter's rank as built: FSDP hands the optimiser flat 1-D shards, whose ndim would put every
+        # matrix in the no-decay group (see param_groups).
+        self._param_ndims = {name: p.ndim for name, p in self.model.named_parameters()}
         if init_from:  # the config file of the run that made the model may be reused, if it describes this model
             _check_shape_matches(self.config, shape, init_from)
         for part in self.freeze:
@@ -217,11 +221,21 @@ class VLMModule(L.LightningModule):
         questions = datamodule.vqa_examples() if datamodule is not None else []
         if not questions or self.trainer.sanity_checking:
             return
+        from mmllm.train.fsdp import is_sharded
+
+        if is_sharded(self.trainer.strategy):
+            # Generation runs outside the sharded forward, where the model's top-level weights are only shards.
+            if not getattr(self, "_said_no_vqa", False) and self.trainer.is_global_zero:
+                print("validation VQA is off under FSDP (val/loss is not): score the exported model with "
+                      "`mmllm eval --task vqa`", file=sys.stderr)
+            self._said_no_vqa = True
+            return
         from mmllm.evaluation.vqa_answers import answer_questions
         from mmllm.evaluation.vqa_metric import vqa_accuracy
         from mmllm.inference import VisionLanguageModel
 
         vlm = VisionLanguageModel(self.model, self.tokenizer)
+        vlm.decode = "eager"  # a compiled decoder would compile (and on a GPU capture graphs) inside training
         was_training = self.model.training
         answers = answer_questions(vlm, questions, datamodule.val_vqa_turns, max_new_tokens=8)
         self.model.train(was_training)
@@ -271,13 +285,29 @@ class VLMModule(L.LightningModule):
             self.log("train/skipped_samples", float(counter.total), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------------------------ optimiser
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clipping by norm under FSDP is FSDP's own (the norm over every rank's shards); Lightning's FSDP
+        precision plugin refuses it otherwise."""
+        from mmllm.train.fsdp import is_sharded
+
+        if gradient_clip_val and is_sharded(self.trainer.strategy) and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
+        from mmllm.train.fsdp import is_sharded, unwrapped_name
+
+        if self.hparams.optimizer == "muon" and is_sharded(self.trainer.strategy):
+            raise ValueError("model.optimizer muon orthogonalises whole weight matrices, and FSDP gives the optimiser "
+                             "flat shards of them: use model.optimizer adamw with an FSDP strategy, or DDP")
         groups = []
         for part in PARTS:
             if part not in self.freeze:
-                groups += param_groups(getattr(self.model, part).named_parameters(), lr=self.learning_rates[part],
-                                       weight_decay=self.hparams.weight_decay, algorithm=self.hparams.optimizer,
-                                       name=part)
+                named = [(name, param, self._param_ndims[f"{part}.{unwrapped_name(name)}"])
+                         for name, param in getattr(self.model, part).named_parameters()]
+                groups += param_groups(named, lr=self.learning_rates[part], weight_decay=self.hparams.weight_decay,
+                                       algorithm=self.hparams.optimizer, name=part)
         if not groups:
             raise ValueError(f"model.freeze={self.freeze} leaves nothing to train")
         optimizer = build_optimizer(groups, self.hparams.optimizer, tuple(self.hparams.betas),

@@ -12,37 +12,39 @@ from __future__ import annotations
 from typing import Any, Iterable, Literal
 
 import torch
-from torch import nn
 
 from mmllm.train.muon import Muon, NSDtype
 
 Algorithm = Literal["adamw", "muon"]
 
 
-def uses_muon(name: str, param: nn.Parameter) -> bool:
+def uses_muon(name: str, ndim: int) -> bool:
     """A hidden weight matrix: 2-D, and neither an embedding table (token, position) nor the LM's output head.
 
     A tied LM head is the token embedding itself, so it stays with AdamW either way.
     """
-    return param.ndim == 2 and "embed" not in name and "lm_head" not in name
+    return ndim == 2 and "embed" not in name and "lm_head" not in name
 
 
-def decays(name: str, param: nn.Parameter) -> bool:
+def decays(name: str, ndim: int) -> bool:
     """Matrices decay; norms, biases, embeddings and position tables do not."""
-    return param.ndim >= 2 and "embed" not in name
+    return ndim >= 2 and "embed" not in name
 
 
-def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float,
+def param_groups(named_parameters: Iterable[tuple], *, lr: float, weight_decay: float,
                  algorithm: Algorithm, name: str) -> list[dict[str, Any]]:
     """The trainable parameters of one model part as optimiser groups named `name`, `name_no_decay` and, with
-    Muon, `name_muon`; empty groups are left out."""
+    Muon, `name_muon`; empty groups are left out. Rows are (name, parameter) or (name, parameter, ndim as built),
+    the latter for parameters that FSDP has flattened into shards."""
     muon, decay, no_decay = [], [], []
-    for param_name, param in named_parameters:
+    for row in named_parameters:
+        param_name, param = row[0], row[1]
+        ndim = row[2] if len(row) > 2 else param.ndim
         if not param.requires_grad:
             continue
-        if algorithm == "muon" and uses_muon(param_name, param):
+        if algorithm == "muon" and uses_muon(param_name, ndim):
             muon.append(param)
-        elif decays(param_name, param):
+        elif decays(param_name, ndim):
             decay.append(param)
         else:
             no_decay.append(param)

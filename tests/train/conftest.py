@@ -1,7 +1,7 @@
 """Fixtures for training tests: generated shapes shards and a tokenizer, and the CLI fits, made once per session.
 
 32 px scenes; the train split's 64 samples lie in shards of 24, 24 and 16 (uneven on purpose, for DDP).
-The `mmllm fit` subprocesses of test_fit_cli and test_ddp start as soon as the session does and run while
+The `mmllm fit` subprocesses of test_fit_cli and test_ddp (DDP and FSDP) start as soon as the session does and run while
 the in-process tests do (most of their time is importing Lightning, one core each).
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fit_helpers import ddp_config, finish, fit_config, start_mmllm, write_config
+from fit_helpers import ddp_config, finish, fit_config, fsdp_config, start_mmllm, write_config
 
 from data_pipelines.shapes import generate_shapes
 from data_pipelines.shards import find_shards, shard_texts
@@ -28,7 +28,7 @@ def shapes_data(tmp_path_factory) -> Path:
     return root
 
 
-BACKGROUND_FITS = {"test_fit_cli": ("fit", fit_config), "test_ddp": ("ddp", ddp_config)}
+BACKGROUND_FITS = {"test_fit_cli": [("fit", fit_config)], "test_ddp": [("ddp", ddp_config), ("fsdp", fsdp_config)]}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,8 +36,8 @@ def background_fits(request, shapes_data, tmp_path_factory) -> dict:
     """name -> (process, run folder) of the CLI fits the selected tests read, started at once."""
     modules = {item.module.__name__ for item in request.session.items}
     launched = {}
-    for module, (name, make_config) in BACKGROUND_FITS.items():
-        if module in modules:
+    for module, fits in BACKGROUND_FITS.items():
+        for name, make_config in fits if module in modules else ():
             run_dir = tmp_path_factory.mktemp(name)
             config = write_config(make_config(shapes_data, run_dir), run_dir / "config.yaml")
             launched[name] = (start_mmllm("fit", "--config", str(config), cwd=run_dir), run_dir)

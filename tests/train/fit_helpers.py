@@ -95,3 +95,13 @@ def ddp_config(shapes: Path, run_dir: Path) -> dict:
                               "init_args": {"process_group_backend": "gloo"}}},
         data={"num_workers": 1},
     )
+
+
+def fsdp_config(shapes: Path, run_dir: Path) -> dict:
+    """ddp_config under mmllm's FSDP strategy (each block a shard unit), a checkpoint every 2 steps to resume from."""
+    config = ddp_config(shapes, run_dir)
+    config["trainer"]["strategy"] = {"class_path": "mmllm.train.fsdp.BlockFSDP",
+                                     "init_args": {"process_group_backend": "gloo"}}
+    config["checkpoint"] = {**config["checkpoint"], "every_n_train_steps": 2, "save_top_k": -1, "monitor": None,
+                            "filename": "step{step:02d}", "auto_insert_metric_name": False}
+    return config
