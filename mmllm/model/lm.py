@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -166,6 +167,7 @@ class LanguageModel(nn.Module):
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         # Tied: the head is embed_tokens.weight itself, so no `lm_head.weight` appears in the state dict.
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.checkpointing = False  # recompute each block in backward (training only; never with a KV cache)
 
     def forward(
         self,
@@ -183,8 +185,12 @@ class LanguageModel(nn.Module):
         """
         cos, sin = self.rotary(position_ids, inputs_embeds.dtype)
         x = inputs_embeds
+        checkpointing = self.checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask, is_causal, kv_cache)
+            if checkpointing:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, attn_mask, is_causal, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attn_mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(inputs_embeds.size(1))
         return self.norm(x)

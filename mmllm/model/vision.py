@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -112,10 +113,14 @@ class VisionTransformerLayers(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(VisionLayer(config) for _ in range(config.n_layers))
+        self.checkpointing = False  # recompute each block in backward (training only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
         return x
 
 

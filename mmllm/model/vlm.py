@@ -272,6 +272,21 @@ class VLM(nn.Module):
         return ModelOutput(logits=logits, loss=loss, token_losses=token_losses)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
+    def blocks(self) -> list[nn.Module]:
+        """Every decoder and vision block: the units of checkpointing, regional compilation and FSDP."""
+        return [*self.lm.layers, *self.vision.encoder.layers]
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
+        self.lm.checkpointing = self.vision.encoder.checkpointing = enabled
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile every block in place (regional compilation): blocks of one kind run the same code on
+        their own parameters, so they share one compiled graph and compiling costs one block, not the model.
+        Parameter names and state dicts do not change."""
+        for block in self.blocks():
+            block.compile(**options)
+
     def num_parameters(self, trainable_only: bool = False) -> dict[str, int]:
         """Parameter counts by part: {'vision', 'projector', 'lm', 'total'} (tied head counted once)."""
         counts = {}

@@ -93,6 +93,11 @@ class VLMModule(L.LightningModule):
         loss_chunk: compute the loss `loss_chunk` supervised tokens at a time without the (batch, tokens, vocab)
             logits (mmllm.model.vlm.chunked_cross_entropy): for large vocabularies on a GPU, where those logits are
             gigabytes. Same loss and gradients; on a CPU the recomputed head costs more than it saves.
+        activation_checkpointing: recompute each decoder and vision block's activations in the backward pass
+            instead of keeping them: activation memory of one block instead of all, for ~30% more compute.
+        compile: `none`, or `blocks`: torch.compile each decoder and vision block (regional compilation: blocks of
+            one kind share one compiled graph, so compiling costs one block, not the model; fused norms, rotary and
+            SwiGLU). The first steps wait for it.
         model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
     """
 
@@ -131,6 +136,8 @@ class VLMModule(L.LightningModule):
         loss_weighting: LossWeighting = "token",
         finite_check_every: Optional[int] = None,
         loss_chunk: Optional[int] = None,
+        activation_checkpointing: bool = False,
+        compile: Literal["none", "blocks"] = "none",
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -157,6 +164,9 @@ class VLMModule(L.LightningModule):
         self._param_ndims = {name: p.ndim for name, p in self.model.named_parameters()}
         if init_from:  # the config file of the run that made the model may be reused, if it describes this model
             _check_shape_matches(self.config, shape, init_from)
+        self.model.set_activation_checkpointing(activation_checkpointing)
+        if compile == "blocks":
+            self.model.compile_blocks()
         for part in self.freeze:
             getattr(self.model, part).requires_grad_(False)
         # Kept out of the module's children: not trained, not in the optimizer, not in checkpoints.
