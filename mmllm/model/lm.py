@@ -29,8 +29,13 @@ def attend(
 ) -> torch.Tensor:
     """SDPA with grouped-query attention: q (B, nh, T, hd), k/v (B, n_kv, S, hd) -> (B, nh, T, hd).
 
-    attn_mask is boolean, True where a query may attend a key, broadcastable to (B, 1, T, S).
+    attn_mask is boolean, True where a query may attend a key, broadcastable to (B, 1, T, S), or a flex_attention
+    BlockMask (mmllm.model.document_mask: packed rows without a dense mask).
     """
+    if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):
+        from mmllm.model.document_mask import flex_attend
+
+        return flex_attend(q, k, v, attn_mask)
     if q.size(1) == k.size(1):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
     if _SDPA_HAS_GQA:

@@ -161,6 +161,7 @@ class VLM(nn.Module):
         self.vision = VisionEncoder(config.vision)
         self.projector = Projector(config)
         self.lm = LanguageModel(config.lm)
+        self.packed_attention = "dense"  # or "flex": packed rows through flex_attention (a training option)
         self.vision.init_weights()
         self.projector.init_weights()
         self.lm.init_weights()
@@ -260,7 +261,12 @@ class VLM(nn.Module):
             position_ids = default_position_ids(input_ids, attention_mask, segment_ids)
         if self.config.attention != "prefix":
             prefix_mask = None  # prefix_mask only matters in prefix mode
-        mask = build_attention_mask(input_ids.size(1), attention_mask, segment_ids, prefix_mask)
+        if self.packed_attention == "flex" and (segment_ids is not None or prefix_mask is not None):
+            from mmllm.model.document_mask import document_block_mask
+
+            mask = document_block_mask(input_ids.size(1), attention_mask, segment_ids, prefix_mask, embeds.device)
+        else:
+            mask = build_attention_mask(input_ids.size(1), attention_mask, segment_ids, prefix_mask)
         hidden = self.lm(embeds, position_ids, attn_mask=mask, is_causal=mask is None)
         if labels is not None and loss_chunk:
             loss, token_losses = chunked_cross_entropy(self.lm.logits, hidden, labels, loss_chunk)

@@ -95,6 +95,9 @@ class VLMModule(L.LightningModule):
             gigabytes. Same loss and gradients; on a CPU the recomputed head costs more than it saves.
         activation_checkpointing: recompute each decoder and vision block's activations in the backward pass
             instead of keeping them: activation memory of one block instead of all, for ~30% more compute.
+        packed_attention: how packed rows (and prefix masks) are masked: `dense`, a (B, 1, T, T) boolean mask
+            through SDPA, or `flex`, flex_attention with a block mask of the same rule (mmllm.model.document_mask:
+            no T x T tensor, and tiles between samples are skipped; compiled on GPUs, torch's slow reference on CPUs).
         compile: `none`, or `blocks`: torch.compile each decoder and vision block (regional compilation: blocks of
             one kind share one compiled graph, so compiling costs one block, not the model; fused norms, rotary and
             SwiGLU). The first steps wait for it.
@@ -137,6 +140,7 @@ class VLMModule(L.LightningModule):
         finite_check_every: Optional[int] = None,
         loss_chunk: Optional[int] = None,
         activation_checkpointing: bool = False,
+        packed_attention: Literal["dense", "flex"] = "dense",
         compile: Literal["none", "blocks"] = "none",
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -165,6 +169,7 @@ class VLMModule(L.LightningModule):
         if init_from:  # the config file of the run that made the model may be reused, if it describes this model
             _check_shape_matches(self.config, shape, init_from)
         self.model.set_activation_checkpointing(activation_checkpointing)
+        self.model.packed_attention = packed_attention
         if compile == "blocks":
             self.model.compile_blocks()
         for part in self.freeze:
