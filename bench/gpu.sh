@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one go (a few minutes on one modern GPU): small-preset training step in bf16-mixed with
-# torch.compile and the flash SDPA kernel, then generation at batch 1 and 32 with bf16 weights.
+# The GPU benchmark in one go (a few minutes on one modern GPU): small-preset training step in bf16-mixed eager,
+# with torch.compile of the whole model and of each block (regional), the flash SDPA kernel; then generation at
+# batch 1 and 32 with bf16 weights, eager and with the compiled static-cache step (CUDA graphs).
 # Writes train_step.json, train_step_loss_chunk.json and generate.json to $OUT (default: bench/results/gpu-DATE).
 #   bash bench/gpu.sh
 set -euo pipefail
@@ -11,7 +12,7 @@ PYTHON="${PYTHON:-python}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" || true
 
 # 16 x (49 image + 463 text) = 8192 tokens per step; eager first (the reference), then compiled.
-"$PYTHON" bench/train_step.py --device cuda --preset small --precision bf16-mixed --compile off on \
+"$PYTHON" bench/train_step.py --device cuda --preset small --precision bf16-mixed --compile off on blocks \
     --sdpa flash --adamw fused --batch-size 16 --text-tokens 463 --steps 10 --warmup 3 --timeout 420 \
     > "$OUT/train_step.json" 2> "$OUT/train_step.log"
 
@@ -21,6 +22,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
     --loss-chunk 4096 > "$OUT/train_step_loss_chunk.json" 2> "$OUT/train_step_loss_chunk.log"
 
 "$PYTHON" bench/generate.py --device cuda --preset small --dtype bf16 --batch-size 1 32 --repeats 3 \
-    --recompute-steps 16 > "$OUT/generate.json" 2> "$OUT/generate.log"
+    --recompute-steps 16 --decode eager compiled > "$OUT/generate.json" 2> "$OUT/generate.log"
 
 echo "results in $OUT"

@@ -98,6 +98,10 @@ def run_one(args: argparse.Namespace) -> dict:
                                   fused=args.adamw == "fused", foreach=args.adamw == "foreach")
     mixed = args.precision == "bf16-mixed"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
+    if args.compile == "blocks":
+        model.compile_blocks()  # regional: one graph per block kind (model.compile: blocks in training)
+    if args.activation_checkpointing:
+        model.set_activation_checkpointing(True)
     forward = torch.compile(model) if args.compile == "on" else model
 
     def step():
@@ -141,6 +145,7 @@ def run_one(args: argparse.Namespace) -> dict:
                   "memory_kind": "growth of the process's peak RSS (model, optimizer, activations, matmul probe)"}
     return {
         "preset": args.preset, "precision": args.precision, "compile": args.compile, "sdpa": args.sdpa,
+        "activation_checkpointing": args.activation_checkpointing,
         "adamw": args.adamw, "loss_chunk": args.loss_chunk, "batch_size": B, "seq_len": T,
         "image_tokens_per_sample": config.tokens_per_image,
         "vocab_size": config.lm.vocab_size, "params": model.num_parameters()["total"],
@@ -163,6 +168,8 @@ def run_child(args: argparse.Namespace, preset: str, precision: str, compile_: s
         value = getattr(args, key)
         if value is not None:
             command += [f"--{key.replace('_', '-')}", str(value)]
+    if args.activation_checkpointing:
+        command.append("--activation-checkpointing")
     row = {"preset": preset, "precision": precision, "compile": compile_}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -180,7 +187,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", nargs="+", default=["tiny", "small"])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16-mixed"], choices=["fp32", "bf16-mixed"])
-    parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on", "blocks"],
+                        help="off, on (the whole model), blocks (each block, regionally); warmup_s holds the compile")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each block's activations in the backward pass")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, help="default: per preset (tiny 32, small 1)")
     parser.add_argument("--text-tokens", type=int, help="text tokens per sample after its image (default: 80 / 64)")
