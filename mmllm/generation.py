@@ -73,8 +73,9 @@ DECODES = ("eager", "static", "compiled")
 
 
 class StaticKVCache:
-    """Keys and values for a fixed number of positions and rows, written in place at `slot` (a tensor, so that a
-    compiled step reads it without recompiling); every decode step reads all of it, masked by `visible`."""
+    """Keys and values for a fixed number of positions and rows, written in place at each row's `slot` (a tensor,
+    so that a compiled step reads it without recompiling; rows of a batch share one slot, rows of the serving
+    engine each have their own); every decode step reads all of it, masked by `visible`."""
 
     def __init__(self, config: LMConfig, batch_size: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str) -> None:
@@ -82,7 +83,8 @@ class StaticKVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.max_len = max_len
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # where the next decode step writes
+        self.slot = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,): where each row writes next
+        self.rows = torch.arange(batch_size, device=device)
         self.positions = torch.arange(max_len, device=device)  # (L,)
         self.prefilled = False
 
@@ -94,8 +96,8 @@ class StaticKVCache:
             self.keys[layer][:rows, :, :length] = k
             self.values[layer][:rows, :, :length] = v
             return k, v
-        self.keys[layer].index_copy_(2, self.slot, k)
-        self.values[layer].index_copy_(2, self.slot, v)
+        self.keys[layer][self.rows, :, self.slot] = k[:, :, 0]  # (B, n_kv, hd) at each row's own slot
+        self.values[layer][self.rows, :, self.slot] = v[:, :, 0]
         return self.keys[layer], self.values[layer]
 
     def advance(self, n: int) -> None:
@@ -116,7 +118,7 @@ def static_decode_step(model: VLM, tokens: torch.Tensor, positions: torch.Tensor
                        key_is_real: torch.Tensor) -> torch.Tensor:
     """One token per row (B,) at rotary positions (B,) into the static cache; logits (B, V). key_is_real (B, L)
     marks real prompt keys and every decode slot; those after `cache.slot` are not written yet and stay hidden."""
-    visible = key_is_real & (cache.positions <= cache.slot)  # (B, L)
+    visible = key_is_real & (cache.positions[None, :] <= cache.slot[:, None])  # (B, L)
     embeds = model.lm.embed_tokens(tokens[:, None])  # (B, 1, dim)
     hidden = model.lm(embeds, positions[:, None], attn_mask=visible[:, None, None, :], is_causal=False,
                       kv_cache=cache)

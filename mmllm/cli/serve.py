@@ -36,13 +36,15 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from mmllm.serving.api import Limits, create_app
-        from mmllm.serving.engine import Engine
+        from mmllm.serving.engine import Engine, StaticEngine
     except ImportError as error:
         raise UsageError(f"mmllm serve needs FastAPI and uvicorn: pip install 'mmllm[serve]' ({error})") from None
     if args.max_batch < 1 or args.max_tokens < 1 or args.timeout <= 0 or not 0 < args.port < 65536:
         raise UsageError("--max-batch, --max-tokens, --timeout and --port must be positive (port below 65536)")
     vlm = load_model(args)
-    engine = Engine(vlm, max_batch=args.max_batch).start()
+    # --decode: eager continuous batching (the default on CPUs), or a static cache for a compiled step (CUDA)
+    engine = (Engine(vlm, max_batch=args.max_batch) if vlm.decode == "eager"
+              else StaticEngine(vlm, max_batch=args.max_batch, decode=vlm.decode)).start()
     name = Path(args.model).name
     app = create_app(vlm, engine, model_name=name, api_key=args.api_key,
                      limits=Limits(max_tokens=args.max_tokens, seconds=args.timeout))

@@ -6,6 +6,9 @@ right (left padding, hidden by `key_is_real`) so every row keeps its own rotary 
 settings and generator, and a row leaves the batch when it stops (an end token, max_tokens, a stop string, the
 time limit, or its client going away). A failure while prefilling one request answers that request alone; the
 others go on.
+
+`StaticEngine` does the same over a static KV cache whose shapes never change, for a compiled decode step (CUDA
+graphs on a GPU): `mmllm serve --decode static|compiled`, the default on CUDA.
 """
 
 from __future__ import annotations
@@ -244,3 +247,93 @@ class Engine:
 
     def _reset(self) -> None:
         self.running, self.cache, self.logits, self.positions, self.key_is_real = [], None, None, None, None
+
+
+class StaticEngine(Engine):
+    """Continuous batching over a static KV cache (`--decode static|compiled`; the default on CUDA): a fixed number
+    of rows (max_batch rounded up to a power of two) and positions (a multiple of STATIC_BUCKET), each running
+    request owning one row and writing at its own slot, so every decode step has the same shapes and one compiled
+    graph (CUDA graphs on a GPU) serves them all. A request joins by copying its prefilled keys into a free row,
+    and leaves by freeing it; a request longer than the cache grows it to the next bucket (a new graph)."""
+
+    def __init__(self, vlm, max_batch: int = 16, decode: str = "compiled") -> None:
+        super().__init__(vlm, max_batch)
+        from mmllm.generation import compiled_decode_step, static_decode_step
+
+        self.step_fn = compiled_decode_step(vlm.device) if decode == "compiled" else static_decode_step
+        self.capacity = 1 << (max_batch - 1).bit_length()
+        self.owner: list[Request | None] = [None] * self.capacity  # the request of each cache row
+        self.static = None  # StaticKVCache, made at the first join
+        self.tokens = torch.zeros(self.capacity, dtype=torch.long, device=vlm.device)
+
+    def _allocate(self, length: int) -> None:
+        """A cache of at least `length` positions, keeping what the rows already hold."""
+        from mmllm.generation import StaticKVCache, static_shapes
+
+        _, length = static_shapes(1, length, self.config.lm.max_seq_len)
+        old = self.static
+        if old is not None and old.max_len >= length:
+            return
+        device = self.vlm.device
+        cache = StaticKVCache(self.config.lm, self.capacity, length, self.vlm.dtype, device)
+        cache.prefilled = True
+        real = torch.ones(self.capacity, length, dtype=torch.bool, device=device)
+        if old is None:
+            self.positions = torch.zeros(self.capacity, dtype=torch.long, device=device)
+            self.logits = torch.zeros(self.capacity, self.config.lm.vocab_size, dtype=self.vlm.dtype, device=device)
+        else:
+            for mine, theirs in ((cache.keys, old.keys), (cache.values, old.values)):
+                for layer, tensor in enumerate(theirs):
+                    mine[layer][:, :, :old.max_len] = tensor
+            cache.slot.copy_(old.slot)
+            real[:, :old.max_len] = self.key_is_real
+        self.static, self.key_is_real = cache, real
+
+    def _join(self, arrivals: list[Request], cache: KVCache, logits: torch.Tensor, real: torch.Tensor) -> None:
+        length = cache.length  # the arrivals' left-padded prompt length
+        self._allocate(max(length + r.max_tokens for r in arrivals))
+        static = self.static
+        for i, request in enumerate(arrivals):
+            row = self.owner.index(None)
+            self.owner[row] = request
+            for mine, theirs in ((static.keys, cache.keys), (static.values, cache.values)):
+                for layer, tensor in enumerate(theirs):
+                    mine[layer][row, :, :length] = tensor[i, :, :length]
+            self.key_is_real[row] = True
+            self.key_is_real[row, :length] = real[i, :length]
+            static.slot[row] = length
+            self.positions[row] = len(request.prompt.input_ids)
+            self.logits[row] = logits[i]
+        self.running = [r for r in self.owner if r is not None]
+
+    def _step(self) -> None:
+        rows = [row for row, request in enumerate(self.owner) if request is not None]
+        logits = self.logits[rows].clone()  # a CUDA-graph step reuses its output buffer
+        logits[:, self.config.image_token_id] = float("-inf")
+        tokens = logits.argmax(dim=-1)
+        for i, row in enumerate(rows):
+            request = self.owner[row]
+            if request.temperature > 0:
+                tokens[i] = sample_next_token(logits[i:i + 1], request.temperature, None, request.top_p,
+                                              request.generator)[0]
+        self.steps += 1
+        self.rows_stepped += len(rows)
+        now = time.monotonic()
+        for row, token in zip(rows, tokens.tolist()):
+            reason = self._advance(self.owner[row], token, now)
+            if reason is not None:
+                self._finish(self.owner[row], reason)
+                self.owner[row] = None
+        self.running = [r for r in self.owner if r is not None]
+        if not self.running:
+            return  # the cache stays allocated for the next requests
+        self.tokens[rows] = tokens
+        self.logits = self.step_fn(self.model, self.tokens, self.positions, self.static, self.key_is_real)
+        self.positions += 1
+        self.static.slot += 1
+        full = self.static.slot >= self.static.max_len
+        self.static.slot[full] = 0  # free rows that ran off the end write harmlessly at 0 (owned rows never do)
+
+    def _reset(self) -> None:
+        self.owner = [None] * self.capacity
+        self.running = []
