@@ -4,6 +4,7 @@ the grouping of questions by a field of their record or their sample's JSON."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -65,3 +66,17 @@ def test_a_question_is_grouped_by_its_record_first_then_its_samples_json():
     assert group_of(record, fields, "objects") is None and group_of(record, fields, "size") is None
     assert group_of(record, fields, "question_type, colour") == "count/red"
     assert group_of(record, fields, "question_type,size") is None
+
+
+def test_group_accuracies_and_the_largest_gap_equal_fairlearns_metricframe():
+    fairlearn = pytest.importorskip("fairlearn.metrics")
+    import numpy as np
+
+    rng = random.Random(3)
+    groups = [rng.choice(["red", "green", "blue", "purple"]) for _ in range(400)]
+    scores = [rng.choice([0.0, 1.0 / 3, 2.0 / 3, 1.0]) if g != "purple" else rng.choice([0.0, 1.0]) for g in groups]
+    report = group_report("colour", groups, scores)
+    frame = fairlearn.MetricFrame(metrics=lambda truth, score: float(np.mean(score)), y_true=np.ones(len(scores)),
+                                  y_pred=np.array(scores), sensitive_features=np.array(groups))
+    assert {row["group"]: row["accuracy"] for row in report["groups"]} == pytest.approx(frame.by_group.to_dict())
+    assert report["largest_gap"]["gap"] == pytest.approx(frame.difference(method="between_groups"))
