@@ -5,7 +5,9 @@ binomial proportion; it stays inside [0, 1] and keeps its coverage for small gro
 where the normal interval does not), else a percentile bootstrap over the group's questions (VQA scores of 1/3
 and 2/3 with ten references). The largest gap between two groups is tested with a two-sided z-test on the
 difference of means, Bonferroni-corrected for the k(k-1)/2 pairs it was picked from, so "significant" means the
-worst group is worse beyond the chance of picking the most extreme pair.
+worst group is worse beyond the chance of picking the most extreme pair. The accuracies per group and the largest
+gap are fairlearn's MetricFrame `by_group` and `difference()` (checked in tests/evaluation/test_groups.py);
+fairlearn is not needed to run this.
 """
 
 from __future__ import annotations
