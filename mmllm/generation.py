@@ -9,14 +9,14 @@ Images are encoded once, in prefill. Decoding comes in three kinds (`decode=`):
 - `eager`: rows that produce a stop id are removed from the batch (and from the cache), so finished rows cost
   nothing; each step attends to the positions filled so far.
 - `static`: every step has the same shapes: the cache holds a bucket of positions (prompt + new tokens rounded
-  up to a multiple of STATIC_BUCKET), batches are padded to a power of two, a step writes its keys with
-  index_copy_ at a position held in a tensor and attends to the whole cache through a mask; finished rows stay
-  (their tokens are dropped). Slower than eager by itself, it is what compilation needs:
+  up to a multiple of STATIC_BUCKET), batches are padded to a power of two, a step writes each row's keys at
+  that row's slot (a tensor, not a Python int) and attends to the whole cache through a mask; finished rows stay
+  (their tokens are dropped). It is what compilation needs:
 - `compiled`: the static step through torch.compile, once per (batch bucket, length bucket, dtype); on CUDA with
   CUDA graphs (mode "reduce-overhead"), which removes the per-kernel launch cost that bounds batch-1 decoding.
-Greedy tokens are the same in all three (tests/inference/test_static_decode.py). In prefix mode the prompt is the prefix: prefill attends
-bidirectionally over it and decoded tokens are causal, which is exactly what full recomputation with
-prefix_mask = prompt does, since prompt positions never attend to later tokens.
+Greedy tokens are the same in all three (tests/generation/test_static_decode.py). In prefix mode the prompt is
+the prefix: prefill attends bidirectionally over it and decoded tokens are causal, which is exactly what full
+recomputation with prefix_mask = prompt does, since prompt positions never attend to later tokens.
 """
 
 from __future__ import annotations
