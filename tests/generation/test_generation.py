@@ -16,6 +16,17 @@ def full_forward_logits(model, sequence, pixel_values, prompt_len):
         return model(sequence[None], pixel_values, prefix_mask=prefix_mask).logits[0]
 
 
+def greedy_by_recomputation(model, prompt, pixel_values, steps):
+    """Reference: prompt + `steps` greedy tokens, recomputing the whole sequence every step (image id never
+    generated)."""
+    sequence = prompt
+    for _ in range(steps):
+        next_logits = full_forward_logits(model, sequence, pixel_values, len(prompt))[-1]
+        next_logits[model.config.image_token_id] = float("-inf")
+        sequence = torch.cat([sequence, next_logits.argmax()[None]])
+    return sequence
+
+
 def left_pad(prompts, pad_id=0):
     T = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), T), pad_id)
@@ -33,12 +44,7 @@ def test_kv_cache_decoding_matches_full_recomputation(attention, qk_norm, make_m
     pixel_values = make_images(2)
     steps = 32
 
-    # Reference tokens: greedy, recomputing the whole sequence every step (image id never generated).
-    sequence = prompt
-    for _ in range(steps):
-        next_logits = full_forward_logits(model, sequence, pixel_values, len(prompt))[-1]
-        next_logits[model.config.image_token_id] = float("-inf")
-        sequence = torch.cat([sequence, next_logits.argmax()[None]])
+    sequence = greedy_by_recomputation(model, prompt, pixel_values, steps)
     expected_tokens = sequence[len(prompt) :].tolist()
     assert len(set(expected_tokens)) > 3  # a sequence worth comparing, not one token repeated
 

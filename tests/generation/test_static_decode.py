@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmllm.generation import STATIC_BUCKET, generate, static_shapes, stream
-from tests.generation.test_generation import full_forward_logits, left_pad
+from tests.generation.test_generation import greedy_by_recomputation, left_pad
 
 
 def test_static_shapes_bucket_rows_to_powers_of_two_and_positions_to_the_bucket():
@@ -28,12 +28,7 @@ def test_static_decoding_gives_the_greedy_tokens_of_full_recomputation(attention
     prompt = make_prompt(model, 10, 2)
     pixel_values = make_images(2)
     steps = 24
-    sequence = prompt
-    for _ in range(steps):
-        logits = full_forward_logits(model, sequence, pixel_values, len(prompt))[-1]
-        logits[model.config.image_token_id] = float("-inf")
-        sequence = torch.cat([sequence, logits.argmax()[None]])
-    expected = sequence[len(prompt):].tolist()
+    expected = greedy_by_recomputation(model, prompt, pixel_values, steps)[len(prompt):].tolist()
     assert len(set(expected)) > 3
     for decode in ("eager", "static"):
         assert generate(model, prompt[None], pixel_values=pixel_values, max_new_tokens=steps, stop_ids=[],

@@ -100,12 +100,16 @@ def test_position_ids_restart_in_each_segment_and_skip_left_padding():
     assert default_position_ids(attention_mask, attention_mask).tolist() == [[0, 0, 0, 1, 2]]
 
 
-def test_mask_builder_matches_the_rule_pair_by_pair():
+def packed_masks() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(segment_ids, attention_mask, prefix_mask) of 3 rows of 9: packed, one sample, left-padded; random prefixes."""
     generator = torch.Generator().manual_seed(0)
-    B, T = 3, 9
     segment_ids = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 2, 2, 2]])
-    attention_mask = (segment_ids > 0).long()
-    prefix_mask = torch.rand(B, T, generator=generator) < 0.5
+    return segment_ids, (segment_ids > 0).long(), torch.rand(3, 9, generator=generator) < 0.5
+
+
+def test_mask_builder_matches_the_rule_pair_by_pair():
+    segment_ids, attention_mask, prefix_mask = packed_masks()
+    B, T = segment_ids.shape
     mask = build_attention_mask(T, attention_mask, segment_ids, prefix_mask)
     assert mask.shape == (B, 1, T, T)
     for b, q, k in itertools.product(range(B), range(T), range(T)):

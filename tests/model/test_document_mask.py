@@ -11,16 +11,14 @@ import torch
 
 from mmllm.model.document_mask import document_block_mask
 from mmllm.model.vlm import build_attention_mask
+from tests.model.test_attention import packed_masks
 
 flex = pytest.importorskip("torch.nn.attention.flex_attention")
 
 
 def test_the_block_mask_allows_exactly_the_pairs_of_the_dense_mask():
-    generator = torch.Generator().manual_seed(0)
-    B, T = 3, 9
-    segment_ids = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 2, 2, 2]])
-    attention_mask = (segment_ids > 0).long()
-    prefix_mask = torch.rand(B, T, generator=generator) < 0.5
+    segment_ids, attention_mask, prefix_mask = packed_masks()
+    B, T = segment_ids.shape
     dense = build_attention_mask(T, attention_mask, segment_ids, prefix_mask)[:, 0]
     block = document_block_mask(T, attention_mask, segment_ids, prefix_mask, torch.device("cpu"))
     for b, q, k in itertools.product(range(B), range(T), range(T)):
