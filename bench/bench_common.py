@@ -77,8 +77,8 @@ def memory_read_bandwidth(device: torch.device, megabytes: int | None = None) ->
     return {"megabytes": mb, "read_bytes_per_s": read, "copy_bytes_per_s": copy}
 
 
-# FLOP counts: the formulas live in mmllm.flops (fit's model summary prints them too).
-from mmllm.flops import forward_flops, matmul_params, train_flops  # noqa: E402,F401
+# FLOP counts: the formulas live in mmllm.model.flops (fit's model summary prints them too).
+from mmllm.model.flops import forward_flops, matmul_params, train_flops  # noqa: E402,F401
 
 
 # ---- machine ----------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@
 
 Prompt: one image + 64 text tokens per row; 128 new tokens, greedy, no stop token (every row runs to the end).
 - ttft: prompt in -> first new token out (image encoding, prefill over the cache, head, argmax).
-- decode: the other 127 tokens through `mmllm.generation.stream` (KV cache); tokens/s counts every row.
+- decode: the other 127 tokens through `mmllm.model.generation.stream` (KV cache); tokens/s counts every row.
 - recompute: the same tokens with `VLM.forward` over the whole sequence (image included) at every step, the
   reference the KV cache must beat; for big presets only some of the 128 steps are timed (evenly spread) and
   the total is their mean x 128 (`recompute_steps_timed` says how many). Its tokens are checked against the
   cache's.
-- decode kind (`--decode`, mmllm.generation): eager (the default on CPUs), static (fixed shapes), compiled (the
+- decode kind (`--decode`, mmllm.model.generation): eager (the default on CPUs), static (fixed shapes), compiled (the
   static step through torch.compile; CUDA graphs on a GPU). `warmup_s` is the first, untimed generation of 8
   tokens, which holds the compilation; `tokens_equal_eager` checks the greedy tokens against the eager path's.
 - decode bound: one decode step reads every LM weight once (the tied head reads the whole embedding matrix)
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_common as common  # noqa: E402
 from train_step import build_config  # noqa: E402
 
-from mmllm.generation import stream  # noqa: E402
+from mmllm.model.generation import stream  # noqa: E402
 from mmllm.model import VLM  # noqa: E402
 
 VOCAB = {"tiny": 512}  # the demo tokenizer's size; other presets keep theirs

@@ -19,11 +19,11 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import torch  # noqa: E402
 
 from bench_common import machine  # noqa: E402
-from data_pipelines.eval_samples import vqa_questions  # noqa: E402
+from data_pipelines.read.eval_samples import vqa_questions  # noqa: E402
 from mmllm.evaluation.vqa_metric import vqa_accuracy  # noqa: E402
-from mmllm.gguf_export import TYPES, export_gguf, gguf_file_names  # noqa: E402
+from mmllm.formats.gguf import TYPES, export_gguf, gguf_file_names  # noqa: E402
 from mmllm.inference import load  # noqa: E402
-from mmllm.llama_cpp_runner import LlamaCpp  # noqa: E402
+from mmllm.formats.llama_cpp import LlamaCpp  # noqa: E402
 
 
 def main() -> None:

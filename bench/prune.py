@@ -24,9 +24,9 @@ import bench_common as common  # noqa: E402
 from generate import make_prompt  # noqa: E402
 
 from mmllm.config import VLMConfig  # noqa: E402
-from mmllm.generation import stream  # noqa: E402
+from mmllm.model.generation import stream  # noqa: E402
 from mmllm.model import VLM  # noqa: E402
-from mmllm.pruning import Importance, lm_parameters, plan, prune  # noqa: E402
+from mmllm.compress.pruning import Importance, lm_parameters, plan, prune  # noqa: E402
 
 
 def decode_tokens_per_s(model: VLM, new_tokens: int) -> float:

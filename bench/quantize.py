@@ -40,7 +40,7 @@ def rss_mib() -> float:
 
 
 def quantized(model, method: str):
-    from mmllm.quantization import METHODS, quantize
+    from mmllm.compress.quantization import METHODS, quantize
 
     if method == "float32":
         return model, None
@@ -52,9 +52,9 @@ def speed(preset: str, method: str, new_tokens: int) -> dict:
     from generate import make_prompt
 
     from mmllm.config import VLMConfig
-    from mmllm.generation import stream
+    from mmllm.model.generation import stream
     from mmllm.model import VLM
-    from mmllm.quantization import answer_seconds
+    from mmllm.compress.quantization import answer_seconds
 
     torch.manual_seed(0)
     model = VLM(VLMConfig.from_preset(preset)).eval()
@@ -81,7 +81,7 @@ def speed(preset: str, method: str, new_tokens: int) -> dict:
 
 
 def quality(model_dir: str, data: str, method: str, limit: int) -> dict:
-    from data_pipelines.eval_samples import vqa_questions
+    from data_pipelines.read.eval_samples import vqa_questions
     from mmllm.evaluation import vqa_scores
     from mmllm.evaluation.vqa_answers import answer_questions
     from mmllm.inference import load
@@ -103,7 +103,7 @@ def quality(model_dir: str, data: str, method: str, limit: int) -> dict:
 
 
 def _bits(method: str) -> int:
-    from mmllm.quantization import METHODS
+    from mmllm.compress.quantization import METHODS
 
     return METHODS[method].bits
 
@@ -136,7 +136,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args)))
         return
-    from mmllm.quantization import METHODS
+    from mmllm.compress.quantization import METHODS
 
     methods = args.methods or ["float32", *METHODS]
     results = []

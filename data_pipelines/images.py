@@ -118,7 +118,7 @@ class ImageTransform:
     Decoding stays with Pillow (`load_image`: the pixel guard before decoding, EXIF orientation, every mode to
     RGB faithfully). Resizing is torch's antialiased bicubic on the uint8 image, the kernel torchvision's
     resize runs: 3.8x faster than Pillow's resize plus a numpy conversion on a 640x480 photo, within one grey
-    level of it (tests/data/test_images.py). torchvision itself is not used: importing it adds 3 s to every
+    level of it (tests/data_pipelines/test_images.py). torchvision itself is not used: importing it adds 3 s to every
     command's start (it imports its model zoo), for nothing the project needs beyond this kernel.
     """
 

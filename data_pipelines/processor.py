@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer
 
-from data_pipelines.chat import (
+from data_pipelines.chat.template import (
     IGNORE_INDEX,
     ChatTemplate,
     Conversation,
@@ -30,10 +30,10 @@ from data_pipelines.chat import (
     question_conversation,
     validate_conversation,
 )
-from data_pipelines import special_tokens as st
-from data_pipelines.hf_chat import JinjaChatTemplate, SpecialIds
+from data_pipelines.chat import special_tokens as st
+from data_pipelines.chat.jinja_template import JinjaChatTemplate, SpecialIds
 from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, ResizePolicy, load_image
-from data_pipelines.tokenizer import TokenIds, load_tokenizer, prepared
+from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, prepared
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Processor:
             self.tokenizer = tokenizer = prepared(tokenizer)
             self.template = ChatTemplate(tokenizer, token_ids, tokens_per_image, image_markup)
         else:
-            # A checkpoint's own template (data_pipelines.hf_chat): its ids come from the model config.
+            # A checkpoint's own template (data_pipelines.chat.jinja_template): its ids come from the model config.
             if special_ids is None:
                 raise ValueError("a processor with a model's own chat template needs its special ids")
             end_of_text = next(i for i in (special_ids.end_of_text, tokenizer.token_to_id(st.END_OF_TEXT),

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from data_pipelines.chat import question_conversation
+from data_pipelines.chat.template import question_conversation
 from data_pipelines.processor import collate
-from data_pipelines.special_tokens import IMAGE_MARKER
+from data_pipelines.chat.special_tokens import IMAGE_MARKER
 
 
 @dataclass

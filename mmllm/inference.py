@@ -23,13 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import torch
 from PIL import Image
 
-from data_pipelines.chat import NoSupervisedTokens, normalise_conversation, question_conversation
+from data_pipelines.chat.template import NoSupervisedTokens, normalise_conversation, question_conversation
 from data_pipelines.processor import collate
 from data_pipelines.images import ImageError, load_image
-from data_pipelines.special_tokens import CAPTION_INSTRUCTION
+from data_pipelines.chat.special_tokens import CAPTION_INSTRUCTION
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
-from mmllm.generation import DECODES, default_decode, generate, stream
+from mmllm.model.generation import DECODES, default_decode, generate, stream
 from mmllm.processing import processor_for
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
@@ -67,8 +67,8 @@ class VisionLanguageModel:
         self.config: VLMConfig = model.config
         self.processor = processor_for(self.config, tokenizer)
         self.source = source  # the folder or checkpoint it was loaded from, for reports
-        self.quantization = None  # mmllm.quantization.QuantizationReport when `load` quantised the model
-        self.decode = default_decode(self.device)  # eager, static or compiled (mmllm.generation)
+        self.quantization = None  # mmllm.compress.quantization.QuantizationReport when `load` quantised the model
+        self.decode = default_decode(self.device)  # eager, static or compiled (mmllm.model.generation)
 
     @property
     def device(self) -> torch.device:
@@ -302,10 +302,10 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     unpickling it can run code: load only checkpoints you trust (`mmllm export` turns one into a folder).
     device: "auto" (default: CUDA when available), "cpu", "cuda"; dtype: "auto" (fp32 on CPU, bf16 on CUDA),
     "float32", "bfloat16" or a torch dtype. quantize "int8" or "int4" quantises the linear layers on the CPU
-    with the fastest method for this machine (mmllm.quantization; `quantize_method` names one instead); a
+    with the fastest method for this machine (mmllm.compress.quantization; `quantize_method` names one instead); a
     folder written by `mmllm export --quantize` is quantised as it was saved unless `quantize` says otherwise.
     The result's `quantization` is the QuantizationReport (None in float). decode: how tokens are decoded,
-    "auto" (compiled static-cache steps on CUDA, eager elsewhere: mmllm.generation.default_decode), "eager",
+    "auto" (compiled static-cache steps on CUDA, eager elsewhere: mmllm.model.generation.default_decode), "eager",
     "static" or "compiled".
     """
     if decode != "auto" and decode not in DECODES:
@@ -314,11 +314,11 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     if not path.exists():
         raise UsageError(f"model {path} does not exist")
     if path.is_dir():
-        from mmllm.model_folder import load_model_folder
+        from mmllm.formats.model_folder import load_model_folder
 
         model, tokenizer, _ = load_model_folder(path)
     else:
-        from mmllm.checkpoint_export import model_from_checkpoint
+        from mmllm.formats.checkpoint import model_from_checkpoint
 
         try:
             model, tokenizer, _ = model_from_checkpoint(path)
@@ -331,14 +331,14 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     device = resolve_device(device)
     model.to(device=device, dtype=resolve_dtype(dtype, device))
     if quantize is None and path.is_dir():
-        from mmllm.model_folder import read_quantization
+        from mmllm.formats.model_folder import read_quantization
 
         saved = read_quantization(path)
         quantize = f"int{saved['bits']}" if saved else None
     report = None
     if quantize is not None:
-        from mmllm.quantization import parse_bits
-        from mmllm.quantization import quantize as quantize_model
+        from mmllm.compress.quantization import parse_bits
+        from mmllm.compress.quantization import quantize as quantize_model
 
         report = quantize_model(model, parse_bits(quantize), quantize_method)
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from data_pipelines.processor import Processor
-from data_pipelines.tokenizer import train_tokenizer
+from data_pipelines.chat.tokenizer import train_tokenizer
 
 
 def png_bytes(colour=(200, 30, 30), size: int = 8) -> bytes:

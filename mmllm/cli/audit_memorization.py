@@ -38,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipelines.bad_samples import BadSampleHandler
-    from data_pipelines.canaries import MANIFEST, CanaryManifest, carriers
-    from data_pipelines.shards import decode_samples, read_samples
+    from data_pipelines.read.bad_samples import BadSampleHandler
+    from data_pipelines.privacy.canaries import MANIFEST, CanaryManifest, carriers
+    from data_pipelines.read.shards import decode_samples, read_samples
     from mmllm.evaluation import memorization as mem
 
     if args.limit < 1 or args.candidates < 1 or args.batch_size < 1:

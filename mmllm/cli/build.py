@@ -6,7 +6,7 @@ pretrained LM (the project's special tokens were added), the embedding grows and
 mean of the pretrained ones. Everything else is freshly initialised. Training starts from the folder with
 `model.init_from: MODEL_DIR`.
 
-`--from-hf DIR` instead reads a whole Idefics3/SmolVLM checkpoint (mmllm.hf_idefics3): its shapes, weights,
+`--from-hf DIR` instead reads a whole Idefics3/SmolVLM checkpoint (mmllm.formats.hf_idefics3): its shapes, weights,
 tokenizer, chat template and image preprocessing, so the folder answers as the checkpoint does in transformers.
 """
 
@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
-    from mmllm import hf_import
+    from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, vocab_size
+    from mmllm.formats import hf_llama as hf_import
     from mmllm.model import VLM
-    from mmllm.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
+    from mmllm.formats.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
 
     taken = [name for name in MODEL_FOLDER_FILES if (args.out / name).exists()]
     if taken:
@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
 def import_whole(folder: Path, out: Path) -> int:
     """`--from-hf`: an Idefics3/SmolVLM folder -> a model folder with the same logits."""
-    from mmllm.hf_idefics3 import load_idefics3
+    from mmllm.formats.hf_idefics3 import load_idefics3
     from mmllm.model import VLM
-    from mmllm.model_folder import load_weights_strict, save_model_folder
+    from mmllm.formats.model_folder import load_weights_strict, save_model_folder
 
     config, tensors, tokenizer = load_idefics3(folder)
     model = VLM(config)

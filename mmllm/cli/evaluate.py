@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
     vlm = load_model(args)  # before reading the data: a wrong model is reported first
 
-    from data_pipelines.bad_samples import BadSampleHandler
+    from data_pipelines.read.bad_samples import BadSampleHandler
 
     handler = BadSampleHandler()
     start = time.perf_counter()
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
-    """The items of --data through one of data_pipelines.eval_samples' readers; none at all is a UsageError."""
-    from data_pipelines.shards import UnreadableShard
+    """The items of --data through one of data_pipelines.read.eval_samples' readers; none at all is a UsageError."""
+    from data_pipelines.read.shards import UnreadableShard
 
     try:
         items = reader(args.data, limit=args.limit, handler=handler)
@@ -161,7 +161,7 @@ def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
 
 def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
     """Scores per turns mode ({mode: VQAScores}, the main mode first), one sample record per answer, the questions."""
-    from data_pipelines.eval_samples import TURNS, vqa_questions
+    from data_pipelines.read.eval_samples import TURNS, vqa_questions
     from mmllm.evaluation import vqa_scores
     from mmllm.evaluation.vqa_metric import answer_type, question_prefix
     from mmllm.evaluation.vqa_answers import answer_questions, default_turns
@@ -250,7 +250,7 @@ def explain_answers(vlm, questions, predictions, mode: str, records: list[dict],
 
 
 def evaluate_captions(vlm, args: argparse.Namespace, options: dict, handler):
-    from data_pipelines.eval_samples import caption_items
+    from data_pipelines.read.eval_samples import caption_items
     from mmllm.evaluation import caption_scores
 
     items = _read(caption_items, args, handler, "captioned images")
@@ -264,7 +264,7 @@ def evaluate_captions(vlm, args: argparse.Namespace, options: dict, handler):
 
 
 def evaluate_text(vlm, args: argparse.Namespace, options: dict, handler):
-    from data_pipelines.eval_samples import text_documents
+    from data_pipelines.read.eval_samples import text_documents
     from mmllm.evaluation import TextNLLTotals
 
     documents = _read(text_documents, args, handler, "text documents")

@@ -1,8 +1,8 @@
 """Export a training checkpoint or a model folder: as an mmllm model folder (config.json, model.safetensors,
-tokenizer.json), as a transformers Idefics3 folder (`--format hf`, mmllm.hf_idefics3) that
+tokenizer.json), as a transformers Idefics3 folder (`--format hf`, mmllm.formats.hf_idefics3) that
 AutoModelForImageTextToText and AutoProcessor load without trust_remote_code, or as llama.cpp's GGUF files
-(`--format gguf`, mmllm.gguf_export: the language model and the mmproj, F16 and Q8_0). `--quantize int8|int4`
-stores an mmllm folder's linear layers as int8 / int4 weights with scales (mmllm.quantized_weights), which
+(`--format gguf`, mmllm.formats.gguf: the language model and the mmproj, F16 and Q8_0). `--quantize int8|int4`
+stores an mmllm folder's linear layers as int8 / int4 weights with scales (mmllm.compress.quantized_weights), which
 `--model` loads quantised.
 
 Examples: mmllm export runs/shapes-tiny/checkpoints/last.ckpt --out models/shapes-tiny
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmllm.gguf_export import TYPES, gguf_file_names
-    from mmllm.model_folder import MODEL_FOLDER_FILES
+    from mmllm.formats.gguf import TYPES, gguf_file_names
+    from mmllm.formats.model_folder import MODEL_FOLDER_FILES
 
     files = [name for kind in TYPES for name in gguf_file_names(kind)] if args.format == "gguf" else MODEL_FOLDER_FILES
     taken = [name for name in files if (Path(args.out) / name).exists()]
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return export_quantized(Path(args.checkpoint), Path(args.out), args.quantize)
     if Path(args.checkpoint).is_dir():
         raise UsageError(f"{args.checkpoint} is a model folder already; export it with --format hf or --quantize")
-    from mmllm.checkpoint_export import export_checkpoint
+    from mmllm.formats.checkpoint import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} to {out}")
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_quantized(source: Path, out: Path, quantize: str) -> int:
-    from mmllm.checkpoint_export import model_from_checkpoint
-    from mmllm.model_folder import WEIGHTS_FILE, load_model_folder, save_model_folder
-    from mmllm.quantization import parse_bits
+    from mmllm.formats.checkpoint import model_from_checkpoint
+    from mmllm.formats.model_folder import WEIGHTS_FILE, load_model_folder, save_model_folder
+    from mmllm.compress.quantization import parse_bits
 
     load = load_model_folder if source.is_dir() else model_from_checkpoint
     model, tokenizer, _config = load(source)
@@ -70,13 +70,13 @@ def export_quantized(source: Path, out: Path, quantize: str) -> int:
 
 
 def export_elsewhere(source: Path, out: Path, format: str) -> int:
-    from mmllm.checkpoint_export import model_from_checkpoint
-    from mmllm.model_folder import load_model_folder
+    from mmllm.formats.checkpoint import model_from_checkpoint
+    from mmllm.formats.model_folder import load_model_folder
 
     load = load_model_folder if source.is_dir() else model_from_checkpoint
     model, tokenizer, config = load(source)
     if format == "hf":
-        from mmllm.hf_idefics3 import export_idefics3
+        from mmllm.formats.hf_idefics3 import export_idefics3
 
         export_idefics3(model, tokenizer, config, out)
         print(f"exported {source} to {out} (transformers Idefics3: AutoModelForImageTextToText, AutoProcessor)")
@@ -85,7 +85,7 @@ def export_elsewhere(source: Path, out: Path, format: str) -> int:
         import gguf  # noqa: F401  (llama.cpp's writer, an optional dependency)
     except ImportError:
         raise UsageError("--format gguf needs the gguf package: pip install 'mmllm[gguf]'") from None
-    from mmllm.gguf_export import export_gguf
+    from mmllm.formats.gguf import export_gguf
 
     written = export_gguf(model, tokenizer, config, out, name=source.stem)
     print(f"exported {source} to {out} (llama.cpp: {', '.join(path.name for path in written)}; run "

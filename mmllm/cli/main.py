@@ -22,13 +22,13 @@ from mmllm.errors import UsageError
 # subcommand -> module under mmllm.cli (or a nested table for command groups)
 COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
-        "shapes": "data_shapes",
-        "from-llava": "data_from_llava",
-        "from-folder": "data_from_folder",
-        "from-text": "data_from_text",
-        "canaries": "data_canaries",
-        "dedup": "data_dedup",
-        "scan": "data_scan",
+        "shapes": "data.shapes",
+        "from-llava": "data.from_llava",
+        "from-folder": "data.from_folder",
+        "from-text": "data.from_text",
+        "canaries": "data.canaries",
+        "dedup": "data.dedup",
+        "scan": "data.scan",
     },
     "audit": {"memorization": "audit_memorization"},
     "tokenizer": {"train": "tokenizer_train"},

@@ -3,7 +3,7 @@ measured on calibration shards, and write a smaller model folder that every comm
 
 Importance is activation-based by default (what each head or channel adds to the residual stream on the
 calibration samples) or gradient-based (--importance gradient: |w * dL/dw| summed per head or channel); layers
-go by how little they turn the residual stream (see mmllm.pruning). Fine-tune the result as usual:
+go by how little they turn the residual stream (see mmllm.compress.pruning). Fine-tune the result as usual:
 `mmllm fit --config ... --model.init_from OUT`.
 
 Example: mmllm prune models/shapes-tiny --data data/shapes/train/chat --attention-heads 0.33 --mlp-channels 0.3
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmllm.model_folder import CONFIG_FILE, load_model_folder, save_model_folder
-    from mmllm.pruning import check_shares, lm_parameters, measure_importance, plan, prune
+    from mmllm.formats.model_folder import CONFIG_FILE, load_model_folder, save_model_folder
+    from mmllm.compress.pruning import check_shares, lm_parameters, measure_importance, plan, prune
 
     if (Path(args.out) / CONFIG_FILE).exists() and not args.overwrite:
         raise UsageError(f"{args.out} already holds a model; pass --overwrite to replace it")
@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
 def calibration_batches(model, tokenizer, args: argparse.Namespace):
     """Training-encoded batches (right padding, labels) of the first --samples samples of --data."""
-    from data_pipelines.bad_samples import BadSampleHandler
+    from data_pipelines.read.bad_samples import BadSampleHandler
     from data_pipelines.processor import collate
-    from data_pipelines.shards import read_samples
+    from data_pipelines.read.shards import read_samples
     from mmllm.processing import processor_for
 
     processor = processor_for(model.config, tokenizer)

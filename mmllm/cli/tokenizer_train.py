@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from data_pipelines.bad_samples import BadSampleHandler
-from data_pipelines.shards import UnreadableShard, find_shards, shard_texts
-from data_pipelines.tokenizer import train_tokenizer, vocab_size
+from data_pipelines.read.bad_samples import BadSampleHandler
+from data_pipelines.read.shards import UnreadableShard, find_shards, shard_texts
+from data_pipelines.chat.tokenizer import train_tokenizer, vocab_size
 from mmllm.errors import UsageError
 
 

@@ -7,7 +7,7 @@ words changes its answer whenever they change, or never.
 
 Whether a rewrite's answer should differ comes from the data itself, never from the model:
 - `scene`: the sample's JSON describes the scene (`objects`, as the shapes set writes them), and the rewritten
-  question is answered from it by the generator's own grammar (data_pipelines.shapes.answer_from_objects);
+  question is answered from it by the generator's own grammar (data_pipelines.convert.shapes.answer_from_objects);
 - `same image`: another question about the same image (same pixels) has the rewritten text; its answer is the
   label (VQAv2 and GQA ask several questions per image);
 - otherwise the rewrite is asked anyway and counted as unknown: how often the answer changed is all one can say.
@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from data_pipelines.eval_samples import VQAQuestion
+from data_pipelines.read.eval_samples import VQAQuestion
 from mmllm.evaluation.groups import wilson_interval
 from mmllm.evaluation.vqa_metric import normalize_vqa_answer, vqa_accuracy
 
@@ -96,7 +96,7 @@ def _image_key(question: VQAQuestion) -> str | None:
 
 def counterfactual_questions(questions: Sequence[VQAQuestion], swaps: dict[str, tuple[str, ...]]) -> list[Rewrite]:
     """One rewrite per question, swapped word present in it and alternative, in question order."""
-    from data_pipelines.shapes import answer_from_objects
+    from data_pipelines.convert.shapes import answer_from_objects
 
     labels: dict[str | None, dict[str, str]] = {}  # image -> question text -> answer, for `same image`
     image_keys = [_image_key(q) for q in questions]

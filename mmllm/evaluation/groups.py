@@ -6,7 +6,7 @@ where the normal interval does not), else a percentile bootstrap over the group'
 and 2/3 with ten references). The largest gap between two groups is tested with a two-sided z-test on the
 difference of means, Bonferroni-corrected for the k(k-1)/2 pairs it was picked from, so "significant" means the
 worst group is worse beyond the chance of picking the most extreme pair. The accuracies per group and the largest
-gap are fairlearn's MetricFrame `by_group` and `difference()` (checked in tests/evaluation/test_groups.py);
+gap are fairlearn's MetricFrame `by_group` and `difference()` (checked in tests/mmllm/evaluation/test_groups.py);
 fairlearn is not needed to run this.
 """
 

@@ -4,7 +4,7 @@ Verbatim regurgitation: the share of training samples whose text greedy decoding
 from its image; a chat's first answer from its first question), beside the same share on held-out samples of the
 same distribution. A model that captions well reproduces held-out captions too, so only the gap is memorisation.
 
-Canary exposure (Carlini et al. 2019): each secret written into the training text (data_pipelines.canaries) is
+Canary exposure (Carlini et al. 2019): each secret written into the training text (data_pipelines.privacy.canaries) is
 scored, in the context of a sample that carried it, against R random secrets of the same format: the rank r of
 the true secret among the R + 1 by the model's log-likelihood gives exposure = log2(R + 1) - log2(r) bits. A model
 that never saw the secret ranks it uniformly, about log2(e) = 1.44 bits on average; one that memorised it ranks it
@@ -21,9 +21,9 @@ from typing import Sequence
 
 import torch
 
-from data_pipelines.canaries import CanaryManifest, random_secret
+from data_pipelines.privacy.canaries import CanaryManifest, random_secret
 from data_pipelines.processor import collate
-from data_pipelines.shards import Sample
+from data_pipelines.read.shards import Sample
 
 UNSEEN_MEAN_EXPOSURE = math.log2(math.e)  # what a secret the model never saw shows on average, for large R
 
@@ -162,7 +162,7 @@ def reproductions(vlm, samples: Sequence[Sample], max_new_tokens: int = 48, batc
 
 def _first_exchange(sample: Sample) -> tuple[str, str]:
     """The first user question (its image marker removed) and the answer to it."""
-    from data_pipelines.special_tokens import IMAGE_MARKER
+    from data_pipelines.chat.special_tokens import IMAGE_MARKER
 
     turns = sample.conversation
     user = next(i for i, t in enumerate(turns) if t["role"] == "user")

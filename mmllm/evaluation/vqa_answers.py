@@ -1,11 +1,11 @@
-"""Answering VQA questions with a model in a turns mode (`in-context` or `alone`, see data_pipelines.eval_samples):
+"""Answering VQA questions with a model in a turns mode (`in-context` or `alone`, see data_pipelines.read.eval_samples):
 the one path of `mmllm eval --task vqa` and of the VQA accuracy that `mmllm fit` logs at validation."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from data_pipelines.eval_samples import TURNS, VQAQuestion
+from data_pipelines.read.eval_samples import TURNS, VQAQuestion
 
 
 def answer_questions(vlm, questions: Sequence[VQAQuestion], turns: str, *, blind: bool = False,

@@ -18,7 +18,7 @@ from torch import nn
 from mmllm.config import LMConfig
 
 if TYPE_CHECKING:
-    from mmllm.generation import KVCache
+    from mmllm.model.generation import KVCache
 
 # scaled_dot_product_attention learned `enable_gqa` in torch 2.5; older versions get repeated kv heads.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)

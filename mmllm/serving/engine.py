@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from data_pipelines.processor import EncodedSample, collate
-from mmllm.generation import KVCache, decode_step, prefill, sample_next_token
+from mmllm.model.generation import KVCache, decode_step, prefill, sample_next_token
 
 
 @dataclass
@@ -258,7 +258,7 @@ class StaticEngine(Engine):
 
     def __init__(self, vlm, max_batch: int = 16, decode: str = "compiled") -> None:
         super().__init__(vlm, max_batch)
-        from mmllm.generation import compiled_decode_step, static_decode_step
+        from mmllm.model.generation import compiled_decode_step, static_decode_step
 
         self.step_fn = compiled_decode_step(vlm.device) if decode == "compiled" else static_decode_step
         self.capacity = 1 << (max_batch - 1).bit_length()
@@ -268,7 +268,7 @@ class StaticEngine(Engine):
 
     def _allocate(self, length: int) -> None:
         """A cache of at least `length` positions, keeping what the rows already hold."""
-        from mmllm.generation import StaticKVCache, static_shapes
+        from mmllm.model.generation import StaticKVCache, static_shapes
 
         _, length = static_shapes(1, length, self.config.lm.max_seq_len)
         old = self.static

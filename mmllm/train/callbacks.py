@@ -41,14 +41,14 @@ class Checkpoint(ModelCheckpoint):
 
 class FlopsSummary(ModelSummary):
     """Lightning's model summary, with the forward FLOPs of one sample (a full-length sequence with one image,
-    mmllm.flops) where Lightning would print "0 Total FLOPs": it counts FLOPs only by running an example batch
+    mmllm.model.flops) where Lightning would print "0 Total FLOPs": it counts FLOPs only by running an example batch
     the module does not have."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table, summarize
         from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-        from mmllm.flops import forward_flops, tiles_per_image
+        from mmllm.model.flops import forward_flops, tiles_per_image
 
         if not self._max_depth or not trainer.is_global_zero or not hasattr(pl_module, "config"):
             return super().on_fit_start(trainer, pl_module)
@@ -172,8 +172,8 @@ class ExportModel(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.interrupted:
             return
-        from mmllm.checkpoint_export import export_checkpoint
-        from mmllm.model_folder import save_model_folder
+        from mmllm.formats.checkpoint import export_checkpoint
+        from mmllm.formats.model_folder import save_model_folder
         from mmllm.train.fsdp import is_sharded
 
         out = Path(self.out or Path(trainer.log_dir or trainer.default_root_dir) / "model")

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from data_pipelines.shards import UnreadableShard
+from data_pipelines.read.shards import UnreadableShard
 from mmllm.errors import UsageError
 from mmllm.train import guards
 from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, OverfitWarning, Preemption

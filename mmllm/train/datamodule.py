@@ -17,11 +17,11 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from data_pipelines.augment import Augmentation, check_available as check_augment_available
-from data_pipelines.bad_samples import BadSampleCounter
-from data_pipelines.eval_samples import VQAQuestion, vqa_questions
-from data_pipelines.hf_chat import SpecialIds
-from data_pipelines.loader import Source, make_loader
-from data_pipelines.tokenizer import TokenIds, load_tokenizer, vocab_size
+from data_pipelines.read.bad_samples import BadSampleCounter
+from data_pipelines.read.eval_samples import VQAQuestion, vqa_questions
+from data_pipelines.chat.jinja_template import SpecialIds
+from data_pipelines.read.loader import Source, make_loader
+from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, vocab_size
 from mmllm.errors import UsageError
 from mmllm.processing import processor_for
 
@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 
 def own_template_config(tokenizer_path: str):
     """The model config beside a tokenizer.json when that folder is a model with its own chat template, else None."""
-    from mmllm.model_folder import CONFIG_FILE, read_model_config
+    from mmllm.formats.model_folder import CONFIG_FILE, read_model_config
 
     folder = Path(tokenizer_path).parent
     if not (folder / CONFIG_FILE).is_file():
@@ -64,7 +64,7 @@ class VLMDataModule(L.LightningDataModule):
         val_vqa_questions: questions answered by generation at each validation (0: none), logged as
             `val/vqa_accuracy`.
         val_vqa_turns: how those questions are asked: `alone` (the first turn after the image) or `in-context`
-            (after the gold earlier turns of their conversation); see data_pipelines.eval_samples.
+            (after the gold earlier turns of their conversation); see data_pipelines.read.eval_samples.
         chat_template: for a model built from a preset, lay turns out with a Jinja chat template instead of
             mmllm's own: `smolvlm` (SmolVLM's layout; the tokenizer trained with `--tokens smolvlm`), or the path
             of a Jinja file. The model keeps it, and exports to transformers and llama.cpp with it.
@@ -101,13 +101,13 @@ class VLMDataModule(L.LightningDataModule):
         if folder_config is not None:
             # The tokenizer of a model folder with its own chat template (an imported checkpoint): its ids stay
             # its own, nothing is added, and the model config says which are special.
-            from mmllm.model_folder import load_model_tokenizer
+            from mmllm.formats.model_folder import load_model_tokenizer
 
             self.tokenizer, self.added_tokens = load_model_tokenizer(Path(tokenizer).parent, folder_config), []
             self.special_ids = SpecialIds(folder_config.image_token_id, folder_config.pad_token_id,
                                           list(folder_config.eos_token_ids))
         elif chat_template is not None:
-            from data_pipelines import smolvlm_format
+            from data_pipelines.chat import smolvlm_format
 
             self.tokenizer, self.added_tokens = load_tokenizer(tokenizer)
             self.chat_template = smolvlm_format.chat_template_source(chat_template)

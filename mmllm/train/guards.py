@@ -37,7 +37,7 @@ def resolve_checkpoint(ckpt_path: Optional[str], folder: Optional[str]) -> Optio
 
 def check_checkpoint_fits(path: Path, module) -> None:
     """UsageError naming the checkpoint when it is truncated, not mmllm's, or holds weights of another shape."""
-    from mmllm.checkpoint_export import read_checkpoint
+    from mmllm.formats.checkpoint import read_checkpoint
 
     saved = read_checkpoint(path, mmap=True)["state_dict"]
     expected = module.state_dict()

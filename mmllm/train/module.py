@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from data_pipelines.shards import KINDS
+from data_pipelines.read.shards import KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.model import VLM
 from mmllm.train.distill import KDLoss, distillation_loss
@@ -440,7 +440,7 @@ TEACHER_MATCHES = ("image_token_id", "pad_token_id", "tokens_per_image", "image_
 def _load_teacher(folder: str, tokenizer: Any, student: VLMConfig, loss_chunk: Optional[int]):
     """The teacher model from its folder, frozen in eval mode; ValueError (one line) when it cannot teach this
     student: another tokenizer, another number of output rows, or other image inputs."""
-    from mmllm.model_folder import load_model_folder
+    from mmllm.formats.model_folder import load_model_folder
 
     if loss_chunk:
         raise ValueError("model.teacher needs the student's logits; leave model.loss_chunk unset")
@@ -476,11 +476,11 @@ def _check_shape_matches(config: VLMConfig, shape: dict[str, Any], init_from: st
 def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
                  model_inputs: dict[str, Any]):
     """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
-    from data_pipelines.tokenizer import load_tokenizer
+    from data_pipelines.chat.tokenizer import load_tokenizer
 
     if init_from:
-        from mmllm.checkpoint_export import model_from_checkpoint
-        from mmllm.model_folder import load_model_folder
+        from mmllm.formats.checkpoint import model_from_checkpoint
+        from mmllm.formats.model_folder import load_model_folder
 
         # A model folder, or a training checkpoint (a truncated or foreign one is a UsageError naming it).
         load = model_from_checkpoint if str(init_from).endswith(".ckpt") else load_model_folder

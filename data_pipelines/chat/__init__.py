@@ -1,0 +1,1 @@
+"""Prompts: special tokens and their ids, the tokenizer, conversations and the chat templates that render them."""

@@ -1,0 +1,1 @@
+"""Writing shards: from folders, LLaVA files and text, and the synthetic shapes set."""

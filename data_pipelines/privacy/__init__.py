@@ -1,0 +1,1 @@
+"""Privacy filters for data: personal data scrubbing, face blurring, deduplication, canaries."""

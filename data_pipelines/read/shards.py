@@ -1,0 +1,466 @@
+"""Reading shards: shard files -> their sample counts -> webdataset sample dicts -> canonical `Sample`s.
+
+The one reader of the project: training (data_pipelines.read.loader), evaluation (eval_samples), the tokenizer
+trainer and the benchmarks all read shards here, and every sample that cannot be used goes to one
+`bad_samples.BadSampleHandler` (skipped and counted by reason, never fatal). Only a shard that cannot be
+found is an error, and it names the file. The shard layouts are the contract of docs/formats.md.
+
+A source's `path` is a folder (`data/shapes/train/chat`: every `*.tar` in it, sorted), a brace pattern
+(`data/caps/{00000..00127}.tar`), a single `.tar` file, or a list of those. Sample counts come from the
+`sizes.json` next to the shards (written by every writer); a shard missing from it is counted by reading
+its tar headers, so a loader always knows its length.
+
+A raw sample is what a tar shard groups by key: `{"__key__": "000123", "__url__": "shard.tar", "jpg": b"...",
+"txt": b"...", "json": b"..."}`. `parse_sample(kind, raw)` checks it against its kind's layout and returns a
+`Sample` whose images are still compressed bytes (decoding happens later, so shuffle buffers stay small);
+anything malformed raises `BadSample` with a short `reason` ("empty caption", "invalid json", ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import braceexpand
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext
+
+from data_pipelines.read.bad_samples import INVALID_CONVERSATION, INVALID_JSON, NON_UTF8_TEXT, BadSampleHandler
+from data_pipelines.chat.template import caption_conversation, count_image_markers, normalise_conversation
+from data_pipelines.images import DEFAULT_MAX_PIXELS, load_image
+from data_pipelines.chat.special_tokens import IMAGE_MARKER
+
+SIZES_FILE = "sizes.json"
+
+
+# -- shard lists -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one source, in a fixed order, with the sample count of each."""
+
+    shards: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.sizes)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+
+def load_shard_set(path: str | os.PathLike | list) -> ShardSet:
+    """Shards and sample counts of a folder, brace pattern, `.tar` file or list of those. FileNotFoundError or
+    UnreadableShard names a shard that is missing or not a tar file."""
+    shards = expand_shards(path)
+    folder_sizes: dict[str, dict[str, int]] = {}  # each sizes.json is read once
+    return ShardSet(tuple(shards), tuple(shard_size(shard, folder_sizes) for shard in shards))
+
+
+def expand_shards(path: str | os.PathLike | list) -> list[str]:
+    """Shard paths of a folder (its `*.tar`, sorted), a brace pattern, a `.tar` file, or a list of those, each one
+    checked to be a readable tar: FileNotFoundError or UnreadableShard names the first that is not."""
+    if isinstance(path, (list, tuple)):
+        return [shard for item in path for shard in expand_shards(item)]
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        shards = sorted(str(p) for p in Path(path).glob("*.tar"))
+        if not shards:
+            raise FileNotFoundError(f"no .tar shards in folder {path}")
+        check_shards(shards)
+        return shards
+    shards = list(braceexpand.braceexpand(path))
+    missing = [shard for shard in shards if not os.path.isfile(shard)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"shard {missing[0]} of {path} does not exist{more}")
+    check_shards(shards)
+    return shards
+
+
+def shard_size(shard: str, folder_sizes: dict[str, dict[str, int]] | None = None) -> int:
+    """Samples in one shard: from the `sizes.json` in its folder, else by counting the keys in the tar."""
+    folder = os.path.dirname(os.path.abspath(shard))
+    folder_sizes = {} if folder_sizes is None else folder_sizes
+    if folder not in folder_sizes:
+        folder_sizes[folder] = read_sizes(folder)
+    sizes = folder_sizes[folder]
+    name = os.path.basename(shard)
+    return sizes[name] if name in sizes else count_tar_samples(shard)
+
+
+def read_sizes(folder: str) -> dict[str, int]:
+    """A folder's `sizes.json` ({shard file name: samples}); empty when the folder has none."""
+    sizes_path = os.path.join(folder, SIZES_FILE)
+    if not os.path.isfile(sizes_path):
+        return {}
+    with open(sizes_path, encoding="utf-8") as f:
+        sizes = json.load(f)
+    if not isinstance(sizes, dict) or not all(isinstance(n, int) for n in sizes.values()):
+        raise ValueError(f"{sizes_path} must map shard file names to sample counts")
+    return sizes
+
+
+def count_tar_samples(shard: str) -> int:
+    """Distinct sample keys (member names up to the first dot) in a tar file, read from its headers only."""
+    keys = set()
+    # a truncated shard: count what is readable; the loader skips the rest as bad samples
+    with contextlib.suppress(tarfile.ReadError), tarfile.open(shard, mode="r:*") as tar:
+        for member in tar:
+            if member.isreg():
+                keys.add(_sample_key(member.name))
+    return len(keys)
+
+
+def _sample_key(name: str) -> str:
+    folder, _, base = name.rpartition("/")
+    return f"{folder}/{base.split('.', 1)[0]}" if folder else base.split(".", 1)[0]
+
+
+# -- tar shards -> webdataset sample dicts -----------------------------------------------------------------
+
+class TruncatedShard(tarfile.ReadError):
+    """A tar shard that ends inside a member; the samples before the cut are kept, the cut one is counted."""
+
+    reason = "truncated tar member"
+
+
+class UnreadableShard(ValueError):
+    """A shard that cannot be read at all (missing, unreadable, not a tar file): an error naming the file, where a
+    bad sample inside a shard is only skipped and counted."""
+
+
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: tarfile's "r|*" reads these
+
+
+def check_shards(shards: Iterable[str]) -> None:
+    """UnreadableShard for the first local shard that cannot be opened or does not start with a tar header
+    (remote URLs are left to the reader). Reads 512 bytes of each."""
+    for shard in shards:
+        if "://" in shard or shard.startswith("pipe:"):
+            continue
+        try:
+            with open(shard, "rb") as handle:
+                head = handle.read(tarfile.BLOCKSIZE)
+        except OSError as error:
+            raise UnreadableShard(f"cannot read shard {shard}: {error.strerror or error}") from None
+        if head.startswith(COMPRESSED_MAGIC):
+            continue
+        try:
+            tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+        except tarfile.EmptyHeaderError:
+            continue  # an empty archive: a tar with no samples
+        except tarfile.HeaderError as error:
+            raise UnreadableShard(f"shard {shard} is not a tar file ({error})") from None
+
+
+def tar_samples(shards: Iterable[str], handler: BadSampleHandler) -> Iterator[dict[str, Any]]:
+    """Tar shards -> webdataset sample dicts `{"__key__", "__url__", ext: bytes, ...}`, grouped by key.
+
+    A shard that ends inside a member (a truncated copy) yields the samples before the cut; the cut sample goes
+    to the handler once, as "truncated tar member". A key met a second time in one shard (a repeated member, or
+    the same key again later) makes that second sample a "duplicate key". A shard that cannot be opened at all
+    raises UnreadableShard (`check_shards` finds those before any reading starts).
+    """
+    for shard in shards:
+        yield from _shard_samples(shard, handler)
+
+
+def _shard_samples(shard: str, handler: BadSampleHandler) -> Iterator[dict[str, Any]]:
+    try:
+        stream = gopen(shard, "rb")
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise UnreadableShard(f"cannot open shard {shard}: {error}") from None
+    current: dict[str, Any] | None = None
+    seen: set[str] = set()  # keys of this shard so far
+    with stream, tar:
+        try:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                key, extension = base_plus_ext(member.name)
+                if key is None:
+                    continue
+                data = tar.extractfile(member).read()
+                if current is not None and key != current["__key__"]:
+                    yield from _complete(current, handler)
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": shard, "__duplicate__": key in seen}
+                    seen.add(key)
+                extension = extension.lower()
+                current["__duplicate__"] |= extension in current
+                current[extension] = data
+        except (tarfile.TarError, OSError, EOFError) as exn:
+            key = current["__key__"] if current else "?"
+            handler(TruncatedShard(f"{shard}: stopped at sample {key}: {exn}"))
+            return
+    if current is not None:
+        yield from _complete(current, handler)
+
+
+def _complete(sample: dict[str, Any], handler: BadSampleHandler) -> Iterator[dict[str, Any]]:
+    if sample.pop("__duplicate__"):
+        handler(BadSample(DUPLICATE_KEY, f"{sample['__url__']}: key {sample['__key__']} appears twice"))
+        return
+    yield sample
+
+
+def skip_bad(items: Iterable, transform: Callable[[Any], Any], handler: BadSampleHandler) -> Iterator:
+    """`transform` each item; an item whose transform raises is skipped and goes to the handler."""
+    for item in items:
+        try:
+            result = transform(item)
+        except Exception as exn:  # any failure of one sample is that sample's problem, never the run's
+            handler(exn)
+            continue
+        yield result
+
+
+# -- sample dicts -> Samples: the shard layout of each kind (docs/formats.md) ---------------------------
+
+KINDS: tuple[str, ...] = ("caption", "chat", "text")
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+# Reasons a shard sample is rejected here (the bad-sample handler counts by these strings).
+EMPTY_CAPTION = "empty caption"
+MISSING_CAPTION = "missing caption"
+EMPTY_TEXT = "empty text"
+MISSING_TEXT = "missing text"
+MISSING_IMAGE = "missing image"
+MISSING_CONVERSATION = "missing conversation"
+DUPLICATE_KEY = "duplicate key"
+
+
+class BadSample(ValueError):
+    """A shard sample that cannot be used; `reason` is the short category it is counted under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Sample:
+    """One training sample as read from a shard, before decoding and tokenizing.
+
+    caption and chat samples carry a `conversation` (role/content turns, `<image>` marking each image);
+    text samples carry `text`. `images` are compressed bytes in the order their markers appear.
+    """
+
+    key: str
+    kind: str
+    conversation: list[dict] | None = None
+    text: str | None = None
+    images: list[bytes] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+def parse_sample(kind: str, raw: dict[str, Any]) -> Sample:
+    """Parse one webdataset sample dict of the given kind into a `Sample`; raise `BadSample` if malformed."""
+    if kind not in _PARSERS:
+        raise ValueError(f"unknown sample kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return _PARSERS[kind](raw)
+
+
+def parse_caption(raw: dict[str, Any]) -> Sample:
+    """KEY.jpg|png|webp + KEY.txt (+ KEY.json with an optional `captions` list of references)."""
+    image = _image_bytes(raw)
+    if image is None:
+        raise BadSample(MISSING_IMAGE, _where(raw))
+    meta = _base_meta(raw)
+    references: list[str] = []
+    if "json" in raw:
+        info = _json(raw)
+        if not isinstance(info, dict):
+            raise BadSample(INVALID_JSON, f"{_where(raw)}: caption metadata is not an object")
+        captions = info.get("captions")
+        if captions is not None:
+            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+                raise BadSample(INVALID_JSON, f"{_where(raw)}: 'captions' is not a list of strings")
+            references = [c.strip() for c in captions if c.strip()]
+        meta.update({k: v for k, v in info.items() if k != "captions"})
+    if "txt" in raw:
+        caption = _text(raw, "txt").strip()
+        if not caption:
+            raise BadSample(EMPTY_CAPTION, _where(raw))
+    elif references:
+        caption = references[0]  # no KEY.txt: train on the first reference caption
+    else:
+        raise BadSample(MISSING_CAPTION, _where(raw))
+    meta["references"] = references or [caption]
+    return Sample(key=raw["__key__"], kind="caption", conversation=caption_conversation(caption),
+                  images=[image], meta=meta)
+
+
+def parse_chat(raw: dict[str, Any]) -> Sample:
+    """KEY.json with LLaVA `conversations` or OpenAI `messages` (+ an optional KEY.jpg|png|webp).
+
+    A chat with an image file but no `<image>` marker gets one in front of its first user turn (LLaVA's
+    convention); a marker without an image file is a bad sample ("missing image").
+    """
+    if "json" not in raw:
+        raise BadSample(MISSING_CONVERSATION, _where(raw))
+    info = _json(raw)
+    if not isinstance(info, dict):
+        raise BadSample(INVALID_JSON, f"{_where(raw)}: chat sample is not an object")
+    rows = info.get("conversations", info.get("messages"))
+    if not isinstance(rows, list) or not rows:
+        raise BadSample(MISSING_CONVERSATION, f"{_where(raw)}: no 'conversations' or 'messages' list")
+    try:
+        conversation = normalise_conversation(rows)
+    except (ValueError, TypeError, KeyError) as exn:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {exn}") from exn
+    image = _image_bytes(raw)
+    markers = count_image_markers(conversation)
+    if markers and image is None:
+        raise BadSample(MISSING_IMAGE, f"{_where(raw)}: conversation has {markers} <image> but no image file")
+    if image is not None and markers == 0:
+        # LLaVA rows sometimes omit the marker; the image then goes before the first user question.
+        first_user = next((i for i, turn in enumerate(conversation) if turn["role"] == "user"), None)
+        if first_user is None:
+            raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: an image but no user turn to show it in")
+        turn = conversation[first_user]
+        conversation[first_user] = {**turn, "content": f"{IMAGE_MARKER}\n{turn['content']}"}
+    elif image is not None and markers > 1:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {markers} <image> markers but one image file")
+    meta = _base_meta(raw)
+    meta.update({k: v for k, v in info.items() if k not in ("conversations", "messages")})
+    images = [image] if image is not None else []
+    return Sample(key=raw["__key__"], kind="chat", conversation=conversation, images=images, meta=meta)
+
+
+def parse_text(raw: dict[str, Any]) -> Sample:
+    """KEY.txt only: a plain text document."""
+    if "txt" not in raw:
+        raise BadSample(MISSING_TEXT, _where(raw))
+    text = _text(raw, "txt")
+    if not text.strip():
+        raise BadSample(EMPTY_TEXT, _where(raw))
+    return Sample(key=raw["__key__"], kind="text", text=text, meta=_base_meta(raw))
+
+
+_PARSERS = {"caption": parse_caption, "chat": parse_chat, "text": parse_text}
+
+
+def _image_bytes(raw: dict[str, Any]) -> bytes | None:
+    for ext in IMAGE_EXTENSIONS:
+        if ext in raw:
+            return raw[ext]
+    return None
+
+
+def _text(raw: dict[str, Any], ext: str) -> str:
+    try:
+        return raw[ext].decode("utf-8")
+    except UnicodeDecodeError as exn:
+        raise BadSample(NON_UTF8_TEXT, f"{_where(raw)}.{ext}: {exn.reason} at byte {exn.start}") from exn
+
+
+def _json(raw: dict[str, Any]) -> Any:
+    text = _text(raw, "json")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exn:
+        raise BadSample(INVALID_JSON, f"{_where(raw)}.json: {exn.msg} at line {exn.lineno}") from exn
+
+
+def _where(raw: dict[str, Any]) -> str:
+    return f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+
+
+def _base_meta(raw: dict[str, Any]) -> dict:
+    return {"url": raw.get("__url__")}
+
+
+def read_samples(path: str | os.PathLike | list, kind: str, handler: BadSampleHandler | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = True) -> Iterator[Sample]:
+    """Every usable sample of a source once, in shard order (images decoded unless decode=False): what
+    evaluation, the tokenizer trainer and the benchmarks read; bad samples go to the handler.
+    FileNotFoundError names a shard that does not exist."""
+    handler = handler or BadSampleHandler()
+    samples = parse_samples(tar_samples(expand_shards(path), handler), kind, handler)
+    return decode_samples(samples, handler, max_pixels) if decode else samples
+
+
+def parse_samples(raws: Iterable[dict], kind: str, handler: BadSampleHandler) -> Iterator[Sample]:
+    """Webdataset sample dicts -> canonical `Sample`s (images still compressed)."""
+    return skip_bad(raws, lambda raw: parse_sample(kind, raw), handler)
+
+
+def decode_sample(sample: Sample, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Sample:
+    """A `Sample` whose images are decoded RGB PIL images (BadImage / ImageTooLarge for bad ones)."""
+    if not sample.images:
+        return sample
+    return replace(sample, images=[load_image(image, max_pixels=max_pixels) for image in sample.images])
+
+
+def decode_samples(samples: Iterable[Sample], handler: BadSampleHandler,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Sample]:
+    return skip_bad(samples, lambda sample: decode_sample(sample, max_pixels), handler)
+
+
+# -- the text of any shard, for the tokenizer trainer ------------------------------------------------------------
+
+def find_shards(folders: Iterable[str | os.PathLike]) -> list[str]:
+    """Every *.tar under the folders (recursively, sorted); a `.tar` file is taken as it is.
+    FileNotFoundError for a folder that is missing."""
+    shards: list[str] = []
+    for folder in map(Path, folders):
+        if folder.is_file() and folder.suffix == ".tar":
+            shards.append(str(folder))
+            continue
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        shards.extend(sorted(str(p) for p in folder.rglob("*.tar")))
+    return shards
+
+
+def record_texts(raw: dict[str, Any]) -> list[str]:
+    """Texts of one sample dict of any kind: its .txt and the captions / turns of its .json, `<image>` markers
+    removed (they become image tokens, never text). BadSample for text that is not UTF-8, JSON that is not an
+    object, or turns that are not a conversation."""
+    texts: list[str] = []
+    if "txt" in raw:
+        texts.append(_text(raw, "txt"))
+    if "json" in raw:
+        data = _json(raw)
+        if not isinstance(data, dict):
+            raise BadSample(INVALID_JSON, f"{_where(raw)}: the json member is not an object")
+        rows = data.get("conversations", data.get("messages"))
+        if rows:
+            try:
+                texts.extend(turn["content"] for turn in normalise_conversation(rows))
+            except ValueError as exn:
+                raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {exn}") from exn
+        captions = data.get("captions")
+        if isinstance(captions, list):
+            texts.extend(c for c in captions if isinstance(c, str) and c not in texts)
+    cleaned = (text.replace(IMAGE_MARKER, "").strip() for text in texts)
+    return [text for text in cleaned if text]
+
+
+def shard_texts(shards: Iterable[str | os.PathLike], handler: BadSampleHandler | None = None,
+                stats: Counter | None = None) -> Iterator[str]:
+    """Texts of every usable sample of the shards, in order; unusable samples go to the handler. Counts
+    'shards', 'records', 'texts' and 'chars' into stats. UnreadableShard names a shard that is not a tar."""
+    shards = [str(shard) for shard in shards]
+    check_shards(shards)
+    handler = handler or BadSampleHandler()
+    stats = Counter() if stats is None else stats
+    stats["shards"] += len(shards)
+    for texts in skip_bad(tar_samples(shards, handler), record_texts, handler):
+        stats["records"] += 1
+        for text in texts:
+            stats["texts"] += 1
+            stats["chars"] += len(text)
+            yield text

@@ -1,0 +1,1 @@
+"""The `mmllm data ...` commands."""

@@ -1,0 +1,57 @@
+"""Generate the shapes dataset: captioned scenes of coloured shapes and questions about them, in shards.
+
+Writes OUT/{train,val,test_compositional}/captions/ and .../chat/ shards (plus scenes.jsonl per split and
+OUT/shapes.json). test_compositional scenes each hold a colour-shape pair that train never shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from data_pipelines.convert.shapes import generate_shapes
+from mmllm.cli.data.options import add_output_arguments, converting
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--train", type=int, default=8000, help="training scenes (default 8000)")
+    parser.add_argument("--val", type=int, default=500, help="validation scenes (default 500)")
+    parser.add_argument("--test", type=int, default=500, help="test_compositional scenes (default 500)")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes drawing scenes (default: up to 2); the output does not depend on it")
+    parser.add_argument("--questions-per-chat", type=int, default=0,
+                        help="questions per chat sample; a scene's questions are split over several samples "
+                             "(default 0: all of a scene's questions in one conversation)")
+    parser.add_argument("--rare-colour", metavar="COLOUR:FRACTION", type=_rare_colour,
+                        help="skew the train split: objects of COLOUR drawn FRACTION times as often as the others "
+                             "(e.g. purple:0.1; val and test stay balanced), to see a bias report find the gap")
+    add_output_arguments(parser, "caption and chat")
+
+
+def _rare_colour(text: str) -> tuple[str, float]:
+    from data_pipelines.convert.shapes import COLOURS
+
+    colour, _, fraction = text.partition(":")
+    try:
+        value = float(fraction)
+    except ValueError:
+        value = -1.0
+    if colour not in COLOURS or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected COLOUR:FRACTION with COLOUR one of {', '.join(COLOURS)} and "
+                                         f"FRACTION in [0, 1], got {text!r}")
+    return colour, value
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    with converting():
+        generate_shapes(args.out, train=args.train, val=args.val, test=args.test, image_size=args.image_size,
+                        seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
+                        workers=args.workers, questions_per_chat=args.questions_per_chat,
+                        rare_colour=args.rare_colour)
+    scenes = args.train + args.val + args.test
+    print(f"generated {scenes} scenes in {time.perf_counter() - start:.1f} s")
+    return 0

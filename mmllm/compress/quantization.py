@@ -1,0 +1,386 @@
+"""Quantised inference on the CPU: int8 or int4 weights for every linear layer, through torch's own dynamic
+quantisation or torchao, with the fastest method for this machine chosen by measuring each one.
+
+Which method is fastest depends on the CPU by a factor of five (AVX2, AVX-512 VNNI, AMX each favour another
+kernel), so `--quantize int8` does not name a kernel: `quantize(model, 8)` times one answer with every method
+that can run here, keeps the fastest, and remembers the choice per CPU, library versions, thread count and
+model shape (in ~/.cache/mmllm/quantize-choices.json, or $MMLLM_CACHE_DIR), so the measuring happens once.
+
+Methods (`METHODS`):
+- torch-dynamic-int8: torch.ao's dynamic quantisation (int8 weights per output channel, activations quantised
+  per call); fbgemm/oneDNN kernels. torch marks the API deprecated in favour of torchao, and it is still the
+  fastest on every CPU measured so far (README "Smaller models").
+- torchao-int8-weight-only, torchao-int8-dynamic: torchao's Int8WeightOnlyConfig and
+  Int8DynamicActivationInt8WeightConfig, its maintained int8 paths (eager).
+- torchao-int4-weight-only: torchao's CPU int4 (tinygemm `_weight_int4pack_mm_for_cpu`), asymmetric groups of
+  128, 64 or 32 input channels: the largest that divides the layer's width.
+- torchao-int8-dynamic-int4: torchao's DA8W4 CPU kernel, where this torchao build has it.
+
+A layer that a method cannot take (int4: an input width no group size divides, or an output width not a
+multiple of 16) stays in float32, and the report says which: torchao would skip it silently.
+The tied LM head is given its own copy of the embedding matrix so that it is quantised too (it is a fifth of
+a decode step's work in `small`); the embedding lookup stays in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mmllm.errors import UsageError
+
+BITS = {"int8": 8, "int4": 4}
+INT4_GROUP_SIZES = (128, 64, 32)  # tried largest first: fewer scales, the same kernel
+INT4_OUTPUT_MULTIPLE = 16  # the CPU int4 kernel packs output channels in blocks of 16
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    bits: int
+    library: str
+    apply: Callable[[nn.Module, dict[str, int | None]], None]  # (model, layer name -> int4 group size) in place
+    kernel: str = ""  # what runs the matmul, for the report
+
+
+@dataclass
+class QuantizationReport:
+    """What `quantize` did: the method, the layers it left in float and what it measured (seconds per answer)."""
+
+    bits: int
+    method: str
+    layers: int
+    float_layers: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # method (and "float32") -> one timed answer
+    unavailable: dict[str, str] = field(default_factory=dict)  # method -> why it cannot run here
+    weight_bytes: tuple[int, int] = (0, 0)  # (float32, quantised) bytes of the weights
+    cached: bool = False
+
+    @property
+    def speedup(self) -> float | None:
+        if "float32" not in self.seconds or self.method not in self.seconds:
+            return None
+        return self.seconds["float32"] / self.seconds[self.method]
+
+    def summary(self) -> str:
+        """One line for the command line: what was chosen, why, and what it costs or buys."""
+        before, after = (b / 2**20 for b in self.weight_bytes)
+        text = f"quantized {self.layers} linear layers to int{self.bits} with {self.method}"
+        if self.float_layers:
+            text += f" ({len(self.float_layers)} kept in float32: {', '.join(self.float_layers[:3])}"
+            text += ", ..." if len(self.float_layers) > 3 else ""
+            text += ")"
+        text += f"; weights {before:.1f} -> {after:.1f} MiB"
+        speedup = self.speedup
+        if speedup is not None:
+            others = ", ".join(f"{name} {s * 1e3:.0f} ms" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+            how = "remembered from an earlier measurement" if self.cached else "measured now"
+            if speedup > 1.0:
+                text += f"; {speedup:.2f}x float32's speed ({how}: {others})"
+            else:
+                text += (f"; on this machine no int{self.bits} method beats float32 ({how}: {others}), "
+                         "so it saves memory here, not time")
+        if self.unavailable:
+            text += f"; cannot run here: {', '.join(sorted(self.unavailable))}"
+        return text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The methods
+
+
+@contextmanager
+def _quiet():
+    """Silence the deprecation notices of torch.ao and the import-time log lines of torchao."""
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pytree.setLevel(level)
+
+
+def _torch_dynamic_int8(model: nn.Module, layers: dict[str, int | None]) -> None:
+    with _quiet():
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in layers}, dtype=torch.qint8,
+                         inplace=True)
+
+
+def _torchao(make_config: Callable[[int | None], object]) -> Callable[[nn.Module, dict[str, int | None]], None]:
+    """Apply a torchao config, one call per group size (torchao takes one config per call)."""
+
+    def apply(model: nn.Module, layers: dict[str, int | None]) -> None:
+        with _quiet():
+            from torchao.quantization import quantize_
+
+            for group_size in sorted(set(layers.values()), key=str):
+                chosen = {name for name, g in layers.items() if g == group_size}
+                quantize_(model, make_config(group_size), filter_fn=lambda module, fqn: fqn in chosen)
+
+    return apply
+
+
+def _int8_weight_only(_group_size):
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def _int8_dynamic(_group_size):
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    return Int8DynamicActivationInt8WeightConfig()
+
+
+def _int4_weight_only(group_size):
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+    return PrototypeInt4WeightOnlyConfig(group_size=group_size, set_inductor_config=False)
+
+
+def _int8_dynamic_int4(group_size):
+    from torchao.prototype.quantization.int4 import Int8DynamicActivationInt4WeightConfig
+
+    return Int8DynamicActivationInt4WeightConfig(group_size=group_size, set_inductor_config=False)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("torch-dynamic-int8", 8, "torch", _torch_dynamic_int8, "fbgemm / oneDNN int8 GEMM"),
+    Method("torchao-int8-weight-only", 8, "torchao", _torchao(_int8_weight_only), "int8 weights, float GEMM"),
+    Method("torchao-int8-dynamic", 8, "torchao", _torchao(_int8_dynamic), "int8 x int8 _int_mm"),
+    Method("torchao-int4-weight-only", 4, "torchao", _torchao(_int4_weight_only), "tinygemm int4 CPU kernel"),
+    Method("torchao-int8-dynamic-int4", 4, "torchao", _torchao(_int8_dynamic_int4), "DA8W4 CPU kernel"),
+)}
+
+
+def methods_for(bits: int) -> list[Method]:
+    return [m for m in METHODS.values() if m.bits == bits]
+
+
+def parse_bits(text: str) -> int:
+    if text not in BITS:
+        raise UsageError(f"--quantize takes {' or '.join(BITS)}, got {text!r}")
+    return BITS[text]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which layers
+
+
+def untie_head(model: nn.Module) -> None:
+    """Give a tied LM head its own weight (a copy of the embedding), so quantisation reaches it."""
+    lm = model.lm
+    if lm.lm_head is None:
+        head = nn.Linear(lm.config.dim, lm.config.vocab_size, bias=False)
+        head.weight = nn.Parameter(lm.embed_tokens.weight.detach().clone(), requires_grad=False)
+        lm.lm_head = head
+
+
+def plan_layers(model: nn.Module, bits: int) -> tuple[dict[str, int | None], list[str]]:
+    """(layer name -> int4 group size (None for int8) of every linear that can be quantised, names kept float)."""
+    chosen, kept = {}, []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if bits == 8:
+            chosen[name] = None
+            continue
+        group = next((g for g in INT4_GROUP_SIZES if module.in_features % g == 0), None)
+        if group is None or module.out_features % INT4_OUTPUT_MULTIPLE:
+            kept.append(name)
+        else:
+            chosen[name] = group
+    return chosen, kept
+
+
+def weight_bytes(model: nn.Module, layers: dict[str, int | None], bits: int | None) -> int:
+    """Bytes of the model's weights: float tensors as stored, quantised linears as int8 / packed int4 plus their
+    float scales (one per output channel for int8; a scale and a zero point per group for int4)."""
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if bits is None:
+        return total
+    modules = dict(model.named_modules())
+    for name, group in layers.items():
+        w = modules[name].weight
+        scales = w.shape[0] * 4 if bits == 8 else w.shape[0] * (w.shape[1] // group) * 2 * 2
+        total += w.numel() * bits // 8 + scales - w.numel() * w.element_size()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measuring and choosing
+
+
+def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, give_up_after: float = float("inf")) -> float:
+    """The fastest of `repeats` timed answers: one image and 16 prompt tokens in, `new_tokens` greedy tokens out
+    (image encoding, prefill and decode: what one `ask` costs). A first (warm-up) answer slower than
+    `give_up_after` seconds is returned as it is: a method that slow has lost already."""
+    from mmllm.model.generation import stream
+
+    config = model.config
+    low = max(config.image_token_id, config.pad_token_id, *config.eos_token_ids) + 1
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(low, config.lm.vocab_size, (1, 16), generator=g)
+    image = torch.full((1, config.tokens_per_image), config.image_token_id)
+    size = config.vision.image_size
+    pixels = torch.randn(1, 3, size, size, generator=g)
+    ids = torch.cat([image, text], 1)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first run warms the kernels' packing and caches up
+            start = time.perf_counter()
+            for _step in stream(model, ids, pixel_values=pixels, max_new_tokens=new_tokens, stop_ids=[]):
+                pass
+            best = min(best, time.perf_counter() - start)
+            if best > give_up_after:
+                break
+    return best
+
+
+def cache_path() -> Path:
+    root = os.environ.get("MMLLM_CACHE_DIR") or Path.home() / ".cache" / "mmllm"
+    return Path(root) / "quantize-choices.json"
+
+
+def machine_key(model: nn.Module, bits: int) -> str:
+    """What a measured choice depends on: the CPU, its kernels, the libraries, the threads, the model's shape."""
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = " ".join(sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))))
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        torchao_version = version("torchao")
+    except Exception:  # not installed
+        torchao_version = None
+    c = model.config
+    shape = [c.lm.dim, c.lm.n_layers, c.lm.mlp_dim, c.lm.vocab_size, c.vision.dim, c.vision.n_layers,
+             c.vision.image_size, c.tokens_per_image]
+    parts = [cpu, flags, torch.backends.cpu.get_cpu_capability(),
+             torch.__version__, torchao_version, torch.get_num_threads(), shape, bits]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache()
+        data[key] = entry
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(partial, path)
+    except OSError:
+        pass  # a read-only home: measure again next time
+
+
+def apply_method(model: nn.Module, method: Method, layers: dict[str, int | None]) -> nn.Module:
+    """The model with `layers` quantised by `method`, in place; an ImportError or RuntimeError says it cannot run."""
+    model.eval()
+    method.apply(model, layers)
+    return model
+
+
+def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = True) -> QuantizationReport:
+    """Quantise a float32 CPU VLM in place (its LM head untied first) and say what was done.
+
+    method "auto" measures every `bits` method that can run here against float32 (or reuses the measurement
+    remembered for this machine) and applies the fastest; a method's name applies that one.
+    """
+    if method != "auto" and (method not in METHODS or METHODS[method].bits != bits):
+        names = ", ".join(m.name for m in methods_for(bits))
+        raise UsageError(f"no int{bits} quantization method {method!r}; choose auto or one of {names}")
+    params = list(model.parameters())
+    if params and params[0].device.type != "cpu":
+        raise UsageError("--quantize runs on the CPU; on a GPU use --dtype bfloat16")
+    if params and params[0].dtype != torch.float32:
+        raise UsageError("--quantize takes a float32 model; leave --dtype at auto or float32")
+    model.eval()
+    before = weight_bytes(model, {}, None)
+    untie_head(model)
+    layers, kept = plan_layers(model, bits)
+    report = QuantizationReport(bits=bits, method=method, layers=len(layers), float_layers=kept,
+                                weight_bytes=(before, weight_bytes(model, layers, bits)))
+    if method == "auto":
+        key = machine_key(model, bits)
+        entry = _read_cache().get(key)
+        if entry and entry.get("method") in METHODS:
+            report.cached = True
+        else:
+            entry = _measure(model, bits, layers) if measure else {"method": methods_for(bits)[0].name}
+            _write_cache(key, entry)
+        report.method = entry["method"]
+        report.seconds = entry.get("seconds", {})
+        report.unavailable = entry.get("unavailable", {})
+    try:
+        apply_method(model, METHODS[report.method], layers)
+    except ImportError:
+        raise UsageError(f"{report.method} needs torchao: pip install 'mmllm[quantize]'") from None
+    except (RuntimeError, AssertionError, NotImplementedError) as error:
+        raise UsageError(f"{report.method} cannot run on this machine: {str(error).splitlines()[0][:200]}") from None
+    release_freed_memory()
+    return report
+
+
+def release_freed_memory() -> None:
+    """Hand the float weights' freed pages back to the system (glibc keeps freed heap for reuse otherwise, so
+    the resident memory would not show what quantisation saved)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the pages are reused by later allocations all the same
+        pass
+
+
+def _measure(model: nn.Module, bits: int, layers: dict[str, int | None]) -> dict:
+    """{"method": the fastest that runs, "seconds": per method and float32, "unavailable": method -> why}."""
+    seconds = {"float32": answer_seconds(model)}
+    unavailable = {}
+    for method in methods_for(bits):
+        trial = copy.deepcopy(model)
+        try:
+            apply_method(trial, method, layers)
+            seconds[method.name] = answer_seconds(trial, give_up_after=3 * seconds["float32"])
+        except (ImportError, RuntimeError, AssertionError, NotImplementedError, ValueError) as error:
+            unavailable[method.name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        del trial
+    timed = {name: s for name, s in seconds.items() if name != "float32"}
+    if not timed:
+        hint = " (pip install 'mmllm[quantize]' for torchao's)" if any("ImportError" in v for v in unavailable.values()) else ""
+        raise UsageError(f"no int{bits} method runs on this machine{hint}: "
+                         + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+    return {"method": min(timed, key=timed.get), "seconds": seconds, "unavailable": unavailable}
