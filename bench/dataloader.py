@@ -14,12 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_pipelines.batching import collate
+from data_pipelines.chat.tokenizer import load_tokenizer, train_tokenizer
+from data_pipelines.convert.shapes import generate_split
+from data_pipelines.processor import Processor
 from data_pipelines.read.bad_samples import BadSampleCounter, BadSampleHandler
 from data_pipelines.read.loader import make_loader
-from data_pipelines.processor import Processor, collate
-from data_pipelines.convert.shapes import generate_split
 from data_pipelines.read.shards import decode_samples, load_shard_set, parse_samples, shard_texts, tar_samples
-from data_pipelines.chat.tokenizer import load_tokenizer, train_tokenizer
 
 
 def loader_throughput(source: dict, processor: Processor, batch_size: int, num_workers: int,

@@ -26,14 +26,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from data_pipelines.read.eval_samples import vqa_questions
+    from data_pipelines.chat.special_tokens import TokenIds
+    from data_pipelines.chat.tokenizer import train_tokenizer, vocab_size
     from data_pipelines.convert.shapes import generate_split
+    from data_pipelines.read.eval_samples import vqa_questions
     from data_pipelines.read.shards import find_shards, shard_texts
-    from data_pipelines.chat.tokenizer import TokenIds, train_tokenizer, vocab_size
     from mmllm.config import VLMConfig
+    from mmllm.formats.model_folder import save_model_folder
     from mmllm.inference import load
     from mmllm.model import VLM
-    from mmllm.formats.model_folder import save_model_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_split(tmp, "val", args.images, report=lambda *_: None)

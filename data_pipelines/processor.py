@@ -1,10 +1,10 @@
-"""The processor: a user's images and text -> model inputs, by the same code in training and in `mmllm ask`;
-then batching: encoded samples -> the batch dict VLM.forward takes (`collate`, `pack`).
+"""The processor: a user's images and text -> model inputs, by the same code in training and in `mmllm ask`.
+Batching the encoded samples into the tensors VLM.forward takes is data_pipelines.batching's.
 
 It holds the tokenizer, the chat template and the image transform. Training samples come out with labels
 (`encode_conversation`, `encode_caption`, `encode_text`, `encode_text_chunks`); inference prompts come out
-with the generation prompt appended (`encode_prompt`, `encode_question`, `encode_text_prompt`). Truncation to `max_length` never cuts an image's
-block of tokens: it drops whole trailing turns, or cuts the answer text, and drops the images it no longer
+with the generation prompt appended (`encode_prompt`, `encode_question`, `encode_text_prompt`). Truncation to
+`max_length` never cuts an image's block of tokens: it drops whole trailing turns, or cuts the answer text, and drops the images it no longer
 shows. mmllm builds one from a model config: `Processor(tokenizer, image_size=..., tokens_per_image=...,
 image_mean=..., image_std=..., resize=..., max_length=...)`.
 """
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 from tokenizers import Tokenizer
 
-from data_pipelines.chat.template import (
+from data_pipelines.chat import special_tokens as st
+from data_pipelines.chat.conversation import (
     IGNORE_INDEX,
-    ChatTemplate,
     Conversation,
     Grid,
     NoSupervisedTokens,
@@ -30,10 +30,12 @@ from data_pipelines.chat.template import (
     question_conversation,
     validate_conversation,
 )
-from data_pipelines.chat import special_tokens as st
-from data_pipelines.chat.jinja_template import JinjaChatTemplate, SpecialIds
+from data_pipelines.chat.jinja_template import JinjaChatTemplate
+from data_pipelines.chat.special_tokens import SpecialIds, TokenIds
+from data_pipelines.chat.template import ChatTemplate
+from data_pipelines.chat.tokenizer import load_tokenizer, prepared
 from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, ResizePolicy, load_image
-from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, prepared
+from data_pipelines.moved import name_getter
 
 
 @dataclass
@@ -267,132 +269,6 @@ class Processor:
         return ids[:cut], labels[:cut]
 
 
-# --- batching ---------------------------------------------------------------------------------------------------
-# Batch keys (the contract of docs/formats.md): input_ids, attention_mask, labels, position_ids, prefix_mask (B, T); pixel_values
-# (N, 3, S, S) in reading order, only when the batch has an image; image_counts (B,); kinds (B,) each row's
-# sample kind; and with packing segment_ids (B, T) plus segment_kinds. A sample's first token is never a target
-# (nothing before it predicts it), so its label is set to -100: otherwise the padding or the previous packed
-# sample would be trained to predict it.
-
-def _targets(sample: EncodedSample) -> list[int]:
-    return [IGNORE_INDEX] + list(sample.labels[1:]) if sample.labels else []
-
-
-def _pixel_values(samples: Sequence[EncodedSample]) -> dict[str, torch.Tensor]:
-    images = [s.pixel_values for s in samples if s.pixel_values is not None and s.pixel_values.shape[0]]
-    return {"pixel_values": torch.cat(images)} if images else {}
-
-
-def collate(
-    samples: Sequence[EncodedSample], pad_id: int, padding_side: Literal["right", "left"] = "right"
-) -> dict:
-    """One sample per row, padded to the longest: right padding for training, left for generation."""
-    if not samples:
-        raise ValueError("cannot collate an empty list of samples")
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    batch_size, length = len(samples), max(len(s) for s in samples)
-    input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
-    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-    prefix_mask = torch.zeros((batch_size, length), dtype=torch.bool)
-    for row, sample in enumerate(samples):
-        n = len(sample)
-        start = 0 if padding_side == "right" else length - n
-        input_ids[row, start:start + n] = torch.tensor(sample.input_ids, dtype=torch.long)
-        labels[row, start:start + n] = torch.tensor(_targets(sample), dtype=torch.long)
-        attention_mask[row, start:start + n] = 1
-        prefix_mask[row, start:start + sample.prefix_length] = True
-    # The model's default positions: 0.. on real tokens whichever side the padding is on.
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "position_ids": position_ids,
-        "prefix_mask": prefix_mask,
-        **_pixel_values(samples),
-        "image_counts": torch.tensor([s.num_images for s in samples], dtype=torch.long),
-        "kinds": [s.kind for s in samples],
-    }
-
-
-class FirstFit:
-    """Greedy first-fit packing: each sample goes into the first row with room for it, else a new row (up to
-    max_rows). The one rule by which `pack` lays out rows and the loader's `pack_batches` fills a batch."""
-
-    def __init__(self, max_length: int, max_rows: int | None = None) -> None:
-        self.max_length = max_length
-        self.max_rows = max_rows
-        self.room: list[int] = []  # free tokens left in each row
-
-    def place(self, tokens: int) -> int | None:
-        """The row that takes a sample of `tokens` tokens, or None when every row is full and no new one may open."""
-        row = next((r for r, free in enumerate(self.room) if free >= tokens), None)
-        if row is None:
-            if self.max_rows is not None and len(self.room) == self.max_rows:
-                return None
-            self.room.append(self.max_length)
-            row = len(self.room) - 1
-        self.room[row] -= tokens
-        return row
-
-
-def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
-    """Greedy first-fit: sample indices per row, in input order, each row's total length <= max_length."""
-    rows: list[list[int]] = []
-    first_fit = FirstFit(max_length)
-    for index, n in enumerate(lengths):
-        if n > max_length:
-            raise ValueError(f"sample {index} has {n} tokens, more than the packing length {max_length}")
-        row = first_fit.place(n)
-        if row == len(rows):
-            rows.append([])
-        rows[row].append(index)
-    return rows
-
-
-def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> dict:
-    """Several samples per row (greedy first-fit), right padded to the longest row.
-
-    segment_ids number a row's samples 1..k (0 on padding); position_ids restart at 0 in each segment;
-    prefix_mask marks each segment's own prompt; pixel_values follow the packed reading order (row by row,
-    segment by segment). kinds gives a row's kind, or "mixed"; segment_kinds[b][k - 1] is segment k's kind.
-    """
-    if not samples:
-        raise ValueError("cannot pack an empty list of samples")
-    rows = pack_rows([len(s) for s in samples], max_length)
-    batch_size = len(rows)
-    length = max(sum(len(samples[i]) for i in row) for row in rows)
-    input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
-    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-    position_ids = torch.zeros((batch_size, length), dtype=torch.long)
-    segment_ids = torch.zeros((batch_size, length), dtype=torch.long)
-    prefix_mask = torch.zeros((batch_size, length), dtype=torch.bool)
-    for row, indices in enumerate(rows):
-        start = 0
-        for segment, index in enumerate(indices, start=1):
-            sample = samples[index]
-            n = len(sample)
-            input_ids[row, start:start + n] = torch.tensor(sample.input_ids, dtype=torch.long)
-            labels[row, start:start + n] = torch.tensor(_targets(sample), dtype=torch.long)
-            attention_mask[row, start:start + n] = 1
-            position_ids[row, start:start + n] = torch.arange(n)
-            segment_ids[row, start:start + n] = segment
-            prefix_mask[row, start:start + sample.prefix_length] = True
-            start += n
-    packed_order = [samples[i] for row in rows for i in row]
-    segment_kinds = [[samples[i].kind for i in row] for row in rows]
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "position_ids": position_ids,
-        "segment_ids": segment_ids,
-        "prefix_mask": prefix_mask,
-        **_pixel_values(packed_order),
-        "image_counts": torch.tensor([sum(samples[i].num_images for i in row) for row in rows], dtype=torch.long),
-        "kinds": [kinds[0] if len(set(kinds)) == 1 else "mixed" for kinds in segment_kinds],
-        "segment_kinds": segment_kinds,
-    }
+# `data_pipelines.processor.collate` and `.pack`, as docs/formats.md named them until 2026-12-05, are
+# data_pipelines.batching's now: an alias with a warning, for one release.
+__getattr__ = name_getter(__name__)

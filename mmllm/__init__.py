@@ -6,6 +6,8 @@
 
 __version__ = "0.1.0"
 
+import data_pipelines as _data_pipelines  # noqa: F401,E402 (installs the old module paths of data_pipelines.moved)
+
 __all__ = ["load", "VisionLanguageModel", "__version__"]
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from data_pipelines.chat.template import question_conversation
-from data_pipelines.processor import collate
+from data_pipelines.batching import collate
+from data_pipelines.chat.conversation import question_conversation
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
 
 

@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import torch
 from PIL import Image
 
-from data_pipelines.chat.template import NoSupervisedTokens, normalise_conversation, question_conversation
-from data_pipelines.processor import collate
-from data_pipelines.images import ImageError, load_image
+from data_pipelines.batching import collate
+from data_pipelines.chat.conversation import NoSupervisedTokens, normalise_conversation, question_conversation
 from data_pipelines.chat.special_tokens import CAPTION_INSTRUCTION
+from data_pipelines.images import ImageError, load_image
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
 from mmllm.model.generation import DECODES, default_decode, generate, stream

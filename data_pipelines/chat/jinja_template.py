@@ -17,26 +17,22 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
 
 from tokenizers import Tokenizer
 
 from data_pipelines.chat import special_tokens as st
-from data_pipelines.chat.template import (IGNORE_INDEX, Conversation, Grid, NoSupervisedTokens, RenderedTurn,
-                                 validate_conversation)
+from data_pipelines.chat.conversation import (
+    IGNORE_INDEX,
+    Conversation,
+    Grid,
+    NoSupervisedTokens,
+    RenderedTurn,
+    validate_conversation,
+)
 from data_pipelines.chat.image_layout import check_markup_tokens, image_layout, token_id
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """The special ids a processor needs, given by the model config instead of looked up by mmllm's token names."""
-
-    image: int
-    pad: int
-    eos_ids: list[int]  # generation stops at any of these; the first one closes a supervised assistant turn
-    end_of_text: int | None = None  # appended to text documents; default: the last of eos_ids
+from data_pipelines.chat.special_tokens import SpecialIds
 
 
 def parts_of_content(content: str) -> list[dict[str, str]]:

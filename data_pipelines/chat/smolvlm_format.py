@@ -17,8 +17,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer
 
 from data_pipelines.chat import special_tokens as st
-from data_pipelines.chat.jinja_template import SpecialIds
 from data_pipelines.chat.image_layout import FAKE_TOKEN, GLOBAL_IMAGE, tile_tokens
+from data_pipelines.chat.special_tokens import SpecialIds
 
 IMAGE_TOKEN = "<image>"
 END_OF_UTTERANCE = "<end_of_utterance>"  # ends every turn: the supervised stop token

@@ -9,7 +9,6 @@ user typing `<|im_end|>` or `<|image|>` in a prompt cannot forge a turn end or a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -86,37 +85,3 @@ def load_tokenizer(path: str | Path) -> tuple[Tokenizer, list[str]]:
 def vocab_size(tokenizer: Tokenizer) -> int:
     """Rows the embedding table needs: highest id + 1 (ids of added tokens need not be contiguous)."""
     return max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
-
-
-@dataclass(frozen=True)
-class TokenIds:
-    """Ids of the special tokens in one tokenizer."""
-
-    image: int
-    pad: int
-    end_of_text: int
-    turn_start: int
-    turn_end: int
-    user: int
-    assistant: int
-    system: int
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> "TokenIds":
-        names = {
-            "image": st.IMAGE, "pad": st.PAD, "end_of_text": st.END_OF_TEXT, "turn_start": st.TURN_START,
-            "turn_end": st.TURN_END, "user": st.USER, "assistant": st.ASSISTANT, "system": st.SYSTEM,
-        }
-        ids = {field: tokenizer.token_to_id(token) for field, token in names.items()}
-        missing = [names[field] for field, token_id in ids.items() if token_id is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks special tokens {missing}; load it with load_tokenizer()")
-        return cls(**ids)
-
-    @property
-    def eos_ids(self) -> list[int]:
-        """Generation stops at any of these: the end of a turn or of a document."""
-        return [self.turn_end, self.end_of_text]
-
-    def role(self, role: str) -> int:
-        return {"user": self.user, "assistant": self.assistant, "system": self.system}[role]

@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from data_pipelines.chat.template import content_of_parts
+from data_pipelines.chat.conversation import content_of_parts
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
-from data_pipelines.read.bad_samples import reason_of
-from data_pipelines.images import ImageError
 from data_pipelines.convert.writers import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE, ShardWriter, WriteStats
+from data_pipelines.images import ImageError
+from data_pipelines.read.bad_samples import reason_of
 
 # every spelling of a speaker seen in LLaVA and OpenAI files -> the LLaVA "from" value written to shards
 SPEAKERS = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}

@@ -17,11 +17,10 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from data_pipelines.read.bad_samples import BadSampleHandler
-from data_pipelines.chat.template import question_conversation
-from data_pipelines.read.shards import Sample, read_samples
+from data_pipelines.chat.conversation import question_conversation
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
-
+from data_pipelines.read.bad_samples import BadSampleHandler
+from data_pipelines.read.shards import Sample, read_samples
 
 TURNS = ("in-context", "alone")
 CONVERSATION_KEYS = ("conversations", "messages", "questions")  # in VQAQuestion.fields question by question

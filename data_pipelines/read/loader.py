@@ -42,9 +42,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from data_pipelines.read.bad_samples import SKIPPED_KEY, BadSampleHandler
+from data_pipelines.batching import batches, packed_batches
+from data_pipelines.chat.special_tokens import IMAGE_MARKER
 from data_pipelines.images import DEFAULT_MAX_PIXELS
-from data_pipelines.processor import EncodedSample, FirstFit, Processor, collate, pack
+from data_pipelines.processor import EncodedSample, Processor
+from data_pipelines.read.bad_samples import SKIPPED_KEY, BadSampleHandler
 from data_pipelines.read.shards import (
     KINDS,
     Sample,
@@ -55,7 +57,6 @@ from data_pipelines.read.shards import (
     skip_bad,
     tar_samples,
 )
-from data_pipelines.chat.special_tokens import IMAGE_MARKER
 
 DEFAULT_SHUFFLE_BUFFER = 1000  # samples (compressed) held by the shuffle stage
 
@@ -273,28 +274,16 @@ def source_stream(source: ShardSet, kind: str, slot: Slot, options: StreamOption
 
 def batch_samples(items: Iterable[EncodedSample], batch_size: int, pad_id: int,
                   handler: BadSampleHandler) -> Iterator[dict]:
-    """Batches of `batch_size` samples, one per row (the last one may be smaller); each batch carries the
-    skipped-sample counts of this worker since its previous batch as `batch["skipped"]` ({reason: samples})."""
-    items = iter(items)
-    while batch := list(itertools.islice(items, batch_size)):
-        yield _with_skipped(collate(batch, pad_id), handler)
+    """batching.batches, each carrying the skipped-sample counts of this worker since its previous batch as
+    `batch["skipped"]` ({reason: samples})."""
+    return (_with_skipped(batch, handler) for batch in batches(items, batch_size, pad_id))
 
 
 def pack_batches(items: Iterable[EncodedSample], batch_size: int, max_length: int, pad_id: int, num_batches: int,
                  handler: BadSampleHandler) -> Iterator[dict]:
-    """Sequence packing: gather samples while first-fit (processor.FirstFit, the rule `pack` lays rows out by)
-    keeps them in at most `batch_size` rows of `max_length` tokens, then pack them; `num_batches` batches."""
-    items = iter(items)
-    pending: list = []  # the sample that did not fit the previous batch
-    for _ in range(num_batches):
-        group, rows = [], FirstFit(max_length, max_rows=batch_size)
-        while True:
-            item = pending.pop() if pending else next(items)
-            if rows.place(min(len(item), max_length)) is None:
-                pending.append(item)
-                break
-            group.append(item)
-        yield _with_skipped(pack(group, max_length, pad_id), handler)
+    """batching.packed_batches, with the skipped-sample counts as in batch_samples."""
+    return (_with_skipped(batch, handler)
+            for batch in packed_batches(items, batch_size, max_length, pad_id, num_batches))
 
 
 def _with_skipped(batch: dict, handler: BadSampleHandler) -> dict:

@@ -31,10 +31,10 @@ import braceexpand
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from data_pipelines.read.bad_samples import INVALID_CONVERSATION, INVALID_JSON, NON_UTF8_TEXT, BadSampleHandler
-from data_pipelines.chat.template import caption_conversation, count_image_markers, normalise_conversation
-from data_pipelines.images import DEFAULT_MAX_PIXELS, load_image
+from data_pipelines.chat.conversation import caption_conversation, count_image_markers, normalise_conversation
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
+from data_pipelines.images import DEFAULT_MAX_PIXELS, load_image
+from data_pipelines.read.bad_samples import INVALID_CONVERSATION, INVALID_JSON, NON_UTF8_TEXT, BadSampleHandler
 
 SIZES_FILE = "sizes.json"
 

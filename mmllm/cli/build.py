@@ -41,10 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, vocab_size
+    from data_pipelines.chat.special_tokens import TokenIds
+    from data_pipelines.chat.tokenizer import load_tokenizer, vocab_size
     from mmllm.formats import hf_llama as hf_import
-    from mmllm.model import VLM
     from mmllm.formats.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
+    from mmllm.model import VLM
 
     taken = [name for name in MODEL_FOLDER_FILES if (args.out / name).exists()]
     if taken:
@@ -109,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
 def import_whole(folder: Path, out: Path) -> int:
     """`--from-hf`: an Idefics3/SmolVLM folder -> a model folder with the same logits."""
     from mmllm.formats.hf_idefics3 import load_idefics3
-    from mmllm.model import VLM
     from mmllm.formats.model_folder import load_weights_strict, save_model_folder
+    from mmllm.model import VLM
 
     config, tensors, tokenizer = load_idefics3(folder)
     model = VLM(config)

@@ -24,14 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from mmllm.cli.model_options import add_model_arguments, add_sampling_arguments, load_model, sampling
 from mmllm.errors import UsageError
 
-RECORD_FIELDS = ("key", "turn", "turns", "question", "answer", "question_type", "question_prefix", "answer_type",
-                 "prediction")  # of each vqa record
 DEFAULT_MAX_NEW_TOKENS = {"vqa": 8, "caption": 32}  # shapes answers are a few tokens, captions a sentence
 
 
@@ -100,40 +97,25 @@ def run(args: argparse.Namespace) -> int:
     options = sampling(args, DEFAULT_MAX_NEW_TOKENS.get(args.task))
     vlm = load_model(args)  # before reading the data: a wrong model is reported first
 
+    # imported here, not at the top: `mmllm --help` loads every command module
     from data_pipelines.read.bad_samples import BadSampleHandler
+    from mmllm.evaluation.report import format_counterfactual, format_groups, format_report
+    from mmllm.evaluation.run import EvalRequest, evaluate
 
     handler = BadSampleHandler()
-    start = time.perf_counter()
-    evaluate = {"vqa": evaluate_vqa, "caption": evaluate_captions, "text": evaluate_text}[args.task]
-    scores, samples, items = evaluate(vlm, args, options, handler)
-    seconds = time.perf_counter() - start
-
-    from mmllm.evaluation import build_report, format_report
-
-    by_turns = scores if isinstance(scores, dict) else None  # vqa: {turns mode: scores}
-    main_scores = next(iter(by_turns.values())) if by_turns else scores
-    report = build_report(args.task, main_scores, model=args.model, data=args.data, blind=args.blind,
-                          samples=samples, by_turns=by_turns)
+    request = EvalRequest(task=args.task, data=args.data, model=args.model, blind=args.blind, turns=args.turns,
+                          limit=args.limit, batch_size=args.batch_size, group_by=args.group_by, swaps=swaps,
+                          explain_dir=args.explain_dir, progress=Progress)
+    report = evaluate(vlm, request, options, handler)
     report["options"] = {
         "task": args.task, "blind": args.blind, "limit": args.limit, "batch_size": args.batch_size,
         **({} if args.task == "text" else options),
         "device": str(vlm.device), "dtype": str(vlm.dtype).removeprefix("torch."),
     }
-    if args.group_by:
-        report["groups"] = evaluate_groups(vlm, args, options, samples, items)
-    if swaps:
-        report["counterfactual"] = evaluate_counterfactual(vlm, args, options, swaps, samples, items)
-    report["skipped_samples"] = dict(handler.counts)
-    report["seconds"] = round(seconds, 3)
-    report["items_per_second"] = round(len(samples) / seconds, 2) if seconds > 0 else None
     print(format_report(report))
     if args.group_by:
-        from mmllm.evaluation.report import format_groups
-
         print(format_groups(report["groups"]))
     if swaps:
-        from mmllm.evaluation.report import format_counterfactual
-
         print(format_counterfactual(report["counterfactual"]))
     if handler.total:
         print(handler.summary(), file=sys.stderr)
@@ -143,140 +125,3 @@ def run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         print(f"wrote {out}", file=sys.stderr)
     return 0
-
-
-def _read(reader, args: argparse.Namespace, handler, what: str) -> list:
-    """The items of --data through one of data_pipelines.read.eval_samples' readers; none at all is a UsageError."""
-    from data_pipelines.read.shards import UnreadableShard
-
-    try:
-        items = reader(args.data, limit=args.limit, handler=handler)
-    except (FileNotFoundError, UnreadableShard) as error:  # missing, or not a tar file: named, exit 2
-        raise UsageError(str(error)) from None
-    if not items:
-        skipped = f" ({handler.total} bad samples skipped)" if handler.total else ""
-        raise UsageError(f"no {what} in {args.data}{skipped}: is it the right kind of shards for --task {args.task}?")
-    return items
-
-
-def evaluate_vqa(vlm, args: argparse.Namespace, options: dict, handler):
-    """Scores per turns mode ({mode: VQAScores}, the main mode first), one sample record per answer, the questions."""
-    from data_pipelines.read.eval_samples import TURNS, vqa_questions
-    from mmllm.evaluation import vqa_scores
-    from mmllm.evaluation.vqa_metric import answer_type, question_prefix
-    from mmllm.evaluation.vqa_answers import answer_questions, default_turns
-
-    questions = _read(vqa_questions, args, handler, "questions")
-    for name in (args.group_by or "").split(",") if args.group_by else ():
-        if name.strip() not in RECORD_FIELDS and not any(name.strip() in q.fields for q in questions):
-            found = sorted(set(RECORD_FIELDS) | {k for q in questions for k in q.fields})
-            raise UsageError(f"--group-by: no question has a field {name.strip()!r}; fields: {', '.join(found)}")
-    modes = {None: default_turns(questions), "both": TURNS}.get(args.turns, (args.turns,))
-    types = [q.question_type for q in questions]
-    # VQAv2's breakdowns of each question, the same in every mode
-    breakdowns = [{"question_prefix": question_prefix(q.question), "answer_type": answer_type(q.answer)}
-                  for q in questions]
-    scores, samples = {}, []
-    for mode in modes:
-        predictions = answer_questions(vlm, questions, mode, blind=args.blind, batch_size=args.batch_size,
-                                       progress=Progress(f"vqa questions ({mode})"), **options)
-        scores[mode] = vqa_scores(predictions, [[q.answer] for q in questions],
-                                  types if any(t is not None for t in types) else None,
-                                  questions=[q.question for q in questions])
-        records = [{"key": q.key, "turn": q.turn, "turns": mode, "question": q.question, "answer": q.answer,
-                    "question_type": q.question_type, **breakdown, "prediction": p}
-                   for q, breakdown, p in zip(questions, breakdowns, predictions)]
-        if args.explain_dir and mode == modes[0]:
-            explain_answers(vlm, questions, predictions, mode, records, Path(args.explain_dir), args.blind)
-        samples += records
-    return scores, samples, questions
-
-
-def evaluate_groups(vlm, args: argparse.Namespace, options: dict, samples: list[dict], questions: list) -> dict:
-    """--group-by: the main turns mode's scores per group, beside a blind pass over the same questions."""
-    from mmllm.evaluation.groups import group_of, group_report
-    from mmllm.evaluation.vqa_answers import answer_questions
-    from mmllm.evaluation.vqa_metric import vqa_accuracy
-
-    records = samples[:len(questions)]  # the main mode's records come first, in question order
-    mode = records[0]["turns"]
-    scores = [vqa_accuracy(r["prediction"], [r["answer"]]) for r in records]
-    blind = None
-    if not args.blind:  # the language prior of each group: the same questions with blank images
-        predictions = answer_questions(vlm, questions, mode, blind=True, batch_size=args.batch_size,
-                                       progress=Progress(f"vqa questions ({mode}, blind, for --group-by)"), **options)
-        blind = [vqa_accuracy(p, [q.answer]) for p, q in zip(predictions, questions)]
-    groups = [group_of(r, q.fields, args.group_by) for r, q in zip(records, questions)]
-    try:
-        report = group_report(args.group_by, groups, scores, blind)
-    except ValueError as error:
-        raise UsageError(f"--group-by: {error}") from None
-    return {"turns": mode, **report}
-
-
-def evaluate_counterfactual(vlm, args: argparse.Namespace, options: dict, swaps: dict, samples: list[dict],
-                            questions: list) -> dict:
-    """--counterfactual: the main turns mode's questions with words swapped, answered the same way."""
-    from mmllm.evaluation.counterfactual import counterfactual_questions, counterfactual_report
-    from mmllm.evaluation.vqa_answers import answer_questions
-
-    records = samples[:len(questions)]  # the main mode's records, in question order
-    mode = records[0]["turns"]
-    rewrites = counterfactual_questions(questions, swaps)
-    if not rewrites:
-        words = ", ".join(repr(word) for word in swaps)
-        raise UsageError(f"--counterfactual: no question names {words}")
-    predictions = answer_questions(vlm, [r.question for r in rewrites], mode, blind=args.blind,
-                                   batch_size=args.batch_size, progress=Progress(f"counterfactual questions ({mode})"),
-                                   **options)
-    report = counterfactual_report(swaps, questions, [r["prediction"] for r in records], rewrites, predictions)
-    return {"turns": mode, **report}
-
-
-def explain_answers(vlm, questions, predictions, mode: str, records: list[dict], folder: Path, blind: bool) -> None:
-    """A heatmap per answered question in folder, its path recorded in the question's sample record."""
-    from mmllm.explain import explain_answer
-
-    blank = vlm.blank_image() if blind else None
-    progress = Progress(f"explanations ({mode})")
-    for index, (question, prediction, record) in enumerate(zip(questions, predictions, records)):
-        if question.image is None:
-            continue  # a text-only question looked at no image
-        image = question.image if blank is None else blank
-        explanation = explain_answer(vlm, image, question.prompt(mode), prediction)
-        record["explain"] = str(explanation.save(folder / f"{index:05d}-{question.key}-turn{question.turn}.png"))
-        record["relevance"] = [[round(float(v), 4) for v in row] for row in explanation.relevance]
-        progress(index + 1, len(questions))
-
-
-def evaluate_captions(vlm, args: argparse.Namespace, options: dict, handler):
-    from data_pipelines.read.eval_samples import caption_items
-    from mmllm.evaluation import caption_scores
-
-    items = _read(caption_items, args, handler, "captioned images")
-    images = [vlm.blank_image() if args.blind else item.image for item in items]
-    predictions = vlm.caption(images, batch_size=args.batch_size, progress=Progress("caption images"), **options)
-    # keys by position: the same shard key may appear in two shards
-    scores = caption_scores({i: item.references for i, item in enumerate(items)}, dict(enumerate(predictions)))
-    samples = [{"key": item.key, "references": item.references, "prediction": p}
-               for item, p in zip(items, predictions)]
-    return scores, samples, None
-
-
-def evaluate_text(vlm, args: argparse.Namespace, options: dict, handler):
-    from data_pipelines.read.eval_samples import text_documents
-    from mmllm.evaluation import TextNLLTotals
-
-    documents = _read(text_documents, args, handler, "text documents")
-    totals = TextNLLTotals()
-    samples = []
-    for index, (text, result) in enumerate(zip(documents, vlm.text_nll(
-            documents, batch_size=args.batch_size, progress=Progress("text pieces")))):
-        if result is None:  # an empty document: nothing to predict
-            continue
-        nll, tokens = result
-        totals.add(nll, tokens, text)
-        samples.append({"index": index, "nll": nll, "tokens": tokens, "bytes": len(text.encode("utf-8"))})
-    if not totals.tokens:
-        raise UsageError(f"the documents in {args.data} are empty: no token to score")
-    return totals.scores(), samples, None

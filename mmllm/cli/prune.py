@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmllm.formats.model_folder import CONFIG_FILE, load_model_folder, save_model_folder
     from mmllm.compress.pruning import check_shares, lm_parameters, measure_importance, plan, prune
+    from mmllm.formats.model_folder import CONFIG_FILE, load_model_folder, save_model_folder
 
     if (Path(args.out) / CONFIG_FILE).exists() and not args.overwrite:
         raise UsageError(f"{args.out} already holds a model; pass --overwrite to replace it")
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 def calibration_batches(model, tokenizer, args: argparse.Namespace):
     """Training-encoded batches (right padding, labels) of the first --samples samples of --data."""
+    from data_pipelines.batching import collate
     from data_pipelines.read.bad_samples import BadSampleHandler
-    from data_pipelines.processor import collate
     from data_pipelines.read.shards import read_samples
     from mmllm.processing import processor_for
 

@@ -21,8 +21,8 @@ from typing import Sequence
 
 import torch
 
+from data_pipelines.batching import collate
 from data_pipelines.privacy.canaries import CanaryManifest, random_secret
-from data_pipelines.processor import collate
 from data_pipelines.read.shards import Sample
 
 UNSEEN_MEAN_EXPOSURE = math.log2(math.e)  # what a secret the model never saw shows on average, for large R

@@ -40,7 +40,7 @@ class LlamaCpp:
         """The prompt `mmllm ask` renders for one question about one image, with llama.cpp's media marker where
         the image goes (mtmd then writes the image's tiles and markup tokens there itself)."""
         from data_pipelines.chat import special_tokens as st
-        from data_pipelines.chat.template import question_conversation
+        from data_pipelines.chat.conversation import question_conversation
         from data_pipelines.chat.jinja_template import compile_template, parts_of_content
 
         turn = question_conversation(question)[0]

@@ -8,17 +8,28 @@ non-interleaved halves), so HF q/k weights load without permutation.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from mmllm.config import LMConfig
 
-if TYPE_CHECKING:
-    from mmllm.model.generation import KVCache
+
+class KVCache(Protocol):
+    """What attention needs of a key/value cache (mmllm.model.generation's KVCache and StaticKVCache are two)."""
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k/v (B, n_kv, T, hd) for `layer`; return the keys and values to attend over,
+        cached ones first: (B, n_kv, S, hd)."""
+        ...
+
+    def advance(self, n: int) -> None:
+        """The forward pass wrote n more positions to every layer."""
+        ...
+
 
 # scaled_dot_product_attention learned `enable_gqa` in torch 2.5; older versions get repeated kv heads.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from data_pipelines.chat.template import normalise_conversation
+from data_pipelines.chat.conversation import normalise_conversation
 from data_pipelines.images import ImageError, load_image
 from mmllm.serving.engine import Engine
 from mmllm.serving.engine import Request as Generation

@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from data_pipelines.processor import EncodedSample, collate
+from data_pipelines.batching import collate
+from data_pipelines.processor import EncodedSample
 from mmllm.model.generation import KVCache, decode_step, prefill, sample_next_token
 
 

@@ -16,12 +16,13 @@ from typing import Any, Literal, Optional
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from data_pipelines.augment import Augmentation, check_available as check_augment_available
+from data_pipelines.augment import Augmentation
+from data_pipelines.augment import check_available as check_augment_available
+from data_pipelines.chat.special_tokens import SpecialIds, TokenIds
+from data_pipelines.chat.tokenizer import load_tokenizer, vocab_size
 from data_pipelines.read.bad_samples import BadSampleCounter
 from data_pipelines.read.eval_samples import VQAQuestion, vqa_questions
-from data_pipelines.chat.jinja_template import SpecialIds
 from data_pipelines.read.loader import Source, make_loader
-from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, vocab_size
 from mmllm.errors import UsageError
 from mmllm.processing import processor_for
 

@@ -17,9 +17,9 @@ from lightning.pytorch.callbacks import Timer
 
 from data_pipelines.read.shards import KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
-from mmllm.model import VLM
 from mmllm.train.distill import KDLoss, distillation_loss
 from mmllm.train.loss_weighting import LossWeighting, weighted_loss
+from mmllm.train.model_setup import build_model, check_shape_matches, load_teacher
 from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
@@ -161,13 +161,13 @@ class VLMModule(L.LightningModule):
                   "resize": resize, "longest_edge": longest_edge, "image_splitting": image_splitting}
         layout = {name: value for name, value in layout.items() if value is not None}
         shape = {"lm": dict(lm or {}), "vision": dict(vision or {}), **layout}
-        self.model, self.tokenizer = _build_model(preset, shape, init_from, attention, model_inputs or {})
+        self.model, self.tokenizer = build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
         # Each parameter's rank as built: FSDP hands the optimiser flat 1-D shards, whose ndim would put every
         # matrix in the no-decay group (see param_groups).
         self._param_ndims = {name: p.ndim for name, p in self.model.named_parameters()}
         if init_from:  # the config file of the run that made the model may be reused, if it describes this model
-            _check_shape_matches(self.config, shape, init_from)
+            check_shape_matches(self.config, shape, init_from)
         self.model.set_activation_checkpointing(activation_checkpointing)
         self.model.packed_attention = packed_attention
         if compile == "blocks":
@@ -175,7 +175,7 @@ class VLMModule(L.LightningModule):
         for part in self.freeze:
             getattr(self.model, part).requires_grad_(False)
         # Kept out of the module's children: not trained, not in the optimizer, not in checkpoints.
-        self.__dict__["teacher"] = _load_teacher(teacher, self.tokenizer, self.config, loss_chunk) if teacher else None
+        self.__dict__["teacher"] = load_teacher(teacher, self.tokenizer, self.config, loss_chunk) if teacher else None
 
     # ----------------------------------------------------------------------------------------- steps
     def on_fit_start(self) -> None:
@@ -433,82 +433,3 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float,
 
 
 # What a teacher must share with its student to read the same batches and predict over the same vocabulary.
-TEACHER_MATCHES = ("image_token_id", "pad_token_id", "tokens_per_image", "image_mean", "image_std", "resize",
-                   "longest_edge", "image_markup", "image_splitting", "chat_template")
-
-
-def _load_teacher(folder: str, tokenizer: Any, student: VLMConfig, loss_chunk: Optional[int]):
-    """The teacher model from its folder, frozen in eval mode; ValueError (one line) when it cannot teach this
-    student: another tokenizer, another number of output rows, or other image inputs."""
-    from mmllm.formats.model_folder import load_model_folder
-
-    if loss_chunk:
-        raise ValueError("model.teacher needs the student's logits; leave model.loss_chunk unset")
-    teacher, teacher_tokenizer, config = load_model_folder(folder)
-    if (teacher_tokenizer.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(with_added_tokens=True)
-            or config.lm.vocab_size != student.lm.vocab_size):
-        raise ValueError(f"model.teacher {folder} has another tokenizer than the student; distillation compares "
-                         "distributions over one vocabulary")
-    differ = [name for name in TEACHER_MATCHES if getattr(config, name) != getattr(student, name)]
-    if config.vision.image_size != student.vision.image_size:
-        differ.insert(0, "image size")
-    if differ:
-        raise ValueError(f"model.teacher {folder} reads other inputs than the student ({', '.join(differ)} differ)")
-    return teacher.eval().requires_grad_(False)
-
-
-def _check_shape_matches(config: VLMConfig, shape: dict[str, Any], init_from: str) -> None:
-    """A model from init_from keeps its shape and preprocessing: model.lm / model.vision / layout fields that
-    say otherwise (a pruned model's narrower MLP under the preset's config, say) are refused, naming them."""
-    differ = []
-    for part in ("lm", "vision"):
-        for name, value in shape[part].items():
-            if getattr(getattr(config, part), name, value) != value:
-                differ.append(f"model.{part}.{name} is {value!r} but {getattr(getattr(config, part), name)!r} there")
-    for name, value in shape.items():
-        if name not in ("lm", "vision") and getattr(config, name) != value:
-            differ.append(f"model.{name} is {value!r} but {getattr(config, name)!r} there")
-    if differ:
-        raise ValueError(f"a model from init_from {init_from} keeps its shape and preprocessing: "
-                         + "; ".join(differ))
-
-
-def _build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
-                 model_inputs: dict[str, Any]):
-    """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
-    from data_pipelines.chat.tokenizer import load_tokenizer
-
-    if init_from:
-        from mmllm.formats.checkpoint import model_from_checkpoint
-        from mmllm.formats.model_folder import load_model_folder
-
-        # A model folder, or a training checkpoint (a truncated or foreign one is a UsageError naming it).
-        load = model_from_checkpoint if str(init_from).endswith(".ckpt") else load_model_folder
-        model, tokenizer, config = load(init_from)
-        model.train()  # folders load in eval mode, for inference
-        # The data's tokenizer must be the model's: no more tokens than the embedding has rows (a pretrained
-        # embedding may have spare rows), and the same image and pad ids.
-        vocab = model_inputs.get("vocab_size")
-        same_ids = all(model_inputs.get(key, getattr(config, key)) == getattr(config, key)
-                       for key in ("image_token_id", "pad_token_id"))
-        if (vocab is not None and vocab > config.lm.vocab_size) or not same_ids:
-            raise ValueError(
-                f"the data tokenizer ({vocab} tokens) does not match the model in {init_from} "
-                f"({config.lm.vocab_size} rows, image id {config.image_token_id}); "
-                f"train with data.tokenizer={init_from}/tokenizer.json"
-            )
-        if attention:
-            config.attention = attention
-        return model, tokenizer
-    if not model_inputs:
-        raise ValueError("model_inputs (tokenizer ids and image size) must come from the data module")
-    shape["lm"] = {**shape["lm"], "vocab_size": model_inputs["vocab_size"]}
-    if model_inputs.get("image_size"):
-        shape["vision"] = {**shape["vision"], "image_size": int(model_inputs["image_size"])}
-    config = VLMConfig.from_preset(
-        preset, **shape, **({"attention": attention} if attention else {}),
-        image_token_id=model_inputs["image_token_id"], pad_token_id=model_inputs["pad_token_id"],
-        eos_token_ids=list(model_inputs["eos_token_ids"]), chat_template=model_inputs.get("chat_template"),
-    )
-    tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
-    return VLM(config), tokenizer

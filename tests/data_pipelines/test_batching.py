@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_pipelines.processor import collate, pack, pack_rows
+from data_pipelines.batching import collate, pack, pack_rows
 from data_pipelines.processor import EncodedSample
 
 PAD = 0

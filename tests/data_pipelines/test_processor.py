@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from data_pipelines.chat import special_tokens as st
-from data_pipelines.chat.template import IGNORE_INDEX, NoSupervisedTokens, caption_conversation
+from data_pipelines.chat.conversation import IGNORE_INDEX, NoSupervisedTokens, caption_conversation
+from data_pipelines.chat.tokenizer import load_tokenizer, train_tokenizer
 from data_pipelines.images import ImageTransform, load_image
 from data_pipelines.processor import Processor
-from data_pipelines.chat.tokenizer import load_tokenizer, train_tokenizer
 
 TOKENS_PER_IMAGE = 4
 FIELDS = dict(image_size=16, tokens_per_image=TOKENS_PER_IMAGE, image_mean=[0.5] * 3, image_std=[0.5] * 3)

@@ -10,7 +10,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_pipelines.chat.template import normalise_conversation
+from data_pipelines.chat.conversation import normalise_conversation
 from data_pipelines.read.loader import Source
 from data_pipelines.read.shards import BadSample, parse_sample
 from mmllm.config import VLMConfig

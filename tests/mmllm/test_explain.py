@@ -24,9 +24,10 @@ import statistics
 import pytest
 import torch
 
-from data_pipelines.processor import collate
+from data_pipelines.batching import collate
+from data_pipelines.chat.special_tokens import TokenIds
+from data_pipelines.chat.tokenizer import load_tokenizer, train_tokenizer, vocab_size
 from data_pipelines.convert.shapes import CELLS, render, sample_scene, scene_rng
-from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, train_tokenizer, vocab_size
 from mmllm.config import LMConfig, VisionConfig, VLMConfig
 from mmllm.inference import VisionLanguageModel
 from mmllm.model import VLM

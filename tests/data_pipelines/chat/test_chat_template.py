@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 
 from data_pipelines.chat import special_tokens as st
-from data_pipelines.chat.template import (
+from data_pipelines.chat.conversation import (
     IGNORE_INDEX,
-    ChatTemplate,
     NoSupervisedTokens,
     caption_conversation,
     normalise_conversation,
     question_conversation,
 )
-from data_pipelines.chat.tokenizer import TokenIds, train_tokenizer
+from data_pipelines.chat.special_tokens import TokenIds
+from data_pipelines.chat.template import ChatTemplate
+from data_pipelines.chat.tokenizer import train_tokenizer
 
 TOKENS_PER_IMAGE = 3
 CONVERSATION = [

@@ -13,8 +13,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from data_pipelines.chat import special_tokens as st
+from data_pipelines.chat.special_tokens import TokenIds
+from data_pipelines.chat.tokenizer import load_tokenizer, train_tokenizer, vocab_size
 from data_pipelines.read.shards import record_texts
-from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, train_tokenizer, vocab_size
 
 CORPUS = [
     "A red circle is on the left of a blue square.",

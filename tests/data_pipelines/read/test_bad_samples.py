@@ -19,14 +19,11 @@ from shard_fixtures import (
     write_shards,
 )
 
-from data_pipelines.read.bad_samples import BadSampleCounter, BadSampleHandler, reason_of
-from data_pipelines.chat.template import NoSupervisedTokens
-from data_pipelines.read.shards import BadSample
+from data_pipelines.chat.conversation import NoSupervisedTokens
 from data_pipelines.images import BadImage, ImageTooLarge
-from data_pipelines.read.loader import make_loader
-from data_pipelines.read.loader import Slot, StreamOptions, source_pass
-from data_pipelines.read.shards import tar_samples
-from data_pipelines.read.shards import load_shard_set
+from data_pipelines.read.bad_samples import BadSampleCounter, BadSampleHandler, reason_of
+from data_pipelines.read.loader import Slot, StreamOptions, make_loader, source_pass
+from data_pipelines.read.shards import BadSample, load_shard_set, tar_samples
 
 
 def test_reason_of_names_each_failure_class():

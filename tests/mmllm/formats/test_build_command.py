@@ -49,7 +49,8 @@ def test_build_with_pretrained_lm_and_vision_loads_and_keeps_their_weights(tmp_p
 
 
 def test_build_from_preset_alone_takes_vocab_and_ids_from_tokenizer(tmp_path, tokenizer_file, capsys):
-    from data_pipelines.chat.tokenizer import TokenIds, load_tokenizer, vocab_size
+    from data_pipelines.chat.special_tokens import TokenIds
+    from data_pipelines.chat.tokenizer import load_tokenizer, vocab_size
 
     assert main(["build", "--preset", "tiny", "--tokenizer", str(tokenizer_file), "--out", str(tmp_path)]) == 0
     _, _, config = load_model_folder(tmp_path)

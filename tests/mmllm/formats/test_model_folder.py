@@ -13,8 +13,8 @@ from weight_helpers import randomize_, tiny_vlm_config
 
 from mmllm.config import LMConfig
 from mmllm.errors import UsageError
-from mmllm.model import VLM
 from mmllm.formats.model_folder import load_model_folder, save_model_folder
+from mmllm.model import VLM
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,8 @@ def tokenizer(tokenizer_file):
 
 
 def tiny_model(tokenizer, tie: bool = True, qk_norm: bool = False) -> VLM:
-    from data_pipelines.chat.tokenizer import TokenIds, vocab_size
+    from data_pipelines.chat.special_tokens import TokenIds
+    from data_pipelines.chat.tokenizer import vocab_size
 
     ids = TokenIds.from_tokenizer(tokenizer)
     lm = LMConfig(vocab_size=300, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64, max_seq_len=64,

@@ -7,11 +7,11 @@ import itertools
 import torch
 from fit_helpers import MICRO_LM, MICRO_VISION
 
+from data_pipelines.batching import collate, pack
 from data_pipelines.read.loader import MixtureDataset
-from data_pipelines.processor import collate, pack
+from data_pipelines.read.shards import KINDS
 from mmllm.processing import processor_for
 from mmllm.train.datamodule import VLMDataModule
-from data_pipelines.read.shards import KINDS
 from mmllm.train.module import VLMModule, forward_inputs, loss_sums_by_kind, samples_by_kind
 
 

@@ -1,0 +1,91 @@
+"""The model a fit starts from: built from a preset shaped by the data's tokenizer and image size, or read from
+a model folder or checkpoint (`model.init_from`) and checked against the data; and the distillation teacher,
+checked against the student. VLMModule calls these once, in its constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from mmllm.config import VLMConfig
+from mmllm.model import VLM
+
+TEACHER_MATCHES = ("image_token_id", "pad_token_id", "tokens_per_image", "image_mean", "image_std", "resize",
+                   "longest_edge", "image_markup", "image_splitting", "chat_template")
+
+
+def load_teacher(folder: str, tokenizer: Any, student: VLMConfig, loss_chunk: Optional[int]):
+    """The teacher model from its folder, frozen in eval mode; ValueError (one line) when it cannot teach this
+    student: another tokenizer, another number of output rows, or other image inputs."""
+    from mmllm.formats.model_folder import load_model_folder
+
+    if loss_chunk:
+        raise ValueError("model.teacher needs the student's logits; leave model.loss_chunk unset")
+    teacher, teacher_tokenizer, config = load_model_folder(folder)
+    if (teacher_tokenizer.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(with_added_tokens=True)
+            or config.lm.vocab_size != student.lm.vocab_size):
+        raise ValueError(f"model.teacher {folder} has another tokenizer than the student; distillation compares "
+                         "distributions over one vocabulary")
+    differ = [name for name in TEACHER_MATCHES if getattr(config, name) != getattr(student, name)]
+    if config.vision.image_size != student.vision.image_size:
+        differ.insert(0, "image size")
+    if differ:
+        raise ValueError(f"model.teacher {folder} reads other inputs than the student ({', '.join(differ)} differ)")
+    return teacher.eval().requires_grad_(False)
+
+
+def check_shape_matches(config: VLMConfig, shape: dict[str, Any], init_from: str) -> None:
+    """A model from init_from keeps its shape and preprocessing: model.lm / model.vision / layout fields that
+    say otherwise (a pruned model's narrower MLP under the preset's config, say) are refused, naming them."""
+    differ = []
+    for part in ("lm", "vision"):
+        for name, value in shape[part].items():
+            if getattr(getattr(config, part), name, value) != value:
+                differ.append(f"model.{part}.{name} is {value!r} but {getattr(getattr(config, part), name)!r} there")
+    for name, value in shape.items():
+        if name not in ("lm", "vision") and getattr(config, name) != value:
+            differ.append(f"model.{name} is {value!r} but {getattr(config, name)!r} there")
+    if differ:
+        raise ValueError(f"a model from init_from {init_from} keeps its shape and preprocessing: "
+                         + "; ".join(differ))
+
+
+def build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
+                 model_inputs: dict[str, Any]):
+    """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
+    from data_pipelines.chat.tokenizer import load_tokenizer
+
+    if init_from:
+        from mmllm.formats.checkpoint import model_from_checkpoint
+        from mmllm.formats.model_folder import load_model_folder
+
+        # A model folder, or a training checkpoint (a truncated or foreign one is a UsageError naming it).
+        load = model_from_checkpoint if str(init_from).endswith(".ckpt") else load_model_folder
+        model, tokenizer, config = load(init_from)
+        model.train()  # folders load in eval mode, for inference
+        # The data's tokenizer must be the model's: no more tokens than the embedding has rows (a pretrained
+        # embedding may have spare rows), and the same image and pad ids.
+        vocab = model_inputs.get("vocab_size")
+        same_ids = all(model_inputs.get(key, getattr(config, key)) == getattr(config, key)
+                       for key in ("image_token_id", "pad_token_id"))
+        if (vocab is not None and vocab > config.lm.vocab_size) or not same_ids:
+            raise ValueError(
+                f"the data tokenizer ({vocab} tokens) does not match the model in {init_from} "
+                f"({config.lm.vocab_size} rows, image id {config.image_token_id}); "
+                f"train with data.tokenizer={init_from}/tokenizer.json"
+            )
+        if attention:
+            config.attention = attention
+        return model, tokenizer
+    if not model_inputs:
+        raise ValueError("model_inputs (tokenizer ids and image size) must come from the data module")
+    shape["lm"] = {**shape["lm"], "vocab_size": model_inputs["vocab_size"]}
+    if model_inputs.get("image_size"):
+        shape["vision"] = {**shape["vision"], "image_size": int(model_inputs["image_size"])}
+    config = VLMConfig.from_preset(
+        preset, **shape, **({"attention": attention} if attention else {}),
+        image_token_id=model_inputs["image_token_id"], pad_token_id=model_inputs["pad_token_id"],
+        eos_token_ids=list(model_inputs["eos_token_ids"]), chat_template=model_inputs.get("chat_template"),
+    )
+    tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
+    return VLM(config), tokenizer
