@@ -56,13 +56,17 @@ class EncodedSample:
         return 0 if self.pixel_values is None else self.pixel_values.shape[0]
 
 
+class NoImages(ValueError):
+    """An image given to a language model without a vision tower."""
+
+
 class Processor:
     """Tokenizer + chat template + image transform; see the module docstring."""
 
     def __init__(
         self,
         tokenizer: Tokenizer,
-        image_size: int,
+        image_size: int | None,
         tokens_per_image: int,
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
@@ -95,7 +99,9 @@ class Processor:
             self.template = JinjaChatTemplate(tokenizer, chat_template, self.ids, tokens_per_image, image_markup)
         if image_splitting and image_markup != "idefics3":
             raise ValueError("image splitting needs image_markup idefics3 (its tiles are told apart by row/col tokens)")
-        self.transform = ImageTransform(image_size, image_mean, image_std, resize, longest_edge, image_splitting)
+        # image_size None: a language model alone, which reads no images (NoImages for any given)
+        self.transform = (ImageTransform(image_size, image_mean, image_std, resize, longest_edge, image_splitting)
+                          if image_size is not None else None)
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.max_pixels = max_pixels
@@ -127,6 +133,8 @@ class Processor:
         """Images -> ((N, 3, S, S) or None, each image's (rows, cols) of tiles, (0, 0) when it is not split)."""
         if not images:
             return None, []
+        if self.transform is None:
+            raise NoImages("this model is a language model alone: it reads no images")
         decoded = [load_image(image, self.max_pixels) for image in images]
         if self.augment is not None:
             decoded = [self.augment(image) for image in decoded]

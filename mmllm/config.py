@@ -77,10 +77,12 @@ class VisionConfig:
 
 @dataclass
 class VLMConfig:
-    """The whole model: vision encoder -> pixel shuffle + projector -> language model."""
+    """The whole model: vision encoder -> pixel shuffle + projector -> language model. `vision: None` is a
+    language model alone (a pretrained LM read from a GGUF file or a Hugging Face folder): no vision tower, no
+    projector, no image tokens; the image fields below are then unused."""
 
     lm: LMConfig = field(default_factory=LMConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionConfig | None = field(default_factory=VisionConfig)
     pixel_shuffle: int = 2  # r: each r x r block of patches becomes one image token
     # After the pixel shuffle: an MLP (fc1, GELU, fc2), or one bias-free Linear (Idefics3/SmolVLM's, exportable).
     projector: Literal["mlp", "linear"] = "mlp"
@@ -127,15 +129,19 @@ class VLMConfig:
             raise ValueError("resize 'idefics3' needs longest_edge (the first resize step's long side in pixels)")
         if self.image_splitting and (self.resize != "idefics3" or self.image_markup != "idefics3"):
             raise ValueError("image_splitting needs resize idefics3 and image_markup idefics3")
-        if self.vision.grid_size % self.pixel_shuffle:
+        if self.vision is not None and self.vision.grid_size % self.pixel_shuffle:
             raise ValueError(
                 f"patch grid {self.vision.grid_size} is not divisible by pixel_shuffle {self.pixel_shuffle}"
             )
 
     @property
+    def reads_images(self) -> bool:
+        return self.vision is not None
+
+    @property
     def tokens_per_image(self) -> int:
-        """Image tokens the LM sees per image: (image_size / patch_size / pixel_shuffle)^2."""
-        return (self.vision.grid_size // self.pixel_shuffle) ** 2
+        """Image tokens the LM sees per image: (image_size / patch_size / pixel_shuffle)^2; 0 without vision."""
+        return 0 if self.vision is None else (self.vision.grid_size // self.pixel_shuffle) ** 2
 
     def with_tokenizer_ids(
         self, vocab_size: int, image_token_id: int, pad_token_id: int, eos_token_ids: list[int]
@@ -157,9 +163,9 @@ class VLMConfig:
         data = dict(data)
         lm, vision = data.pop("lm", {}), data.pop("vision", {})
         for name, part in (("lm", lm), ("vision", vision)):
-            if not isinstance(part, dict):
+            if not isinstance(part, dict) and not (name == "vision" and part is None):
                 raise ValueError(f"model.{name} must be a mapping of its fields, got {part!r}")
-        return _build(cls, {**data, "lm": dict(lm), "vision": dict(vision)}, "model")
+        return _build(cls, {**data, "lm": dict(lm), "vision": None if vision is None else dict(vision)}, "model")
 
     @classmethod
     def from_preset(cls, name: str, lm: dict[str, Any] | None = None, vision: dict[str, Any] | None = None,
@@ -192,7 +198,7 @@ def _check_types(config: Any, where: str) -> None:
     hints = get_type_hints(type(config))
     for field_ in dataclasses.fields(config):
         hint, value = hints[field_.name], getattr(config, field_.name)
-        if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(hint) or dataclasses.is_dataclass(value):
             continue  # a nested config checks itself
         ok, value = _conform(value, hint)
         if not ok or (field_.name in ("rope_theta", "norm_eps") and not value > 0):

@@ -15,7 +15,7 @@ from mmllm.config import VLMConfig
 def processor_for(config: VLMConfig, tokenizer: Any, max_length: int | None = None) -> Processor:
     return Processor(
         tokenizer,
-        image_size=config.vision.image_size,
+        image_size=config.vision.image_size if config.reads_images else None,
         tokens_per_image=config.tokens_per_image,
         image_mean=config.image_mean,
         image_std=config.image_std,

@@ -52,3 +52,30 @@ def prompt(model: VLM, n_text: int, n_images: int = 0, seed: int = 0) -> torch.T
 
 def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# A language model alone (vision: None) with a real byte-level BPE tokenizer and a ChatML template: small enough
+# to build in a test, shaped like a pretrained LM that comes as GGUF (dims of 256 for llama.cpp's K-quants).
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+TEXT = ["The quick brown fox jumps over the lazy dog 12345 times.", "def square(x):\n    return x * x\n",
+        "Paris is the capital of France; Tokyo is the capital of Japan.", "Ünïcödé, emoji 🙂 and  two  spaces."] * 8
+
+
+def tiny_text_model(seed: int = 0, dim: int = 256, **lm_overrides):
+    """(text-only VLM, its tokenizer): 2 layers, GQA, a 320-token byte-level BPE, ChatML, sharp random weights."""
+    from data_pipelines.chat import special_tokens as st
+    from data_pipelines.chat.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(TEXT, vocab_size=320, min_frequency=1)
+    tokenizer.encode_special_tokens = False  # as a pretrained tokenizer reads its special tokens in a template
+    lm = dict(vocab_size=320, dim=dim, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=2 * dim, max_seq_len=128)
+    config = VLMConfig(lm=LMConfig(**{**lm, **lm_overrides}), vision=None, image_token_id=-1,
+                       pad_token_id=tokenizer.token_to_id(st.PAD), chat_template=CHATML,
+                       eos_token_ids=[tokenizer.token_to_id(st.TURN_END), tokenizer.token_to_id(st.END_OF_TEXT)])
+    torch.manual_seed(seed)
+    model = VLM(config).eval()
+    with torch.no_grad():  # sharp, but not so sharp that float32 rounding decides the argmax
+        for name, param in model.named_parameters():
+            param.copy_(1 + 0.1 * torch.randn_like(param) if "norm" in name else 0.08 * torch.randn_like(param))
+    return model, tokenizer

@@ -79,17 +79,17 @@ class JinjaChatTemplate:
 
     def __init__(self, tokenizer: Tokenizer, source: str, ids: SpecialIds, tokens_per_image: int,
                  image_markup: str = "none"):
-        if tokens_per_image < 1:
-            raise ValueError(f"tokens_per_image must be positive, got {tokens_per_image}")
+        if tokens_per_image < 0:
+            raise ValueError(f"tokens_per_image must not be negative, got {tokens_per_image}")
         if tokenizer.encode_special_tokens:  # a prepared tokenizer reads "<image>" in text as text; templates mean tokens
             tokenizer = Tokenizer.from_str(tokenizer.to_str())
             tokenizer.encode_special_tokens = False
         self.tokenizer = tokenizer
         self.template = compile_template(source)
         self.ids = ids
-        self.tokens_per_image = tokens_per_image
-        self.image_token = tokenizer.id_to_token(ids.image)
-        if self.image_token is None:
+        self.tokens_per_image = tokens_per_image  # 0: a language model alone, whose template sees text only
+        self.image_token = tokenizer.id_to_token(ids.image) if tokens_per_image else None
+        if tokens_per_image and self.image_token is None:
             raise ValueError(f"the tokenizer has no token with the model's image id {ids.image}")
         check_markup_tokens(tokenizer, image_markup)  # idefics3: transformers' Idefics3Processor's layout
         self.image_markup = image_markup
@@ -116,7 +116,10 @@ class JinjaChatTemplate:
     def _render(self, conversation: Conversation, generation_prompt: bool = False,
                 grids: Sequence[Grid] | None = None) -> str:
         """The template's text, each image marker replaced by its image's text (grids in marker order)."""
-        messages = [{"role": turn["role"], "content": parts_of_content(turn["content"])} for turn in conversation]
+        # A VLM's template reads transformers' content parts; a text model's reads the content as one string.
+        messages = [{"role": turn["role"],
+                     "content": parts_of_content(turn["content"]) if self.tokens_per_image else turn["content"]}
+                    for turn in conversation]
         text = self.template.render(messages=messages, add_generation_prompt=generation_prompt)
         first, *rest = text.split(st.IMAGE_MARKER)
         grids = itertools.chain(grids or (), itertools.repeat((0, 0)))  # unsplit past the given grids

@@ -34,8 +34,8 @@ class ChatTemplate:
     """Renders conversations with one tokenizer; the only code that lays out turns, in training and inference."""
 
     def __init__(self, tokenizer: Tokenizer, token_ids: TokenIds, tokens_per_image: int, image_markup: str = "none"):
-        if tokens_per_image < 1:
-            raise ValueError(f"tokens_per_image must be positive, got {tokens_per_image}")
+        if tokens_per_image < 0:
+            raise ValueError(f"tokens_per_image must not be negative, got {tokens_per_image}")
         self.tokenizer = tokenizer
         self.token_ids = token_ids
         self.tokens_per_image = tokens_per_image

@@ -1,6 +1,10 @@
-"""Make a model folder from a preset, optionally with a pretrained Hugging Face LM and/or SigLIP vision tower.
+"""Make a model folder: a language model alone from a pretrained one, or a VLM from a preset, optionally with a
+pretrained LM and/or SigLIP vision tower.
 
-The vocabulary size and special-token ids come from the tokenizer. A pretrained part brings its own shapes
+`--lm FILE.gguf|HF_DIR` without `--preset` writes a text-only model (`vision: null`): the pretrained LM with its
+own tokenizer, special ids and chat template (mmllm.formats.pretrained), ready for generate, chat, eval --task
+text, serve and fit on text. With `--preset`, the vocabulary size and special-token ids come from the tokenizer
+(`--tokenizer`, or the GGUF file's own). A pretrained part brings its own shapes
 (they replace the preset's LM or vision config) and weights; when the tokenizer has more tokens than the
 pretrained LM (the project's special tokens were added), the embedding grows and the new rows start at the
 mean of the pretrained ones. Everything else is freshly initialised. Training starts from the folder with
@@ -30,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer.json (the project's special tokens are added when missing)")
     parser.add_argument("--from-hf", type=Path, metavar="SMOLVLM_DIR",
                         help="a whole Idefics3/SmolVLM checkpoint folder (instead of --preset and --tokenizer)")
-    parser.add_argument("--lm", type=Path, metavar="HF_DIR",
-                        help="Hugging Face Llama-family folder (config.json + safetensors)")
+    parser.add_argument("--lm", type=Path, metavar="FILE.gguf|HF_DIR",
+                        help="a pretrained Llama-family LM: a GGUF file, or a Hugging Face folder (config.json + "
+                             "safetensors); without --preset, a text-only model")
     parser.add_argument("--vision", type=Path, metavar="HF_DIR",
                         help="Hugging Face SigLIP folder (config.json + safetensors)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model folder to write")
@@ -42,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from data_pipelines.chat.special_tokens import TokenIds
-    from data_pipelines.chat.tokenizer import load_tokenizer, vocab_size
+    from data_pipelines.chat.tokenizer import load_tokenizer, prepare_tokenizer, vocab_size
     from mmllm.formats import hf_llama as hf_import
     from mmllm.formats.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
+    from mmllm.formats.pretrained import is_gguf, read_language_model
     from mmllm.model import VLM
 
     taken = [name for name in MODEL_FOLDER_FILES if (args.out / name).exists()]
@@ -54,14 +60,26 @@ def run(args: argparse.Namespace) -> int:
         if args.preset or args.tokenizer or args.lm or args.vision:
             raise UsageError("--from-hf brings the whole model: leave out --preset, --tokenizer, --lm and --vision")
         return import_whole(args.from_hf, args.out)
-    if not args.preset or not args.tokenizer:
-        raise UsageError("--preset and --tokenizer are required (or --from-hf SMOLVLM_DIR)")
+    if args.lm is not None and not args.preset:
+        if args.tokenizer or args.vision:
+            raise UsageError("a text-only model (--lm without --preset) keeps its own tokenizer and has no vision: "
+                             "leave out --tokenizer and --vision, or name a --preset for a VLM")
+        return import_language_model(args.lm, args.out)
+    from_gguf = args.lm is not None and is_gguf(args.lm)
+    if not args.preset or not (args.tokenizer or from_gguf):
+        raise UsageError("--preset and --tokenizer are required (or --lm FILE.gguf|HF_DIR alone for a text-only "
+                         "model, or --from-hf SMOLVLM_DIR)")
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    try:
-        tokenizer, added = load_tokenizer(args.tokenizer)
-    except (OSError, ValueError) as error:
-        raise UsageError(str(error)) from error
+    if args.tokenizer:
+        try:
+            tokenizer, added = load_tokenizer(args.tokenizer)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from error
+    pretrained = read_language_model(args.lm) if from_gguf else None
+    if not args.tokenizer:  # the GGUF file's own tokenizer, with the project's special tokens added
+        tokenizer = pretrained.tokenizer
+        added = prepare_tokenizer(tokenizer)
     ids = TokenIds.from_tokenizer(tokenizer)
 
     # The pretrained parts replace the preset's shapes; the preset is built and checked as in training.
@@ -69,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     lm_weights: dict[str, torch.Tensor] = {}
     vision_weights: dict[str, torch.Tensor] = {}
     if args.lm is not None:
-        lm, lm_weights = hf_import.load_hf_lm(args.lm)
+        lm, lm_weights = (pretrained.config, pretrained.tensors) if from_gguf else hf_import.load_hf_lm(args.lm)
         parts["lm"] = dataclasses.asdict(lm)
         print(f"LM from {args.lm}: {lm.n_layers} layers, dim {lm.dim}, vocab {lm.vocab_size}")
     if args.vision is not None:
@@ -104,6 +122,23 @@ def run(args: argparse.Namespace) -> int:
     print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
     print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
     print(f"wrote {args.out} (train from it with --model.init_from {args.out})")
+    return 0
+
+
+def import_language_model(source: Path, out: Path) -> int:
+    """`--lm` alone: a GGUF file or Hugging Face folder -> a text-only model folder with the same logits."""
+    from mmllm.formats.model_folder import save_model_folder
+    from mmllm.formats.pretrained import read_language_model, text_only_model
+
+    pretrained = read_language_model(source)
+    model = text_only_model(pretrained)
+    save_model_folder(model, pretrained.tokenizer, out)
+    lm = pretrained.config
+    template = "its own chat template" if pretrained.chat_template else "no chat template (generate and eval only)"
+    print(f"language model from {source} ({pretrained.name}): {lm.n_layers} layers, dim {lm.dim}, "
+          f"vocab {lm.vocab_size}, {model.num_parameters()['total']:,} parameters; {template}")
+    print(f"wrote {out} (a text-only model: generate, chat, eval --task text, serve; "
+          f"train from it with --model.init_from {out})")
     return 0
 
 

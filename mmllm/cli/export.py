@@ -1,7 +1,9 @@
 """Export a training checkpoint or a model folder: as an mmllm model folder (config.json, model.safetensors,
 tokenizer.json), as a transformers Idefics3 folder (`--format hf`, mmllm.formats.hf_idefics3) that
 AutoModelForImageTextToText and AutoProcessor load without trust_remote_code, or as llama.cpp's GGUF files
-(`--format gguf`, mmllm.formats.gguf: the language model and the mmproj, F16 and Q8_0). `--quantize int8|int4`
+(`--format gguf`, mmllm.formats.gguf: the language model and the mmproj, F16 and Q8_0, or `--gguf-types`).
+A language model alone (a text-only model folder) exports as a LlamaForCausalLM folder (mmllm.formats.hf_llama)
+and as one GGUF per type. `--quantize int8|int4`
 stores an mmllm folder's linear layers as int8 / int4 weights with scales (mmllm.compress.quantized_weights), which
 `--model` loads quantised.
 
@@ -26,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("mmllm", "hf", "gguf"), default="mmllm",
                         help="mmllm: a model folder (default); hf: a transformers Idefics3 folder; gguf: llama.cpp's "
                              "model-{f16,q8_0}.gguf and mmproj-{f16,q8_0}.gguf")
+    parser.add_argument("--gguf-types", default="f16,q8_0", metavar="TYPES",
+                        help="--format gguf: the files to write, a comma list of f32, f16, q8_0 (default f16,q8_0)")
     parser.add_argument("--quantize", choices=("int8", "int4"), default=None,
                         help="store the linear layers' weights as int8 or int4 (an mmllm folder: ~1/4 or ~1/7 of "
                              "float32's size); commands load it quantised")
@@ -34,17 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmllm.formats.gguf import TYPES, gguf_file_names
+    from mmllm.formats.gguf import ALL_TYPES, gguf_file_names
     from mmllm.formats.model_folder import MODEL_FOLDER_FILES
 
-    files = [name for kind in TYPES for name in gguf_file_names(kind)] if args.format == "gguf" else MODEL_FOLDER_FILES
+    kinds = tuple(dict.fromkeys(kind.strip() for kind in args.gguf_types.split(",") if kind.strip()))
+    if not kinds or set(kinds) - set(ALL_TYPES):
+        raise UsageError(f"--gguf-types takes a comma list of {', '.join(ALL_TYPES)}; got {args.gguf_types!r}")
+    files = [name for kind in kinds for name in gguf_file_names(kind)] if args.format == "gguf" else MODEL_FOLDER_FILES
     taken = [name for name in files if (Path(args.out) / name).exists()]
     if taken and not args.overwrite:
         raise UsageError(f"{args.out} already holds a model ({', '.join(taken)}); pass --overwrite to replace it")
     if args.quantize and args.format != "mmllm":
         raise UsageError(f"--quantize writes an mmllm folder; --format {args.format} has its own precisions")
     if args.format in ("hf", "gguf"):
-        return export_elsewhere(Path(args.checkpoint), Path(args.out), args.format)
+        return export_elsewhere(Path(args.checkpoint), Path(args.out), args.format, kinds)
     if args.quantize:
         return export_quantized(Path(args.checkpoint), Path(args.out), args.quantize)
     if Path(args.checkpoint).is_dir():
@@ -69,12 +76,18 @@ def export_quantized(source: Path, out: Path, quantize: str) -> int:
     return 0
 
 
-def export_elsewhere(source: Path, out: Path, format: str) -> int:
+def export_elsewhere(source: Path, out: Path, format: str, kinds: tuple[str, ...]) -> int:
     from mmllm.formats.checkpoint import model_from_checkpoint
     from mmllm.formats.model_folder import load_model_folder
 
     load = load_model_folder if source.is_dir() else model_from_checkpoint
     model, tokenizer, config = load(source)
+    if format == "hf" and not config.reads_images:
+        from mmllm.formats.hf_llama import export_llama
+
+        export_llama(model, tokenizer, config, out)
+        print(f"exported {source} to {out} (transformers: AutoModelForCausalLM, AutoTokenizer)")
+        return 0
     if format == "hf":
         from mmllm.formats.hf_idefics3 import export_idefics3
 
@@ -87,7 +100,8 @@ def export_elsewhere(source: Path, out: Path, format: str) -> int:
         raise UsageError("--format gguf needs the gguf package: pip install 'mmllm[gguf]'") from None
     from mmllm.formats.gguf import export_gguf
 
-    written = export_gguf(model, tokenizer, config, out, name=source.stem)
-    print(f"exported {source} to {out} (llama.cpp: {', '.join(path.name for path in written)}; run "
-          f"llama-server -m {out / written[0].name} --mmproj {out / written[1].name})")
+    written = export_gguf(model, tokenizer, config, out, name=source.stem, kinds=kinds)
+    run = (f"llama-server -m {out / written[0].name}" if not config.reads_images
+           else f"llama-server -m {out / written[0].name} --mmproj {out / written[1].name}")
+    print(f"exported {source} to {out} (llama.cpp: {', '.join(path.name for path in written)}; run {run})")
     return 0

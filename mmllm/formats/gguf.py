@@ -31,8 +31,10 @@ from data_pipelines.chat.image_layout import tile_token
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
 from mmllm.formats.hf_idefics3 import idefics3_tensors, not_exportable
+from mmllm.formats.hf_llama import PretrainedLM
 
-TYPES = ("f16", "q8_0")
+TYPES = ("f16", "q8_0")  # what `mmllm export --format gguf` writes by default
+ALL_TYPES = ("f32", "f16", "q8_0")  # f32: every weight as trained (a round trip is exact)
 Q8_BLOCK = 32
 
 
@@ -122,7 +124,7 @@ def stored(name: str, tensor: torch.Tensor, kind: str):
 
     types = gguf.GGMLQuantizationType
     data = tensor.numpy()
-    if tensor.dim() <= 1 or name.startswith(("v.position_embd", "v.patch_embd")):
+    if kind == "f32" or tensor.dim() <= 1 or name.startswith(("v.position_embd", "v.patch_embd")):
         return data.astype(np.float32), types.F32
     if kind == "q8_0" and data.shape[-1] % Q8_BLOCK == 0:
         return gguf.quants.quantize(data.astype(np.float32), types.Q8_0), types.Q8_0
@@ -167,15 +169,18 @@ def gguf_vocabulary(tokenizer: Any, vocab_size: int) -> Vocabulary:
     return Vocabulary(pre, tokens, types, merges, bos[0] if bos else None)
 
 
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}  # gguf.LlamaFileType's names
+
+
 def write_language_model(path: Path, tensors: dict[str, torch.Tensor], config: VLMConfig, vocab: Vocabulary,
-                         kind: str, name: str) -> None:
+                         kind: str, name: str, arch: str = "llama") -> None:
     import gguf
 
     lm = config.lm
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, arch)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if kind == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[kind]))
     writer.add_vocab_size(lm.vocab_size)
     writer.add_context_length(lm.max_seq_len)
     writer.add_embedding_length(lm.dim)
@@ -212,7 +217,7 @@ def write_projector(path: Path, tensors: dict[str, torch.Tensor], config: VLMCon
     writer = gguf.GGUFWriter(path, "clip")
     writer.add_type(gguf.GGUFType.MMPROJ)
     writer.add_name(f"{name} vision projector")
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if kind == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[kind]))
     writer.add_clip_has_vision_encoder(True)
     writer.add_clip_projector_type(gguf.VisionProjectorType.IDEFICS3)
     writer.add_vision_projection_dim(config.lm.dim)
@@ -242,9 +247,12 @@ def _write(writer: Any) -> None:
 
 
 def export_gguf(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: str | Path,
-                name: str = "mmllm") -> list[Path]:
-    """Write F16 and Q8_0 pairs (language model, mmproj) into `out`; UsageError (one line) for a model that
-    llama.cpp would run differently. Each file is written under a temporary name and renamed when complete."""
+                name: str = "mmllm", kinds: tuple[str, ...] = TYPES) -> list[Path]:
+    """Write (language model, mmproj) pairs, one per kind (default F16 and Q8_0), into `out` (a language model
+    alone: one file per kind); UsageError (one line) for a model that llama.cpp would run differently. Each file
+    is written under a temporary name and renamed when complete."""
+    if not config.reads_images:
+        return export_gguf_text(model, tokenizer, config, out, name, kinds)
     reason = not_gguf_exportable(config, tokenizer)
     if reason:
         raise UsageError(f"cannot export to GGUF: {reason}")
@@ -253,7 +261,7 @@ def export_gguf(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in TYPES:
+    for kind in kinds:
         model_file, projector_file = gguf_file_names(kind)
         write_language_model(out / f".{model_file}.partial", text, config, vocab, kind, name)
         write_projector(out / f".{projector_file}.partial", vision, config, kind, name)
@@ -261,3 +269,237 @@ def export_gguf(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: 
             os.replace(out / f".{file_name}.partial", out / file_name)
             written.append(out / file_name)
     return written
+
+
+def gguf_text_tensors(model: torch.nn.Module, config: VLMConfig, arch: str) -> dict[str, torch.Tensor]:
+    """A language model alone's tensors under llama.cpp's names (gguf_name_table, the reading table), fp32."""
+    state = model.state_dict()
+    tensors = {}
+    for ours, theirs in gguf_name_table(config.lm, arch).items():
+        tensor = state[ours].detach().float().cpu()
+        if arch == "llama" and ".self_attn.q_proj." in ours:
+            tensor = rotary_pairs_interleaved(tensor, config.lm.n_heads)
+        elif arch == "llama" and ".self_attn.k_proj." in ours:
+            tensor = rotary_pairs_interleaved(tensor, config.lm.n_kv_heads)
+        tensors[theirs] = tensor
+    return tensors
+
+
+def export_gguf_text(model: torch.nn.Module, tokenizer: Any, config: VLMConfig, out: str | Path, name: str,
+                     kinds: tuple[str, ...]) -> list[Path]:
+    """One GGUF per kind of a language model alone: Llama's layout, or Qwen2's where q/k/v have biases."""
+    if config.lm.qk_norm:
+        raise UsageError("cannot export to GGUF: QK-norm has no Llama counterpart")
+    if config.chat_template is None:
+        raise UsageError("cannot export to GGUF: mmllm's own chat template is not written as Jinja")
+    arch = "qwen2" if config.lm.attention_bias else "llama"
+    vocab = gguf_vocabulary(tokenizer, config.lm.vocab_size)
+    tensors = gguf_text_tensors(model, config, arch)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in kinds:
+        file_name = gguf_file_names(kind)[0]
+        write_language_model(out / f".{file_name}.partial", tensors, config, vocab, kind, name, arch)
+        os.replace(out / f".{file_name}.partial", out / file_name)
+        written.append(out / file_name)
+    return written
+
+
+# ================================================================================================ reading
+# A GGUF file in: the inverse of the writing above. Its metadata gives the LMConfig, its tensors (dequantised by
+# gguf's own `gguf.quants.dequantize`) go through the same name map back to Hugging Face Llama names and from
+# there to ours (mmllm.formats.hf_llama's table), llama.cpp's interleaved q/k rows are put back in rotate-half
+# order, and the tokenizer is rebuilt from the vocabulary, merges and token types as a `tokenizers` Tokenizer.
+
+READ_ARCHITECTURES = ("llama", "mistral", "qwen2")  # Mistral's files say "llama"; some older ones "mistral"
+READ_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                     "Q6_K")
+GGUF_MAGIC = b"GGUF"
+CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types of special and added tokens
+
+
+def open_gguf(path: str | Path):
+    """gguf's reader over the file, after checking the magic and that every tensor lies inside the file; a file
+    that is not GGUF, or ends early, is a UsageError naming it and the byte offset."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != GGUF_MAGIC:
+        raise UsageError(f"{path} is not a GGUF file: bytes 0-3 are {magic!r}, not {GGUF_MAGIC!r}")
+
+    class CheckedReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs: int, fields: list) -> None:
+            for field in fields:
+                _, name, _, dims, raw_type, offset = field.parts
+                qtype = gguf.GGMLQuantizationType(int(raw_type[0]))
+                block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+                end = int(start_offs + offset[0]) + int(np.prod(dims)) * type_size // block
+                if end > size:
+                    raise UsageError(f"{path} is truncated: tensor {bytes(name).decode()} needs bytes up to {end}, "
+                                     f"but the file ends at byte {size}")
+            super()._build_tensors(start_offs, fields)
+
+    try:
+        return CheckedReader(path)
+    except UsageError:
+        raise
+    except (ValueError, IndexError, KeyError, OverflowError) as error:  # the header itself is cut or garbled
+        raise UsageError(f"{path} is not a readable GGUF file: its header is cut short or corrupt before byte "
+                         f"{size} ({type(error).__name__}: {str(error)[:80]})") from None
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def _decimal(value: float) -> float:
+    """A float32 from the file as the shortest decimal that is that float32 (9.999999747e-06 -> 1e-05), as the
+    model's own config.json wrote it."""
+    return float(str(np.float32(value)))
+
+
+def lm_config_from_gguf(reader: Any, path: Path):
+    """The LMConfig that the file's `{arch}.*` metadata describes; UsageError (one line) for what mmllm lacks."""
+    from mmllm.config import LMConfig
+
+    arch = _field(reader, "general.architecture")
+    if arch not in READ_ARCHITECTURES:
+        raise UsageError(f"{path}: architecture {arch!r} is not supported (Llama-family: {', '.join(READ_ARCHITECTURES)})")
+    key = lambda name, default=None: _field(reader, f"{arch}.{name}", default)  # noqa: E731
+    if key("expert_count"):
+        raise UsageError(f"{path}: a mixture of experts ({key('expert_count')} experts) is not supported")
+    scaling = key("rope.scaling.type", "none")
+    if scaling not in ("none", "linear") or (scaling == "linear" and key("rope.scaling.factor", 1.0) != 1.0):
+        raise UsageError(f"{path}: rope scaling {scaling!r} is not supported (plain rotary embeddings only)")
+    dim, n_heads = key("embedding_length"), key("attention.head_count")
+    head_dim = key("attention.key_length", dim // n_heads)
+    if key("attention.value_length", head_dim) != head_dim or key("rope.dimension_count", head_dim) != head_dim:
+        raise UsageError(f"{path}: values or rotary dimensions narrower than the keys' are not supported")
+    names = {tensor.name for tensor in reader.tensors}
+    vocab = key("vocab_size") or len(_field(reader, "tokenizer.ggml.tokens", []))
+    return LMConfig(
+        vocab_size=int(vocab), dim=int(dim), n_layers=int(key("block_count")), n_heads=int(n_heads),
+        n_kv_heads=int(key("attention.head_count_kv", n_heads)), mlp_dim=int(key("feed_forward_length")),
+        max_seq_len=int(key("context_length", 2048)), rope_theta=_decimal(key("rope.freq_base", 10000.0)),
+        norm_eps=_decimal(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        tie_embeddings="output.weight" not in names, attention_bias="blk.0.attn_q.bias" in names,
+        head_dim=int(head_dim),
+    )
+
+
+def gguf_name_table(config: Any, arch: str) -> dict[str, str]:
+    """Our `lm.*` names -> the file's tensor names, through Hugging Face Llama names and gguf's own map."""
+    import gguf
+
+    from mmllm.formats.hf_llama import llama_weight_table
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2 if arch == "qwen2" else gguf.MODEL_ARCH.LLAMA,
+                                     config.n_layers)
+    table = {}
+    for ours, (theirs, _shape) in llama_weight_table(config).items():
+        hf_name = "lm_head.weight" if theirs == "lm_head.weight" else f"model.{theirs}"
+        table[ours] = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    return table
+
+
+def rotary_pairs_halves(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of rotary_pairs_interleaved: llama.cpp's q/k rows (dims 2i, 2i + 1 rotate together) ->
+    rotate-half order (dims i and i + head_dim/2); works on biases (rows,) too."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, rows // heads // 2, 2, -1).transpose(1, 2).reshape(weight.shape)
+
+
+def gguf_lm_tensors(reader: Any, config: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the file under our name, float32, shapes checked; UsageError for a tensor type mmllm does
+    not read, a tensor missing, or one left over (a weight the model would silently lack)."""
+    import gguf
+
+    from mmllm.formats.hf_llama import llama_weight_table
+
+    arch = _field(reader, "general.architecture")
+    by_name = {tensor.name: tensor for tensor in reader.tensors}
+    shapes = {ours: shape for ours, (_, shape) in llama_weight_table(config).items()}
+    table = gguf_name_table(config, arch)
+    left_over = sorted(set(by_name) - set(table.values()))
+    if left_over:
+        raise UsageError(f"{path}: tensors this model has no place for: {', '.join(left_over[:4])}"
+                         + (f", ... ({len(left_over)} in all)" if len(left_over) > 4 else ""))
+    tensors = {}
+    for ours, theirs in table.items():
+        if theirs not in by_name:
+            raise UsageError(f"{path}: tensor {theirs} is missing (its metadata implies it)")
+        tensor = by_name[theirs]
+        if tensor.tensor_type.name not in READ_TENSOR_TYPES:
+            raise UsageError(f"{path}: tensor {theirs} is of type {tensor.tensor_type.name}, which mmllm does not "
+                             f"read ({', '.join(READ_TENSOR_TYPES)})")
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        value = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shapes[ours])  # a copy: the file is mapped
+        if arch != "qwen2" and ".self_attn.q_proj." in ours:  # llama.cpp's converter permutes Llama's q and k
+            value = rotary_pairs_halves(value, config.n_heads)
+        elif arch != "qwen2" and ".self_attn.k_proj." in ours:
+            value = rotary_pairs_halves(value, config.n_kv_heads)
+        tensors[ours] = value
+    return tensors
+
+
+# llama.cpp's pre-tokenizer names -> the `tokenizers` pre-tokenizer with the same splits (the inverse of
+# llama_cpp_pre_tokenizer above).
+def _pre_tokenizer(name: str, path: Path):
+    from tokenizers import pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if name in ("gpt-2", "gpt2"):
+        return byte_level
+    if name == "smollm":  # digits one by one, then GPT-2's regex
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    raise UsageError(f"{path}: pre-tokenizer {name!r} has no mapping here (smollm and gpt-2 do)")
+
+
+def gguf_tokenizer(reader: Any, path: Path):
+    """The byte-level BPE tokenizer the file describes, as a `tokenizers` Tokenizer: vocabulary, merges, its
+    control tokens special and its user-defined tokens whole, a BOS prepended when the file says so."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise UsageError(f"{path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', is)")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = [tuple(merge.split(" ", 1)) for merge in _field(reader, "tokenizer.ggml.merges", [])]
+    tokenizer = Tokenizer(models.BPE(vocab={token: index for index, token in enumerate(tokens)}, merges=merges,
+                                     fuse_unk=False, byte_fallback=False))
+    tokenizer.pre_tokenizer = _pre_tokenizer(_field(reader, "tokenizer.ggml.pre", "gpt-2"), path)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                  for token, kind in zip(tokens, types) if kind == CONTROL])
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False)
+                          for token, kind in zip(tokens, types) if kind == USER_DEFINED])
+    bos = _field(reader, "tokenizer.ggml.bos_token_id")
+    if _field(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B", special_tokens=[(tokens[bos], bos)])
+    return tokenizer
+
+
+def read_gguf(path: str | Path) -> PretrainedLM:
+    """A Llama-family GGUF file -> PretrainedLM; UsageError (one line, naming the file) for anything it cannot map."""
+    path = Path(path)
+    reader = open_gguf(path)
+    config = lm_config_from_gguf(reader, path)
+    tensors = gguf_lm_tensors(reader, config, path)
+    tokenizer = gguf_tokenizer(reader, path)
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    eot = _field(reader, "tokenizer.ggml.eot_token_id")
+    stops = [int(i) for i in dict.fromkeys(i for i in (eot, eos) if i is not None)]
+    if not stops:
+        raise UsageError(f"{path}: no end-of-sequence token (generation would never stop)")
+    pad = _field(reader, "tokenizer.ggml.padding_token_id", stops[-1])
+    return PretrainedLM(config, tensors, tokenizer, stops, int(pad), _field(reader, "tokenizer.chat_template"),
+                     str(_field(reader, "general.name", path.stem)))

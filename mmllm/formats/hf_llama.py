@@ -8,6 +8,7 @@ nanoGPT-style: nothing is matched by guesswork.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,20 @@ SIGLIP_LAYER_WEIGHTS = tuple(
     )
     for kind in ("weight", "bias")
 )
+
+
+@dataclass
+class PretrainedLM:
+    """A pretrained language model as read from a file (a Hugging Face folder, or GGUF in mmllm.formats.gguf):
+    its shape, its weights under our `lm.*` names, its tokenizer, and the ids and chat template it was made with."""
+
+    config: LMConfig
+    tensors: dict[str, torch.Tensor]
+    tokenizer: Any  # tokenizers.Tokenizer, as the checkpoint has it (nothing added)
+    eos_token_ids: list[int]  # generation stops at any of these: end of turn first, then end of text
+    pad_token_id: int
+    chat_template: str | None
+    name: str
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -371,3 +386,69 @@ def resize_vocab(lm_weights: dict[str, torch.Tensor], vocab_size: int) -> dict[s
         mean_row = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)  # (1, dim)
         resized[name] = torch.cat([weight, mean_row.expand(vocab_size - old_rows, -1)], dim=0)  # (V_new, dim)
     return resized
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Export: a language model alone -> a transformers LlamaForCausalLM (Qwen2ForCausalLM with q/k/v biases)
+# folder, the inverse of load_hf_lm.
+
+
+def not_llama_exportable(config: Any) -> str | None:
+    """Why a text-only model has no transformers counterpart here, or None."""
+    if config.reads_images:
+        return "a model with a vision tower exports as Idefics3 (mmllm.formats.hf_idefics3)"
+    if config.lm.qk_norm:
+        return "QK-norm has no Llama counterpart; train with model.lm.qk_norm false"
+    if config.chat_template is None:
+        return "mmllm's own chat template is not written as Jinja; export a model that carries its chat template"
+    return None
+
+
+def llama_config_json(config: Any, dtype: torch.dtype) -> dict[str, Any]:
+    lm = config.lm
+    qwen = lm.attention_bias  # q/k/v biases without o_proj's: Qwen2's layout
+    return {
+        "architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"], "model_type": "qwen2" if qwen else "llama",
+        "vocab_size": lm.vocab_size, "hidden_size": lm.dim, "intermediate_size": lm.mlp_dim,
+        "num_hidden_layers": lm.n_layers, "num_attention_heads": lm.n_heads, "num_key_value_heads": lm.n_kv_heads,
+        "head_dim": lm.head_dim, "hidden_act": "silu", "max_position_embeddings": lm.max_seq_len,
+        "rms_norm_eps": lm.norm_eps, "rope_parameters": {"rope_theta": lm.rope_theta, "rope_type": "default"},
+        "rope_theta": lm.rope_theta, "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": lm.tie_embeddings, "pad_token_id": config.pad_token_id,
+        "eos_token_id": config.eos_token_ids[0], "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def export_llama(model: torch.nn.Module, tokenizer: Any, config: Any, out: str | Path) -> Path:
+    """Write `out` as a transformers causal-LM folder; UsageError (one line) for a model it cannot express."""
+    import json
+
+    from safetensors.torch import save_file
+
+    reason = not_llama_exportable(config)
+    if reason:
+        raise UsageError(f"cannot export to transformers: {reason}")
+    state = model.state_dict()
+    tensors = {}
+    for ours, (theirs, shape) in llama_weight_table(config.lm).items():
+        if tuple(state[ours].shape) != shape:
+            raise UsageError(f"cannot export: {ours} has shape {tuple(state[ours].shape)}, the config implies {shape}")
+        name = theirs if theirs == "lm_head.weight" else f"model.{theirs}"
+        tensors[name] = state[ours].detach().to("cpu").contiguous()
+    dtype = tensors["model.embed_tokens.weight"].dtype
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
+    tokenizer.save(str(out / "tokenizer.json"))
+    files = {
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": config.chat_template,
+            "eos_token": tokenizer.id_to_token(config.eos_token_ids[0]),
+            "pad_token": tokenizer.id_to_token(config.pad_token_id), "model_max_length": config.lm.max_seq_len,
+        },
+        "generation_config.json": {"eos_token_id": list(config.eos_token_ids), "pad_token_id": config.pad_token_id},
+        "config.json": llama_config_json(config, dtype),  # last: an interrupted export is not taken for a model
+    }
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    return out

@@ -83,3 +83,40 @@ class LlamaCpp:
             answer.append(token)
             self.llm.eval([token])
         return answer
+
+
+class LlamaCppText:
+    """One llama.cpp language model (no mmproj): its tokenizer and greedy decoding from token ids, as the GGUF
+    import tests and bench/vs_llama_cpp.py compare them with mmllm's."""
+
+    def __init__(self, model: Path, n_ctx: int = 1024, n_threads: int = 1):
+        import llama_cpp
+
+        self.llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,
+                                   n_threads_batch=n_threads, verbose=False)
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama_tokenize with special tokens parsed (as a chat template's text needs) and no BOS added."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def last_logits(self) -> np.ndarray:
+        pointer = self.llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy()
+
+    def greedy(self, prompt: list[int], stop_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Token ids generated greedily after the prompt's ids, the stop token excluded."""
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
+        self.llm.eval(prompt)
+        answer: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(self.last_logits()))
+            if token in stop_ids:
+                break
+            answer.append(token)
+            self.llm.eval([token])
+        return answer

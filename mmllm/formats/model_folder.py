@@ -200,13 +200,14 @@ def read_tokenizer_as_is(path: Path):
 
 def load_model_tokenizer(path: str | Path, config: VLMConfig | None = None):
     """The tokenizer of a model folder (`tokenizer.json`): through the project's tokenizer loader, or as it was
-    saved for a model with its own chat template (an imported checkpoint: its ids must stay its own)."""
+    saved for a model with its own chat template or without a vision tower (an imported checkpoint: its ids must
+    stay its own)."""
     from data_pipelines.chat.tokenizer import load_tokenizer
 
     tokenizer_path = Path(path) / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise UsageError(f"{tokenizer_path} not found")
-    if config is not None and config.chat_template is not None:
+    if config is not None and (config.chat_template is not None or not config.reads_images):
         return read_tokenizer_as_is(tokenizer_path)
     try:
         tokenizer, _added = load_tokenizer(tokenizer_path)
@@ -256,6 +257,8 @@ def check_tokenizer_matches(config: VLMConfig, tokenizer: Any, tokenizer_path: P
         raise UsageError(
             f"{tokenizer_path} has {vocab_size} tokens but the model embeds only {config.lm.vocab_size}"
         )
+    if not config.reads_images:  # a language model alone has no image token
+        return
     if config.chat_template is not None:  # the checkpoint's own tokens: the image id must name a token
         if tokenizer.id_to_token(config.image_token_id) is None:
             raise UsageError(f"{tokenizer_path} has no token with the model's image_token_id {config.image_token_id}")

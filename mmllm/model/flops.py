@@ -27,6 +27,8 @@ def matmul_params(config: VLMConfig) -> dict[str, int]:
     attn = lm.dim * lm.head_dim * (2 * lm.n_heads + 2 * lm.n_kv_heads)  # q, o: nh*hd; k, v: n_kv*hd
     mlp = 3 * lm.dim * lm.mlp_dim
     n_lm = lm.n_layers * (attn + mlp) + lm.vocab_size * lm.dim
+    if vit is None:  # a language model alone
+        return {"lm": n_lm, "vision": 0, "projector": 0}
     n_vit = 3 * vit.patch_size**2 * vit.dim + vit.n_layers * (4 * vit.dim**2 + 2 * vit.dim * vit.mlp_dim)
     r2 = config.pixel_shuffle**2
     n_proj = vit.dim * r2 * lm.dim + (lm.dim * lm.dim if config.projector == "mlp" else 0)
@@ -37,8 +39,10 @@ def forward_flops(config: VLMConfig, batch_size: int, seq_len: int, n_images: in
     """Forward FLOPs of VLM.forward on (batch_size, seq_len) tokens with n_images images (1/3 of training)."""
     n = matmul_params(config)
     lm, vit = config.lm, config.vision
-    patches = vit.grid_size**2
     lm_flops = batch_size * seq_len * (2 * n["lm"] + 4 * lm.n_layers * seq_len * lm.n_heads * lm.head_dim)
+    if vit is None:
+        return lm_flops
+    patches = vit.grid_size**2
     vit_flops = n_images * patches * (2 * n["vision"] + 4 * vit.n_layers * patches * vit.dim)
     proj_flops = n_images * config.tokens_per_image * 2 * n["projector"]
     return lm_flops + vit_flops + proj_flops
@@ -47,7 +51,7 @@ def forward_flops(config: VLMConfig, batch_size: int, seq_len: int, n_images: in
 def tiles_per_image(config: VLMConfig) -> int:
     """Images the vision tower encodes for one square picture: 1, or with image splitting the grid of tiles
     (the long side scaled to longest_edge, in tiles of image_size) plus the whole image."""
-    if not config.image_splitting:
+    if not config.image_splitting or not config.reads_images:
         return 1
     side = -(-config.longest_edge // config.vision.image_size)
     return side * side + 1 if side > 1 else 1

@@ -158,12 +158,14 @@ class VLM(nn.Module):
     def __init__(self, config: VLMConfig) -> None:
         super().__init__()
         self.config = config
-        self.vision = VisionEncoder(config.vision)
-        self.projector = Projector(config)
+        # A language model alone (config.vision None) has neither; every image input is then refused.
+        self.vision = VisionEncoder(config.vision) if config.reads_images else None
+        self.projector = Projector(config) if config.reads_images else None
         self.lm = LanguageModel(config.lm)
         self.packed_attention = "dense"  # or "flex": packed rows through flex_attention (a training option)
-        self.vision.init_weights()
-        self.projector.init_weights()
+        if config.reads_images:
+            self.vision.init_weights()
+            self.projector.init_weights()
         self.lm.init_weights()
 
     # ---- inputs -> embeddings -------------------------------------------------------------------------
@@ -198,6 +200,10 @@ class VLM(nn.Module):
         if T > max_len:
             raise ValueError(f"sequence of {T} tokens is {T - max_len} longer than max_seq_len {max_len}")
         embeds = self.lm.embed_tokens(input_ids)  # (B, T, dim)
+        if not self.config.reads_images:
+            if pixel_values is not None and pixel_values.size(0):
+                raise ValueError("this model is a language model alone: it reads no images")
+            return embeds
         is_image = input_ids == self.config.image_token_id  # (B, T)
         self._check_image_tokens(is_image, pixel_values, image_counts)
         if pixel_values is None or pixel_values.size(0) == 0:
@@ -280,11 +286,13 @@ class VLM(nn.Module):
     # ---- bookkeeping -----------------------------------------------------------------------------------
     def blocks(self) -> list[nn.Module]:
         """Every decoder and vision block: the units of checkpointing, regional compilation and FSDP."""
-        return [*self.lm.layers, *self.vision.encoder.layers]
+        return [*self.lm.layers, *(self.vision.encoder.layers if self.vision is not None else ())]
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
-        self.lm.checkpointing = self.vision.encoder.checkpointing = enabled
+        self.lm.checkpointing = enabled
+        if self.vision is not None:
+            self.vision.encoder.checkpointing = enabled
 
     def compile_blocks(self, **options) -> None:
         """torch.compile every block in place (regional compilation): blocks of one kind run the same code on
@@ -297,7 +305,7 @@ class VLM(nn.Module):
         """Parameter counts by part: {'vision', 'projector', 'lm', 'total'} (tied head counted once)."""
         counts = {}
         for name in ("vision", "projector", "lm"):
-            params = getattr(self, name).parameters()
+            params = getattr(self, name).parameters() if getattr(self, name) is not None else ()
             counts[name] = sum(p.numel() for p in params if p.requires_grad or not trainable_only)
         counts["total"] = sum(counts.values())
         return counts
@@ -311,8 +319,9 @@ class VLM(nn.Module):
             for name in ("vision", "projector", "lm", "total")
         ]
         c = self.config
+        images = f"images {c.vision.image_size}px -> {c.tokens_per_image} tokens" if c.reads_images else "no images"
         lines.append(
-            f"images {c.vision.image_size}px -> {c.tokens_per_image} tokens; LM {c.lm.n_layers} layers, "
+            f"{images}; LM {c.lm.n_layers} layers, "
             f"dim {c.lm.dim}, vocab {c.lm.vocab_size}, max_seq_len {c.lm.max_seq_len}; attention {c.attention}"
         )
         return "\n".join(lines)

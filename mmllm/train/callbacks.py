@@ -56,9 +56,9 @@ class FlopsSummary(ModelSummary):
         config = pl_module.config
         table = _format_summary_table(summary.total_parameters, summary.trainable_parameters, summary.model_size,
                                       summary.total_training_modes, 0, *summary._get_summary_data())
-        tiles = tiles_per_image(config)
+        tiles = tiles_per_image(config) if config.reads_images else 0
         flops = forward_flops(config, batch_size=1, seq_len=config.lm.max_seq_len, n_images=tiles)
-        image = "1 image" + (f" in {tiles} tiles" if tiles > 1 else "")
+        image = "no image" if not tiles else "1 image" + (f" in {tiles} tiles" if tiles > 1 else "")
         line = f"{flops / 1e9:<12.3g}GFLOPs forward per sample ({config.lm.max_seq_len} tokens, {image})"
         rank_zero_info("\n" + "\n".join(line if row.rstrip().endswith("Total Flops") else row
                                          for row in table.splitlines()))

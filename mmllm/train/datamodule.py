@@ -31,7 +31,8 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 
 
 def own_template_config(tokenizer_path: str):
-    """The model config beside a tokenizer.json when that folder is a model with its own chat template, else None."""
+    """The model config beside a tokenizer.json when that folder is a model with its own chat template or a
+    language model alone (its tokenizer kept as it is), else None."""
     from mmllm.formats.model_folder import CONFIG_FILE, read_model_config
 
     folder = Path(tokenizer_path).parent
@@ -41,7 +42,7 @@ def own_template_config(tokenizer_path: str):
         config = read_model_config(folder)
     except UsageError:  # not a model folder (a Hugging Face folder, say): the tokenizer is read as any other
         return None
-    return config if config.chat_template is not None else None
+    return config if config.chat_template is not None or not config.reads_images else None
 
 
 class VLMDataModule(L.LightningDataModule):

@@ -173,7 +173,8 @@ class VLMModule(L.LightningModule):
         if compile == "blocks":
             self.model.compile_blocks()
         for part in self.freeze:
-            getattr(self.model, part).requires_grad_(False)
+            if getattr(self.model, part) is not None:  # a language model alone has no vision or projector
+                getattr(self.model, part).requires_grad_(False)
         # Kept out of the module's children: not trained, not in the optimizer, not in checkpoints.
         self.__dict__["teacher"] = load_teacher(teacher, self.tokenizer, self.config, loss_chunk) if teacher else None
 
@@ -318,7 +319,7 @@ class VLMModule(L.LightningModule):
                              "flat shards of them: use model.optimizer adamw with an FSDP strategy, or DDP")
         groups = []
         for part in PARTS:
-            if part not in self.freeze:
+            if part not in self.freeze and getattr(self.model, part) is not None:
                 named = [(name, param, self._param_ndims[f"{part}.{unwrapped_name(name)}"])
                          for name, param in getattr(self.model, part).named_parameters()]
                 groups += param_groups(named, lr=self.learning_rates[part], weight_decay=self.hparams.weight_decay,
