@@ -294,7 +294,8 @@ def decode_incrementally(decode: Callable[[list[int]], str], tokens: Iterable[in
 
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
-         quantize: str | None = None, quantize_method: str = "auto", decode: str = "auto") -> VisionLanguageModel:
+         quantize: str | None = None, quantize_method: str = "auto", decode: str = "auto",
+         lora: str | Path | None = None) -> VisionLanguageModel:
     """A model ready to use, from an exported model folder or a Lightning checkpoint (`.ckpt`).
 
     A model folder (config.json, model.safetensors, tokenizer.json) is read as JSON and safetensors: nothing
@@ -306,7 +307,8 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     folder written by `mmllm export --quantize` is quantised as it was saved unless `quantize` says otherwise.
     The result's `quantization` is the QuantizationReport (None in float). decode: how tokens are decoded,
     "auto" (compiled static-cache steps on CUDA, eager elsewhere: mmllm.model.generation.default_decode), "eager",
-    "static" or "compiled".
+    "static" or "compiled". lora: an adapter folder (mmllm's, from `mmllm export` of a LoRA run, or PEFT's)
+    put on the model and merged into its weights before anything else (mmllm.formats.lora_adapters).
     """
     if decode != "auto" and decode not in DECODES:
         raise UsageError(f"unknown decode {decode!r}; choose one of auto, {', '.join(DECODES)}")
@@ -328,6 +330,14 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
             raise UsageError(
                 f"checkpoint {path} does not hold a usable model ({type(error).__name__}: {_one_line(str(error))})"
             ) from None
+    if lora is not None:
+        from mmllm.formats.lora_adapters import apply_adapter
+        from mmllm.model.lora import merge_lora
+
+        model.float()
+        apply_adapter(model, lora)
+        merge_lora(model)
+        model.eval()
     device = resolve_device(device)
     model.to(device=device, dtype=resolve_dtype(dtype, device))
     if quantize is None and path.is_dir():

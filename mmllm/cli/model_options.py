@@ -17,6 +17,9 @@ MODEL_HELP = (
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("--lora", default=None, metavar="ADAPTER_DIR",
+                        help="a LoRA adapter folder on the model (mmllm export of a LoRA run, or PEFT's), merged "
+                             "into its weights")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run (default auto: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
@@ -70,7 +73,7 @@ def load_model(args: argparse.Namespace):
     from mmllm.inference import load
 
     vlm = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-               quantize_method=args.quantize_method, decode=getattr(args, "decode", "auto"))
+               quantize_method=args.quantize_method, decode=getattr(args, "decode", "auto"), lora=args.lora)
     if vlm.quantization is not None:
         print(vlm.quantization.summary(), file=sys.stderr)
     return vlm

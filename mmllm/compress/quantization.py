@@ -241,10 +241,13 @@ def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, give
     low = max(config.image_token_id, config.pad_token_id, *config.eos_token_ids) + 1
     g = torch.Generator().manual_seed(0)
     text = torch.randint(low, config.lm.vocab_size, (1, 16), generator=g)
-    image = torch.full((1, config.tokens_per_image), config.image_token_id)
-    size = config.vision.image_size
-    pixels = torch.randn(1, 3, size, size, generator=g)
-    ids = torch.cat([image, text], 1)
+    pixels = None  # a language model alone answers from its 16 prompt tokens
+    ids = text
+    if config.reads_images:
+        image = torch.full((1, config.tokens_per_image), config.image_token_id)
+        size = config.vision.image_size
+        pixels = torch.randn(1, 3, size, size, generator=g)
+        ids = torch.cat([image, text], 1)
     best = float("inf")
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first run warms the kernels' packing and caches up
@@ -280,8 +283,9 @@ def machine_key(model: nn.Module, bits: int) -> str:
     except Exception:  # not installed
         torchao_version = None
     c = model.config
-    shape = [c.lm.dim, c.lm.n_layers, c.lm.mlp_dim, c.lm.vocab_size, c.vision.dim, c.vision.n_layers,
-             c.vision.image_size, c.tokens_per_image]
+    shape = [c.lm.dim, c.lm.n_layers, c.lm.mlp_dim, c.lm.vocab_size, c.lm.n_heads, c.lm.n_kv_heads, c.lm.head_dim,
+             None if c.vision is None else [c.vision.dim, c.vision.n_layers, c.vision.n_heads, c.vision.image_size,
+                                            c.vision.patch_size, c.pixel_shuffle, c.projector], c.tokens_per_image]
     parts = [cpu, flags, torch.backends.cpu.get_cpu_capability(),
              torch.__version__, torchao_version, torch.get_num_threads(), shape, bits]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]

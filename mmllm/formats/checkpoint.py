@@ -32,8 +32,10 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
-def model_from_checkpoint(path: str | Path):
-    """(model, tokenizer, config) rebuilt from a Lightning checkpoint written by `mmllm fit`."""
+def model_from_checkpoint(path: str | Path, merge_lora: bool = True):
+    """(model, tokenizer, config) rebuilt from a Lightning checkpoint written by `mmllm fit`. A LoRA run's
+    checkpoint holds only what trained: the frozen base comes from the model folder it names, and its adapters
+    are merged into plain linear layers unless `merge_lora` is False (then see lora_of_checkpoint)."""
     from tokenizers import Tokenizer
 
     from mmllm.model import VLM
@@ -43,10 +45,41 @@ def model_from_checkpoint(path: str | Path):
     tokenizer = Tokenizer.from_str(checkpoint["mmllm_tokenizer"])
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model = VLM(config)
-    model.load_state_dict(state, strict=True)
+    if "mmllm_lora" in checkpoint:
+        model = _lora_model(checkpoint["mmllm_lora"], state, Path(path), merge_lora)
+    else:
+        model = VLM(config)
+        model.load_state_dict(state, strict=True)
     model.eval()
     return model, tokenizer, config
+
+
+def lora_of_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A LoRA run's record in its checkpoint ({config, base, train_modules, trained}), or None for a full fit."""
+    return read_checkpoint(path, mmap=True).get("mmllm_lora")
+
+
+def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path, merge: bool):
+    """The base model folder with the checkpoint's adapters (and fully trained parts) on it."""
+    from mmllm.formats.model_folder import load_model_folder
+    from mmllm.model.lora import LoRAConfig, add_lora, merge_lora
+
+    base = Path(lora["base"])
+    if not base.is_dir():
+        raise UsageError(f"checkpoint {path} is a LoRA run on {base}, which is not there any more: the checkpoint "
+                         "holds the adapters only")
+    model, _, _ = load_model_folder(base)
+    model.float()
+    add_lora(model, LoRAConfig(**lora["config"]))
+    expected = set(lora["trained"])
+    if set(state) != expected:
+        raise UsageError(f"checkpoint {path} does not hold the tensors its LoRA run trained "
+                         f"({len(expected - set(state))} missing, {len(set(state) - expected)} unexpected)")
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    if merge:
+        merge_lora(model)
+    return model
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:

@@ -188,6 +188,9 @@ def parse_completion(body: bytes, vlm, limits: Limits) -> tuple[Generation, bool
     images = [image for message in messages for image in message_images(message)]
     if len(images) > limits.max_images:
         raise BadRequest(f"at most {limits.max_images} images per conversation", param="messages")
+    if images and not vlm.config.reads_images:
+        raise BadRequest("this model is a language model alone: it reads no images", param="messages",
+                         code="images_not_supported")
     try:
         conversation = normalise_conversation(messages)
     except ValueError as error:

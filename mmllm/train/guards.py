@@ -39,8 +39,17 @@ def check_checkpoint_fits(path: Path, module) -> None:
     """UsageError naming the checkpoint when it is truncated, not mmllm's, or holds weights of another shape."""
     from mmllm.formats.checkpoint import read_checkpoint
 
-    saved = read_checkpoint(path, mmap=True)["state_dict"]
+    checkpoint = read_checkpoint(path, mmap=True)
+    saved = checkpoint["state_dict"]
     expected = module.state_dict()
+    lora = getattr(module, "lora", None)
+    if lora is not None:  # a LoRA run's checkpoint holds what trains; the frozen rest comes from its base
+        if "mmllm_lora" not in checkpoint:
+            raise UsageError(f"checkpoint {path} is not a LoRA run's (it holds every weight): resume it without "
+                             "model.lora, or start the LoRA run from its exported model with model.init_from")
+        expected = {f"model.{name}": expected[f"model.{name}"] for name in lora.trained}
+    elif "mmllm_lora" in checkpoint:
+        raise UsageError(f"checkpoint {path} is a LoRA run's (adapters only): resume it with the same model.lora")
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     different = [name for name in expected if name in saved and tuple(saved[name].shape) != tuple(expected[name].shape)]

@@ -1,14 +1,18 @@
 """The model a fit starts from: built from a preset shaped by the data's tokenizer and image size, or read from
 a model folder or checkpoint (`model.init_from`) and checked against the data; and the distillation teacher,
-checked against the student. VLMModule calls these once, in its constructor.
+checked against the student; and LoRA adapters on it (mmllm.model.lora). VLMModule calls these once, in its
+constructor.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from mmllm.config import VLMConfig
 from mmllm.model import VLM
+from mmllm.model.lora import LoRAConfig
 
 TEACHER_MATCHES = ("image_token_id", "pad_token_id", "tokens_per_image", "image_mean", "image_std", "resize",
                    "longest_edge", "image_markup", "image_splitting", "chat_template")
@@ -89,3 +93,41 @@ def build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], at
     )
     tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
     return VLM(config), tokenizer
+
+
+@dataclass
+class LoRASetup:
+    """A fit's adapters: their config, the base model folder, and the names of every parameter that trains."""
+
+    config: LoRAConfig
+    base: str  # the model folder the frozen weights come from (model.init_from)
+    adapters: list[str]  # the wrapped linear layers
+    trained: list[str]  # parameter names under the model: the adapters' A and B, and train_modules' parameters
+    train_modules: list[str]
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "base": self.base, "train_modules": self.train_modules,
+                "trained": self.trained}
+
+
+def setup_lora(model: VLM, options: dict[str, Any], train_modules: Optional[list[str]],
+               init_from: Optional[str]) -> LoRASetup:
+    """Wrap the model's targeted linears in LoRA adapters, freeze the rest but `train_modules`, and report what
+    trains. The base must be a model folder: a checkpoint names it instead of holding its weights."""
+    from mmllm.model.lora import add_lora
+
+    if not init_from or str(init_from).endswith(".ckpt"):
+        raise ValueError("model.lora adapts a pretrained model: set model.init_from to its model folder (from "
+                         "mmllm build or mmllm export)")
+    config = LoRAConfig(**options)
+    adapters = add_lora(model, config)
+    for part in train_modules or []:
+        module = getattr(model, part, None)
+        if module is None:
+            raise ValueError(f"model.train_modules names {part!r}, which this model does not have")
+        module.requires_grad_(True)
+        for name in adapters:  # a part trained in full keeps its adapters' bases frozen all the same
+            if name.startswith(f"{part}."):
+                raise ValueError(f"model.train_modules {part!r} is also adapted by model.lora.modules; choose one")
+    trained = [name for name, param in model.named_parameters() if param.requires_grad]
+    return LoRASetup(config, str(Path(init_from).resolve()), adapters, trained, list(train_modules or []))

@@ -19,7 +19,8 @@ from data_pipelines.read.shards import KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.train.distill import KDLoss, distillation_loss
 from mmllm.train.loss_weighting import LossWeighting, weighted_loss
-from mmllm.train.model_setup import build_model, check_shape_matches, load_teacher
+from mmllm.model.lora import LoRAConfig
+from mmllm.train.model_setup import build_model, check_shape_matches, load_teacher, setup_lora
 from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
@@ -31,6 +32,7 @@ Part = Literal["vision", "projector", "lm"]
 # the tokenizer), typed from the dataclasses themselves.
 LMShape = shape_options(LMConfig, "LMShape", exclude=("vocab_size",))
 VisionShape = shape_options(VisionConfig, "VisionShape")
+LoRAOptions = shape_options(LoRAConfig, "LoRAOptions")
 
 
 class VLMModule(L.LightningModule):
@@ -101,6 +103,12 @@ class VLMModule(L.LightningModule):
         compile: `none`, or `blocks`: torch.compile each decoder and vision block (regional compilation: blocks of
             one kind share one compiled graph, so compiling costs one block, not the model; fused norms, rotary and
             SwiGLU). The first steps wait for it.
+        lora: train low-rank adapters instead of the weights (mmllm.model.lora): `{rank: 16, alpha: 32, dropout:
+            0.05, targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj], modules: [lm]}`;
+            `base: int8 | nf4` keeps the frozen base quantised in memory (QLoRA), `rslora: true` scales by
+            alpha / sqrt(rank). Every base weight is frozen; checkpoints hold only what trains and name the base
+            (`init_from`), which must be a model folder.
+        train_modules: with `lora`, parts trained in full beside the adapters (e.g. `[projector]`).
         model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
     """
 
@@ -142,6 +150,8 @@ class VLMModule(L.LightningModule):
         activation_checkpointing: bool = False,
         packed_attention: Literal["dense", "flex"] = "dense",
         compile: Literal["none", "blocks"] = "none",
+        lora: Optional[LoRAOptions] = None,
+        train_modules: Optional[list[Part]] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -163,11 +173,19 @@ class VLMModule(L.LightningModule):
         shape = {"lm": dict(lm or {}), "vision": dict(vision or {}), **layout}
         self.model, self.tokenizer = build_model(preset, shape, init_from, attention, model_inputs or {})
         self.config: VLMConfig = self.model.config
+        if init_from:  # the config file of the run that made the model may be reused, if it describes this model
+            check_shape_matches(self.config, shape, init_from)
+        both = sorted(set(freeze) & set(train_modules or []))
+        if both:
+            raise ValueError(f"model.freeze and model.train_modules both name {both}")
+        self.lora = setup_lora(self.model, lora, train_modules, init_from) if lora is not None else None
+        if self.lora is None and train_modules:
+            raise ValueError("model.train_modules goes with model.lora (without adapters, model.freeze says what "
+                             "does not train)")
+        self.strict_loading = self.lora is None  # a LoRA checkpoint holds what trains only (on_load_checkpoint)
         # Each parameter's rank as built: FSDP hands the optimiser flat 1-D shards, whose ndim would put every
         # matrix in the no-decay group (see param_groups).
         self._param_ndims = {name: p.ndim for name, p in self.model.named_parameters()}
-        if init_from:  # the config file of the run that made the model may be reused, if it describes this model
-            check_shape_matches(self.config, shape, init_from)
         self.model.set_activation_checkpointing(activation_checkpointing)
         self.model.packed_attention = packed_attention
         if compile == "blocks":
@@ -182,6 +200,26 @@ class VLMModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.teacher is not None:  # bf16 halves a GPU teacher's memory and time; the CPU keeps fp32
             self.teacher.to(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        if self.lora is not None and self.trainer.is_global_zero:
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in self.model.parameters())
+            c = self.lora.config
+            print(f"LoRA: rank {c.rank}, alpha {c.alpha:g} on {len(self.lora.adapters)} layers "
+                  f"({', '.join(c.targets)} in {', '.join(c.modules)}), base {c.base}"
+                  + (f", {', '.join(self.lora.train_modules)} trained in full" if self.lora.train_modules else "")
+                  + f": {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f}%)",
+                  file=sys.stderr)
+            for logger in self.loggers:
+                logger.log_metrics({"lora/trainable_parameters": float(trainable)}, step=0)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.lora is not None and (self.global_step % max(1, self.trainer.log_every_n_steps) == 0):
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+            if self.device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.log("memory/peak_mib", peak, on_step=True, on_epoch=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
@@ -366,6 +404,32 @@ class VLMModule(L.LightningModule):
         # The config and tokenizer travel inside the checkpoint, so `mmllm export` needs nothing else.
         checkpoint["mmllm_config"] = self.config.to_dict()
         checkpoint["mmllm_tokenizer"] = self.tokenizer.to_str()
+        if self.lora is not None:  # what trains, and where the frozen rest is (mmllm.formats.checkpoint reads it)
+            trained = {f"model.{name}" for name in self.lora.trained}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+            checkpoint["mmllm_lora"] = self.lora.to_checkpoint()
+            tensors = [*checkpoint["state_dict"].values(), *_tensors(checkpoint.get("optimizer_states", []))]
+            size = sum(t.numel() * t.element_size() for t in tensors) / 2**20
+            for logger in self.loggers:  # what the checkpoint's weights and optimiser state weigh
+                logger.log_metrics({"lora/checkpoint_mib": size}, step=self.global_step)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is None:
+            return
+        missing = sorted(f"model.{name}" for name in self.lora.trained if f"model.{name}" not in checkpoint["state_dict"])
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} trained tensors of this LoRA run, e.g. {missing[:2]}")
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a nest of dicts and lists (an optimiser's state)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
 FORWARD_KEYS = ("input_ids", "pixel_values", "image_counts", "attention_mask", "position_ids", "segment_ids",
