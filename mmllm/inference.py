@@ -209,6 +209,8 @@ class VisionLanguageModel:
 
     def prompt_length(self, messages: list[dict], num_images: int) -> int:
         """Tokens of the generation prompt for a conversation (no image decoded); `max_length` is the limit."""
+        if num_images and not self.config.reads_images:
+            raise UsageError(NO_IMAGES)
         try:
             return len(self.processor.template.render_prompt(_conversation(messages), num_images))
         except ValueError as error:
@@ -291,6 +293,9 @@ def decode_incrementally(decode: Callable[[list[int]], str], tokens: Iterable[in
     final = text.strip() if strip else text
     if len(final) > len(shown):
         yield final[len(shown):]
+
+
+NO_IMAGES = "this model is a language model alone: it reads no images"
 
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,

@@ -39,8 +39,10 @@ class ChatSession:
         self.pending: list = []  # attached with /image, sent with the next message
 
     def attach(self, path: str) -> None:
-        from mmllm.inference import to_pil
+        from mmllm.inference import NO_IMAGES, to_pil
 
+        if not self.vlm.config.reads_images:
+            raise UsageError(NO_IMAGES)
         self.pending.append(to_pil(path))  # UsageError for a missing or unreadable file
 
     def reset(self) -> None:

@@ -4,6 +4,8 @@ folder export, a checkpoint when the job is preempted, and a warning when valida
 
 from __future__ import annotations
 
+import copy
+
 import os
 import signal
 import sys
@@ -190,8 +192,14 @@ class ExportModel(L.Callback):
             export_checkpoint(best, out)
             source = f"best checkpoint {best}"
         else:
+            from mmllm.model.lora import lora_modules, merge_lora
+
+            if lora_modules(model):  # a LoRA run: its adapters merged into a copy, the trained model unchanged
+                model = copy.deepcopy(model).float()
+                merge_lora(model)
             save_model_folder(model, pl_module.tokenizer, out)
-            source = f"weights at step {trainer.global_step}"
+            source = f"weights at step {trainer.global_step}" + (" (LoRA adapters merged)" if
+                                                                  getattr(pl_module, "lora", None) else "")
         print(f"exported {source} to {out}")
         plot_curves(trainer)
 
