@@ -41,7 +41,8 @@ def bits_per_byte(model: Path, data: Path, work: Path, name: str) -> float:
     return round(json.loads(out.read_text())["metrics"]["bits_per_byte"], 4)
 
 
-def fit(name: str, model: dict, base: Path, pydoc: Path, work: Path, minutes: float, precision: str) -> dict:
+def fit(name: str, model: dict, base: Path, pydoc: Path, work: Path, minutes: float, precision: str,
+        reuse: bool = False) -> dict:
     run_dir = work / name
     config = {
         "seed_everything": 0,
@@ -59,11 +60,14 @@ def fit(name: str, model: dict, base: Path, pydoc: Path, work: Path, minutes: fl
     config["model"]["schedule_by_time"] = True  # the cosine ends with the time budget
     (work / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "mmllm.cli.main", "fit", "--config", str(work / f"{name}.yaml")],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name}: {result.stderr[-3000:]}")
-    seconds = time.perf_counter() - start
+    if reuse and (run_dir / "checkpoints" / "last.ckpt").is_file():  # a finished run of an earlier invocation
+        result, seconds = subprocess.CompletedProcess([], 0, "", "(reused)"), None
+    else:
+        result = subprocess.run([sys.executable, "-m", "mmllm.cli.main", "fit", "--config",
+                                 str(work / f"{name}.yaml")], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{name}: {result.stderr[-3000:]}")
+        seconds = round(time.perf_counter() - start, 1)
     rows = list(csv.DictReader(open(next(run_dir.glob("logs/version_*/metrics.csv")))))
     curve = [(int(r["step"]), round(float(r["train/loss"]), 4)) for r in rows if r.get("train/loss")]
     peaks = [float(r["memory/peak_mib"]) for r in rows if r.get("memory/peak_mib")]
@@ -74,7 +78,7 @@ def fit(name: str, model: dict, base: Path, pydoc: Path, work: Path, minutes: fl
     if "lora" in model:  # the exported folder is the adapters: merge them for the evaluations
         mmllm("export", str(checkpoint), "--merge-lora", "--out", str(run_dir / "merged"))
         tuned = run_dir / "merged"
-    return {"steps": steps, "fit_seconds": round(seconds, 1), "seconds_per_step": round(minutes * 60 / max(steps, 1), 2),
+    return {"steps": steps, "fit_seconds": seconds, "seconds_per_step": round(minutes * 60 / max(steps, 1), 2),
             "peak_rss_mib": round(max(peaks), 1) if peaks else None,
             "trainable_parameters": int(trainable[0]) if trainable else None,
             "checkpoint_mib": round(checkpoint.stat().st_size / 2**20, 1), "model": str(tuned),
@@ -88,6 +92,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--runs", nargs="*", default=list(RUNS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmllm-lora-smollm2"))
+    parser.add_argument("--reuse", action="store_true", help="keep runs an earlier invocation finished in --work")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -107,12 +112,14 @@ def main() -> None:
                               "general_bpb": bits_per_byte(base, general, args.work, "base")}
     print(json.dumps({"base": report["runs"]["base"]}), file=sys.stderr)
     for name in args.runs:
-        row = fit(name, RUNS[name], base, args.pydoc, args.work, args.minutes, args.precision)
+        row = fit(name, RUNS[name], base, args.pydoc, args.work, args.minutes, args.precision, args.reuse)
         model = Path(row.pop("model"))
         row["heldout_bpb"] = bits_per_byte(model, args.pydoc / "val", args.work, name)
         row["general_bpb"] = bits_per_byte(model, general, args.work, name)
         report["runs"][name] = row
         print(json.dumps({name: {k: v for k, v in row.items() if k != "learning_curve"}}), file=sys.stderr)
+        if args.out:  # after every run: a later failure keeps what was measured
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

@@ -172,6 +172,27 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in model.state_dict().items() if ".lora_A." in name or ".lora_B." in name}
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the plain model the adapters merge into, without changing `model` (no copy of it is
+    made: NF4 bases cannot be deep-copied): each LoRALinear's `weight` is its base + update, its A and B gone."""
+    layers = lora_modules(model)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        owner, _, leaf = name.rpartition(".")
+        if owner in layers:
+            if leaf == "weight" or leaf == "weight_int8":
+                state[f"{owner}.weight"] = (layers[owner].base_weight().float()
+                                            + layers[owner].delta_weight().float()).detach()
+            elif leaf == "bias":
+                state[name] = tensor
+            continue  # lora_A / lora_B (owner is ...q_proj.lora_A) fall through below; weight_scale dropped
+        parent = owner.rpartition(".")[0]
+        if parent in layers and owner.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+            continue
+        state[name] = tensor
+    return state
+
+
 def merge_lora(model: nn.Module) -> int:
     """Replace every LoRALinear by the plain nn.Linear its base and update add up to (in place); returns how
     many were merged."""

@@ -4,7 +4,6 @@ folder export, a checkpoint when the job is preempted, and a warning when valida
 
 from __future__ import annotations
 
-import copy
 
 import os
 import signal
@@ -192,11 +191,13 @@ class ExportModel(L.Callback):
             export_checkpoint(best, out)
             source = f"best checkpoint {best}"
         else:
-            from mmllm.model.lora import lora_modules, merge_lora
+            from mmllm.model import VLM
+            from mmllm.model.lora import lora_modules, merged_state_dict
 
-            if lora_modules(model):  # a LoRA run: its adapters merged into a copy, the trained model unchanged
-                model = copy.deepcopy(model).float()
-                merge_lora(model)
+            if lora_modules(model):  # a LoRA run: its adapters merged into a plain model, the trained one unchanged
+                plain = VLM(model.config)
+                plain.load_state_dict(merged_state_dict(model))
+                model = plain
             save_model_folder(model, pl_module.tokenizer, out)
             source = f"weights at step {trainer.global_step}" + (" (LoRA adapters merged)" if
                                                                   getattr(pl_module, "lora", None) else "")

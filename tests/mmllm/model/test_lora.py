@@ -150,3 +150,21 @@ def test_a_lora_linear_is_the_base_linear_plus_the_scaled_update():
     x = torch.randn(4, 6)
     expected = base(x) + 1.5 * x @ layer.lora_A.weight.t() @ layer.lora_B.weight.t()
     torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("base", ["float", "int8", "nf4"])
+def test_the_merged_state_dict_loads_into_a_plain_model_that_answers_as_the_adapted_one(base):
+    if base == "nf4":
+        pytest.importorskip("torchao")
+    from mmllm.model import VLM
+    from mmllm.model.lora import merged_state_dict
+
+    model, _ = tiny_text_model(dim=256)
+    add_lora(model, LoRAConfig(rank=4, alpha=8, base=base))
+    train_adapters(model)
+    plain = VLM(model.config).eval()
+    plain.load_state_dict(merged_state_dict(model))  # strict: no adapter or quantisation tensor left over
+    ids = batch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
+    assert lora_modules(model)  # the adapted model itself is unchanged

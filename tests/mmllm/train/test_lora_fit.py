@@ -6,7 +6,6 @@ merged (a model folder, and a GGUF whose greedy answers llama.cpp gives as mmllm
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -139,7 +138,7 @@ def test_merged_exports_run_as_the_checkpoint_does_in_mmllm_and_llama_cpp(base, 
     ids = torch.tensor([tokenizer.encode(TEXT[1]).ids])
     with torch.no_grad():
         torch.testing.assert_close(merged.model(ids).logits, reference(ids).logits, rtol=0, atol=1e-6)
-    llama_cpp = pytest.importorskip("llama_cpp")  # noqa: F841
+    pytest.importorskip("llama_cpp")
     from mmllm.formats.llama_cpp import LlamaCppText
 
     assert main(["export", str(checkpoint), "--merge-lora", "--format", "gguf", "--gguf-types", "f32",
@@ -155,6 +154,17 @@ def test_merged_exports_run_as_the_checkpoint_does_in_mmllm_and_llama_cpp(base, 
         runner.close()
 
 
+def test_a_qlora_fit_over_an_nf4_base_trains_and_exports_its_merged_model(base, tmp_path):
+    pytest.importorskip("torchao")
+    config = lora_config(base, tmp_path, lora={**LORA, "base": "nf4"})
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "3"]) == 0
+    merged, tokenizer, _ = model_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    exported = mmllm.load(tmp_path / "model")
+    ids = torch.tensor([tokenizer.encode(TEXT[3]).ids])
+    with torch.no_grad():
+        torch.testing.assert_close(exported.model(ids).logits, merged(ids).logits, rtol=0, atol=1e-5)
+
+
 def test_a_lora_checkpoint_is_refused_for_hf_or_gguf_unless_merged_or_peft(fitted, tmp_path):
     result = run_mmllm("export", fitted / "checkpoints" / "last.ckpt", "--format", "gguf", "--out", tmp_path / "g")
     assert result.returncode == 2 and "--merge-lora" in result.stderr
@@ -163,9 +173,9 @@ def test_a_lora_checkpoint_is_refused_for_hf_or_gguf_unless_merged_or_peft(fitte
 # ---- DDP: two gloo processes, each on its half of a batch, update the adapters as one process does on the whole
 
 
-def _ddp_step(rank: int, world: int, port: int, ids: torch.Tensor, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_step(rank: int, world: int, rendezvous: str, ids: torch.Tensor, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model, _ = tiny_text_model(dim=64)
     add_lora(model, LoRAConfig(**LORA))
@@ -178,14 +188,13 @@ def _ddp_step(rank: int, world: int, port: int, ids: torch.Tensor, out: str) -> 
     optimizer.step()
     if rank == 0:
         torch.save({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, out)
+    dist.barrier()  # neither rank leaves the group while the other may still talk to it
     dist.destroy_process_group()
 
 
 def test_ddp_with_adapters_updates_them_as_one_process_does(tmp_path):
-    from commands import free_port
-
     ids = torch.randint(4, 320, (4, 16), generator=torch.Generator().manual_seed(1))
-    mp.spawn(_ddp_step, args=(2, free_port(), ids, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    mp.spawn(_ddp_step, args=(2, str(tmp_path / "rendezvous"), ids, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
     torch.manual_seed(0)
     model, _ = tiny_text_model(dim=64)
     add_lora(model, LoRAConfig(**LORA))
