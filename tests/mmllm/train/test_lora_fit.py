@@ -194,7 +194,14 @@ def _ddp_step(rank: int, world: int, rendezvous: str, ids: torch.Tensor, out: st
 
 def test_ddp_with_adapters_updates_them_as_one_process_does(tmp_path):
     ids = torch.randint(4, 320, (4, 16), generator=torch.Generator().manual_seed(1))
-    mp.spawn(_ddp_step, args=(2, str(tmp_path / "rendezvous"), ids, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    for attempt in range(2):  # gloo on a loaded 2-core machine now and then aborts a process at teardown
+        try:
+            mp.spawn(_ddp_step, args=(2, str(tmp_path / f"rendezvous{attempt}"), ids, str(tmp_path / "ddp.pt")),
+                     nprocs=2, join=True)
+            break
+        except mp.ProcessExitedException:
+            if attempt or not (tmp_path / "ddp.pt").parent.exists():
+                raise
     torch.manual_seed(0)
     model, _ = tiny_text_model(dim=64)
     add_lora(model, LoRAConfig(**LORA))
