@@ -128,3 +128,14 @@ def _cpu_flags() -> set[str]:
 def max_rss_bytes() -> int:
     """Peak resident memory of this process so far (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def write_report(report: dict, out: "Path | None") -> None:
+    """Print a benchmark's JSON report on stdout and, with `out`, write it there too (folders made)."""
+    import json
+
+    text = json.dumps(report, indent=1, ensure_ascii=False)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

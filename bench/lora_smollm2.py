@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import write_report  # noqa: E402
+
 import yaml
 
 RUNS = {  # name -> model section overrides (all from the base folder)
@@ -125,11 +128,7 @@ def main() -> None:
         print(json.dumps({name: {k: v for k, v in row.items() if k != "learning_curve"}}), file=sys.stderr)
         if args.out:  # after every run: a later failure keeps what was measured
             args.out.write_text(json.dumps(report, indent=1) + "\n")
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

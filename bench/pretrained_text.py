@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import write_report  # noqa: E402
+
 # (task, what the user types, the answer a person would accept)
 PROMPTS = [
     ("question answering", "What is the capital of Japan?", "Tokyo"),
@@ -80,11 +83,7 @@ def main() -> None:
             scores[name] = {"model": str(folder), "bits_per_byte": round(metrics["bits_per_byte"], 4),
                             "perplexity": round(metrics["perplexity"], 3), "tokens": metrics.get("tokens")}
         report["heldout_pydoc"] = {"data": str(args.pydoc), "scores": scores}
-    text = json.dumps(report, indent=1, ensure_ascii=False)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

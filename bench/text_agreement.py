@@ -9,10 +9,12 @@ the count and, for every answer that parts, the step, both tokens and mmllm's to
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import write_report  # noqa: E402
 
 import torch
 
@@ -62,10 +64,7 @@ def main() -> None:
     report = {"bench": "text_agreement", "date": time.strftime("%Y-%m-%d"), "model": GGUF.name,
               "llama_cpp_weights": "F32 (llama_model_quantize of the Q4_1 file)", "new_tokens": args.new_tokens,
               "agree": sum(r["equal"] for r in rows), "questions": len(rows), "rows": rows}
-    text = json.dumps(report, indent=1, ensure_ascii=False)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import write_report  # noqa: E402
+
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,10 +126,7 @@ def main() -> None:
                         "vqa_alone": vqa(tuned, shapes, args.work, "stage2", args.questions),
                         "vqa_blind": vqa(tuned, shapes, args.work, "stage2", args.questions, blind=True),
                         "text_bpb_after": bits_per_byte(tuned, args.pydoc, args.work, "after")}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,24 @@ from pathlib import Path
 import numpy as np
 
 
+def last_logits(llama_cpp, llm) -> np.ndarray:
+    """The logits llama.cpp left for the last evaluated position, (n_vocab,), copied out of its buffer."""
+    pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
+
+
+def greedy_continue(llama_cpp, llm, stop_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Token ids chosen greedily after what `llm` has evaluated, each fed back; the stop token excluded."""
+    answer: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(np.argmax(last_logits(llama_cpp, llm)))
+        if token in stop_ids:
+            break
+        answer.append(token)
+        llm.eval([token])
+    return answer
+
+
 class LlamaCpp:
     """One llama.cpp model + mmproj, on one CPU thread; `answer` is greedy decoding from a prompt with images."""
 
@@ -48,10 +66,6 @@ class LlamaCpp:
         text = compile_template(chat_template).render(messages=messages, add_generation_prompt=True)
         return text.replace(st.IMAGE_MARKER, self.marker)
 
-    def _last_logits(self) -> np.ndarray:
-        pointer = self.llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy()
-
     def answer(self, prompt: str, images: list[Path], stop_ids: list[int], max_new_tokens: int) -> list[int]:
         """Token ids generated greedily after `prompt` (each image where the marker is), stop token excluded."""
         mtmd = self.mtmd
@@ -75,14 +89,7 @@ class LlamaCpp:
             mtmd.mtmd_input_chunks_free(chunks)
             for bitmap in bitmaps:
                 mtmd.mtmd_bitmap_free(bitmap)
-        answer: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(self._last_logits()))
-            if token in stop_ids:
-                break
-            answer.append(token)
-            self.llm.eval([token])
-        return answer
+        return greedy_continue(self.llama_cpp, self.llm, stop_ids, max_new_tokens)
 
 
 class LlamaCppText:
@@ -104,19 +111,11 @@ class LlamaCppText:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def last_logits(self) -> np.ndarray:
-        pointer = self.llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy()
+        return last_logits(self.llama_cpp, self.llm)
 
     def greedy(self, prompt: list[int], stop_ids: list[int], max_new_tokens: int) -> list[int]:
         """Token ids generated greedily after the prompt's ids, the stop token excluded."""
         self.llm.reset()
         self.llm._ctx.kv_cache_clear()
         self.llm.eval(prompt)
-        answer: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(self.last_logits()))
-            if token in stop_ids:
-                break
-            answer.append(token)
-            self.llm.eval([token])
-        return answer
+        return greedy_continue(self.llama_cpp, self.llm, stop_ids, max_new_tokens)
