@@ -217,3 +217,15 @@ def test_ddp_with_adapters_updates_them_as_one_process_does(tmp_path):
     assert ddp.keys() == single.keys() and len(single) == 12
     for name, tensor in single.items():
         torch.testing.assert_close(ddp[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("override, says", [("{rank: 0}", "model.lora.rank must be a positive integer"),
+                                            ("{targets: [qkv]}", "name no linear layer"),
+                                            ("{modules: [vision]}", "which this model does not have")])
+def test_bad_lora_options_stop_mmllm_fit_with_one_line(base, tmp_path, capsys, override, says):
+    config = lora_config(base, tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", str(config), "--model.lora", override])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert says in err[-1] and err[-1].startswith("mmllm fit: error:")
