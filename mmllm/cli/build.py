@@ -10,6 +10,11 @@ pretrained LM (the project's special tokens were added), the embedding grows and
 mean of the pretrained ones. Everything else is freshly initialised. Training starts from the folder with
 `model.init_from: MODEL_DIR`.
 
+`--layout smolvlm` lays a preset's VLM out as SmolVLM does, so transformers (Idefics3) and llama.cpp can run it
+after training: a linear projector, Idefics3's image markup and resize (no tiles), SmolVLM's tokens added to the
+tokenizer and its chat template kept in the folder (fit lays turns out with it; data.chat_template is then not
+needed). `mmllm export --format hf|gguf [--merge-lora]` writes it.
+
 `--from-hf DIR` instead reads a whole Idefics3/SmolVLM checkpoint (mmllm.formats.hf_idefics3): its shapes, weights,
 tokenizer, chat template and image preprocessing, so the folder answers as the checkpoint does in transformers.
 """
@@ -27,6 +32,8 @@ from mmllm.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
+LAYOUTS = ("mmllm", "smolvlm")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
@@ -39,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "safetensors); without --preset, a text-only model")
     parser.add_argument("--vision", type=Path, metavar="HF_DIR",
                         help="Hugging Face SigLIP folder (config.json + safetensors)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="mmllm",
+                        help="with --preset: mmllm (default: MLP projector, mmllm's chat tokens) or smolvlm (SmolVLM's "
+                             "projector, image markup, tokens and chat template: exportable to transformers and "
+                             "llama.cpp)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
 
@@ -60,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if args.preset or args.tokenizer or args.lm or args.vision:
             raise UsageError("--from-hf brings the whole model: leave out --preset, --tokenizer, --lm and --vision")
         return import_whole(args.from_hf, args.out)
+    if args.layout != "mmllm" and not args.preset:
+        raise UsageError(f"--layout {args.layout} lays out a VLM: name a --preset")
     if args.lm is not None and not args.preset:
         if args.tokenizer or args.vision:
             raise UsageError("a text-only model (--lm without --preset) keeps its own tokenizer and has no vision: "
@@ -80,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.tokenizer:  # the GGUF file's own tokenizer, with the project's special tokens added
         tokenizer = pretrained.tokenizer
         added = prepare_tokenizer(tokenizer)
-    ids = TokenIds.from_tokenizer(tokenizer)
+    if args.layout == "smolvlm":
+        from data_pipelines.chat import smolvlm_format
+
+        added += smolvlm_format.add_tokens(tokenizer)
+        special = smolvlm_format.special_ids(tokenizer)
+        image_id, pad_id, eos_ids = special.image, special.pad, special.eos_ids
+    else:
+        ids = TokenIds.from_tokenizer(tokenizer)
+        image_id, pad_id, eos_ids = ids.image, ids.pad, ids.eos_ids
 
     # The pretrained parts replace the preset's shapes; the preset is built and checked as in training.
     parts: dict = {}
@@ -98,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             parts["image_mean"], parts["image_std"] = normalization
         print(f"vision from {args.vision}: {vision.image_size}px, patch {vision.patch_size}, "
               f"{vision.n_layers} layers, dim {vision.dim}")
+    if args.layout == "smolvlm":
+        parts.update(smolvlm_layout(args.preset, parts))
     try:
         config = VLMConfig.from_preset(args.preset, **parts)
     except ValueError as error:
@@ -105,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
 
     # The embedding needs a row for every tokenizer id; a pretrained LM may have more rows than that (padding).
     rows = max(vocab_size(tokenizer), config.lm.vocab_size if lm_weights else 0)
-    config = config.with_tokenizer_ids(rows, ids.image, ids.pad, ids.eos_ids)
+    config = config.with_tokenizer_ids(rows, image_id, pad_id, eos_ids)
     if added:
-        print(f"tokenizer: added special tokens {added}")
+        shown = ", ".join(repr(token) for token in added[:8]) + (f" and {len(added) - 8} more" if len(added) > 8 else "")
+        print(f"tokenizer: added {len(added)} tokens: {shown}")
 
     torch.manual_seed(args.seed)
     model = VLM(config)
@@ -123,6 +147,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
     print(f"wrote {args.out} (train from it with --model.init_from {args.out})")
     return 0
+
+
+def smolvlm_layout(preset: str, parts: dict) -> dict:
+    """The VLMConfig fields of SmolVLM's layout on a preset (its vision tower, or the pretrained one in `parts`)."""
+    from data_pipelines.chat.smolvlm_format import CHAT_TEMPLATE
+
+    image_size = (parts.get("vision") or dataclasses.asdict(PRESETS[preset].vision))["image_size"]
+    return {"projector": "linear", "image_positions": "none", "attention": "causal", "image_markup": "idefics3",
+            "resize": "idefics3", "longest_edge": image_size, "image_splitting": False,
+            "chat_template": CHAT_TEMPLATE}
 
 
 def import_language_model(source: Path, out: Path) -> int:

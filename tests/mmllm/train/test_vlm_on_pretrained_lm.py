@@ -1,8 +1,9 @@
 """LLaVA's two stages on a pretrained LM, at a tiny scale, through the shipped configs
 (configs/smollm2-vlm-align.yaml, configs/smollm2-vlm-lora.yaml) with their paths and sizes overridden: a VLM built
-around a GGUF language model (`mmllm build --preset tiny --lm FILE.gguf`); stage 1 trains the tower and projector
-while the LM stays bit for bit; stage 2 trains LoRA adapters on the LM and the projector in full, resumes with
-the uninterrupted losses, and exports merged."""
+around a GGUF language model in SmolVLM's layout (`mmllm build --preset tiny --lm FILE.gguf --layout smolvlm`);
+stage 1 trains the tower and projector while the LM stays bit for bit; stage 2 trains LoRA adapters on the LM and
+the projector in full, resumes with the uninterrupted losses, and exports merged, to a model folder and to
+transformers (Idefics3), whose logits equal mmllm's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import yaml
 from commands import REPO
 from fit_helpers import column, read_metrics
+from idefics3_helpers import hf_inputs, photo
 from tiny_models import tiny_text_model
 
 from mmllm.cli.main import main
@@ -49,11 +51,13 @@ def stage_config(name: str, shapes: Path, run_dir: Path, init_from: Path, **trai
 
 @pytest.fixture(scope="module")
 def vlm_on_gguf(shapes_data, tmp_path_factory) -> Path:
-    """`mmllm build --preset tiny --lm tiny.gguf`: the GGUF's LM (and its tokenizer, the project's tokens added)."""
+    """`mmllm build --preset tiny --lm tiny.gguf --layout smolvlm`: the GGUF's LM (and its tokenizer, the project's
+    and SmolVLM's tokens added), a fresh tower and a linear projector."""
     root = tmp_path_factory.mktemp("vlm-on-gguf")
     lm, tokenizer = tiny_text_model(dim=64)
     export_gguf(lm, tokenizer, lm.config, root, kinds=("f32",))
-    assert main(["build", "--preset", "tiny", "--lm", str(root / "model-f32.gguf"), "--out", str(root / "vlm")]) == 0
+    assert main(["build", "--preset", "tiny", "--lm", str(root / "model-f32.gguf"), "--layout", "smolvlm",
+                 "--out", str(root / "vlm")]) == 0
     (shapes_data / "text").mkdir(exist_ok=True)
     if not (shapes_data / "text" / "sizes.json").exists():
         from data_pipelines.convert.writers import ShardWriter
@@ -79,6 +83,15 @@ def test_the_vlm_holds_the_gguf_language_model(vlm_on_gguf):
     assert torch.equal(model.lm.embed_tokens.weight[:rows], lm.lm.embed_tokens.weight)
     assert torch.equal(model.lm.layers[1].mlp.down_proj.weight, lm.lm.layers[1].mlp.down_proj.weight)
     assert tokenizer.token_to_id("<|image|>") is not None
+    assert (config.projector, config.image_markup, config.resize) == ("linear", "idefics3", "idefics3")
+    assert tokenizer.id_to_token(config.image_token_id) == "<image>"
+    assert tokenizer.id_to_token(config.eos_token_ids[0]) == "<end_of_utterance>"
+    assert config.chat_template.startswith("<|im_start|>")
+
+
+def test_layout_needs_a_preset(tmp_path, capsys):
+    assert main(["build", "--lm", str(tmp_path / "x.gguf"), "--layout", "smolvlm", "--out", str(tmp_path / "m")]) == 2
+    assert "--layout smolvlm lays out a VLM: name a --preset" in capsys.readouterr().err
 
 
 def test_stage1_trains_tower_and_projector_and_leaves_the_lm_as_it_was(vlm_on_gguf, stage1):
@@ -86,10 +99,13 @@ def test_stage1_trains_tower_and_projector_and_leaves_the_lm_as_it_was(vlm_on_gg
     after, _, _ = load_model_folder(stage1 / "model")
     for name, param in before.lm.state_dict().items():
         assert torch.equal(param, after.lm.state_dict()[name]), name
-    assert not torch.equal(before.projector.state_dict()["fc1.weight"], after.projector.state_dict()["fc1.weight"])
+    assert not torch.equal(before.projector.state_dict()["proj.weight"], after.projector.state_dict()["proj.weight"])
 
 
 def test_stage2_trains_adapters_and_projector_resumes_and_exports_merged(stage1, shapes_data, tmp_path):
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     run_dir = tmp_path / "stage2"
     run_dir.mkdir()
     config = stage_config("smollm2-vlm-lora", shapes_data, run_dir, stage1 / "model")
@@ -113,3 +129,14 @@ def test_stage2_trains_adapters_and_projector_resumes_and_exports_merged(stage1,
     assert not torch.equal(merged.lm.layers[0].self_attn.q_proj.weight, base.lm.layers[0].self_attn.q_proj.weight)
     assert torch.equal(merged.lm.layers[0].input_layernorm.weight, base.lm.layers[0].input_layernorm.weight)
     assert torch.equal(merged.vision.state_dict()["post_layernorm.weight"], base.vision.state_dict()["post_layernorm.weight"])
+    # The merged export to transformers (Idefics3) gives the merged model's logits on its processor's inputs.
+    assert main(["export", str(run_dir / "checkpoints" / "last.ckpt"), "--format", "hf", "--merge-lora",
+                 "--out", str(tmp_path / "hf")]) == 0
+    reference = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf", backend="pil")
+    inputs = hf_inputs(processor, photo(70, 50, seed=1), "What colour is the circle?")
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        ours = merged(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][0],
+                      image_counts=torch.tensor([1])).logits
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
