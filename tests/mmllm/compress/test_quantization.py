@@ -59,7 +59,7 @@ def rounding_bound(x: torch.Tensor, w: torch.Tensor, method: str, group: int | N
     if "dynamic" in method:
         x_step = (x.amax() - x.amin()) / 127
         bound = bound + x_step / 2 * w.abs().sum(dim=1)
-    if "int4" in method:
+    if "int4" in method or "packed" in method:
         bound = bound + 3 * 2.0**-8 * (x.abs() @ w.abs().T)
     return bound
 
@@ -99,7 +99,8 @@ def reference_with_head(model):
 
 # Weight-only methods only: dynamic activation scales are measured over each call's tokens, so a prefill of the
 # whole sequence and a one-token decode step round differently by design.
-@pytest.mark.parametrize("method", ["torchao-int8-weight-only", "torchao-int4-weight-only"])
+@pytest.mark.parametrize("method", ["torchao-int8-weight-only", "torchao-int4-weight-only", "torch-packed-int8",
+                                    "torch-packed-int4"])
 def test_quantized_kv_cache_decoding_equals_recomputation(method, make_prompt, make_images):
     model = _model()
     quantize(model, METHODS[method].bits, method)
