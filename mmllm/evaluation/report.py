@@ -150,7 +150,12 @@ def format_groups(groups: dict) -> str:
     if gap:
         verdict = "significant" if gap["significant"] else "not significant"
         text += (f"\nlargest gap: {gap['best']} - {gap['worst']} = {100 * gap['gap']:.1f} points, p = {gap['p_value']:.3g} "
-                 f"(Bonferroni over {gap['pairs']} pairs): {verdict} at 5%")
+                 f"({gap.get('test', 'z-test')}, Bonferroni over {gap['pairs']} pairs): {verdict} at 5%")
+    small = groups.get("groups_below_min_size") or []
+    if small:
+        names = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+        text += (f"\n{len(small)} group(s) under {groups['min_group_size']} questions left out of the gap test: "
+                 f"{names}")
     return text
 
 

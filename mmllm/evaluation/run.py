@@ -41,6 +41,7 @@ class EvalRequest:
     limit: int | None = None
     batch_size: int = 64
     group_by: str | None = None
+    min_group_size: int = 10  # questions a group needs to take part in the largest-gap test
     swaps: dict[str, list[str]] | None = None  # --counterfactual, parsed
     explain_dir: str | None = None
     progress: Callable[[str], Callable[[int, int], None]] = lambda label: lambda done, total: None
@@ -119,7 +120,8 @@ def evaluate_groups(vlm, request: EvalRequest, options: dict, samples: list[dict
         blind = [vqa_accuracy(p, [q.answer]) for p, q in zip(predictions, questions)]
     groups = [group_of(r, q.fields, request.group_by) for r, q in zip(records, questions)]
     try:
-        report = group_report(request.group_by, groups, scores, blind)
+        report = group_report(request.group_by, groups, scores, blind, clusters=[r["key"] for r in records],
+                              min_group_size=request.min_group_size)
     except ValueError as error:
         raise UsageError(f"--group-by: {error}") from None
     return {"turns": mode, **report}
