@@ -5,8 +5,12 @@ Detection is left to maintained libraries, not to regexes of our own:
   keyword, and the password of a URL's user:password@ -> <SECRET>
 - presidio-analyzer's pattern recognisers, which need no spaCy model: credit-card numbers (with their Luhn check)
   -> <CREDIT_CARD>, IBANs (with their checksum) -> <IBAN>, e-mail addresses -> <EMAIL>, IPv4/IPv6 -> <IP_ADDRESS>
-- phonenumbers (Google's libphonenumber): phone numbers in international form, or national form under
-  `region` -> <PHONE>
+- phonenumbers (Google's libphonenumber): phone numbers in international form, or national form in one of
+  `regions` (default US) -> <PHONE>. A number counts when libphonenumber calls it valid, or when it is a possible
+  number of the region written with the region's own digit grouping ("(415) 555-0132", "07700 900123"): the
+  ranges kept for fiction (555-01XX, Ofcom's 07700 900XXX) are not valid, but a scrubber cannot tell them from
+  real numbers in the same format. The grouping rule keeps dates, versions, prices and ISBNs, which are possible
+  numbers too; national numbers under 8 digits (local numbers without their area code) are left.
 
 The passes run in that order, each on the previous one's output, so a number already replaced as a card is not
 found again as a phone. What none of them can see: names, postal addresses, faces in images (`--blur-faces`),
@@ -29,16 +33,20 @@ SECRET_PLUGINS = ("AWSKeyDetector", "BasicAuthDetector", "GitHubTokenDetector", 
                   "AzureStorageKeyDetector", "DiscordBotTokenDetector", "OpenAIDetector", "SendGridDetector",
                   "TwilioKeyDetector")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-+/=.]")  # a reported secret is widened to its whole token
+MIN_DIGITS = 8  # a national number with its area code; shorter ones (a local "555 0132") are left: too many
+# decimals and codes look like them
+# A date is a valid number in regions with flexible lengths (Germany's 2024-05-06): never a phone.
+_DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
 
 
 class PIIScrubber:
     """`scrub(text) -> (text with placeholders, Counter of replacements by kind)`; libraries imported on creation.
 
-    region: the phone region for numbers written without a country code ("US", "GB"; None: international
-    numbers only).
+    region: the phone regions for numbers written without a country code, comma-separated ("US", "GB,DE";
+    "" or None: international numbers only).
     """
 
-    def __init__(self, region: str | None = None, min_score: float = 0.5) -> None:
+    def __init__(self, region: str | None = "US", min_score: float = 0.5) -> None:
         try:
             import phonenumbers
             from detect_secrets.core.scan import scan_line
@@ -54,7 +62,11 @@ class PIIScrubber:
         cache_bust()
         configure_settings_from_baseline({"plugins_used": [{"name": name} for name in SECRET_PLUGINS]})
         self._recognizers = [CreditCardRecognizer(), IbanRecognizer(), EmailRecognizer(), IpRecognizer()]
-        self.region, self.min_score = region, min_score
+        self.regions = [r.strip().upper() for r in (region or "").split(",") if r.strip()] or [None]
+        unknown = [r for r in self.regions if r is not None and r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region(s) {', '.join(unknown)}: use two-letter country codes (US, GB, DE)")
+        self.min_score = min_score
 
     def scrub(self, text: str) -> tuple[str, Counter]:
         counts: Counter = Counter()
@@ -63,9 +75,22 @@ class PIIScrubber:
             found = recognizer.analyze(text, entities=recognizer.supported_entities, nlp_artifacts=None)
             spans = [(r.start, r.end, r.entity_type) for r in found if r.score >= self.min_score]
             text = _replace(text, spans, counts)
-        matcher = self._phonenumbers.PhoneNumberMatcher(text, self.region)
-        text = _replace(text, [(m.start, m.end, "PHONE_NUMBER") for m in matcher], counts)
+        text = _replace(text, self._phone_spans(text), counts)
         return text, Counter({COUNT_NAMES[kind]: n for kind, n in counts.items()})
+
+    def _phone_spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Phone numbers of every region: valid ones, and possible ones grouped as the region writes them."""
+        phonenumbers = self._phonenumbers
+        spans = []
+        for region in self.regions:
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+                number = match.number
+                raw = match.raw_string.strip()
+                if _DATE.fullmatch(raw) or (not raw.startswith("+") and len(re.sub(r"\D", "", raw)) < MIN_DIGITS):
+                    continue
+                if phonenumbers.is_valid_number(number) or _grouped_like(match.raw_string, number, phonenumbers):
+                    spans.append((match.start, match.end, "PHONE_NUMBER"))
+        return spans
 
     def _scrub_secrets(self, text: str, counts: Counter) -> str:
         lines = text.split("\n")
@@ -82,6 +107,17 @@ class PIIScrubber:
                     spans.append((start, end, "SECRET"))
             lines[index] = _replace(line, spans, counts)
         return "\n".join(lines)
+
+
+def _grouped_like(raw: str, number, phonenumbers) -> bool:
+    """Whether `raw` has at least 9 digits in two or more groups, grouped exactly as the number's region writes
+    it (national or international format)."""
+    groups = re.findall(r"\d+", raw)
+    if len(groups) < 2 or sum(len(g) for g in groups) < 9:
+        return False
+    formats = (phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    written = [re.findall(r"\d+", phonenumbers.format_number(number, f)) for f in formats]
+    return any(groups == w or groups == w[1:] for w in written)  # with or without the country code
 
 
 def _presidio_recognizers():

@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scrub-pii", action="store_true",
                         help="also replace personal data and secrets in the text written, as the converters' "
                              "--scrub-pii does (needs mmllm[privacy])")
-    parser.add_argument("--pii-region", default=None, metavar="CC",
-                        help="country whose phone numbers may be written without a country code (US, GB, ...)")
+    parser.add_argument("--pii-region", default="US", metavar="CC[,CC]",
+                        help="countries whose phone numbers may be written without a country code "
+                             "(default US; GB,DE,...; '' for international numbers only)")
 
 
 def add_duplicate_arguments(parser: argparse.ArgumentParser) -> None:

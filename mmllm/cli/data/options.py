@@ -20,8 +20,9 @@ def add_output_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
                             help="replace e-mail addresses, phone numbers, card numbers, IBANs, IP addresses and "
                                  "secrets (keys, tokens, passwords) in the text by <EMAIL>, <PHONE>, ... and count "
                                  "them (needs mmllm[privacy])")
-        parser.add_argument("--pii-region", default=None, metavar="CC",
-                            help="country whose phone numbers may be written without a country code (US, GB, ...)")
+        parser.add_argument("--pii-region", default="US", metavar="CC[,CC]",
+                            help="countries whose phone numbers may be written without a country code "
+                                 "(default US; GB,DE,...; '' for international numbers only)")
     if kind in ("caption", "chat"):
         parser.add_argument("--blur-faces", action="store_true",
                             help="blur the faces OpenCV's bundled detectors find in each image before writing it, "
@@ -48,7 +49,7 @@ def scrubber(args: argparse.Namespace):
 
     try:
         return PIIScrubber(region=args.pii_region).scrub
-    except ImportError as error:
+    except (ImportError, ValueError) as error:
         raise UsageError(str(error)) from None
 
 

@@ -20,8 +20,9 @@ from mmllm.errors import UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DIR", help="the shards (a folder, brace pattern or .tar)")
     parser.add_argument("--kind", required=True, choices=("caption", "chat", "text"), help="the shards' kind")
-    parser.add_argument("--pii-region", default=None, metavar="CC",
-                        help="country whose phone numbers may be written without a country code (US, GB, ...)")
+    parser.add_argument("--pii-region", default="US", metavar="CC[,CC]",
+                        help="countries whose phone numbers may be written without a country code "
+                                 "(default US; GB,DE,...; '' for international numbers only)")
     add_duplicate_arguments(parser)
     parser.add_argument("--out", default=None, metavar="FILE.json", help="write the report as JSON")
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         scrubber, blurrer = PIIScrubber(region=args.pii_region), FaceBlurrer() if args.kind != "text" else None
-    except ImportError as error:
+    except (ImportError, ValueError) as error:
         raise UsageError(str(error)) from None
     handler = BadSampleHandler()
     pii, with_pii, faces, with_faces = Counter(), [], 0, []

@@ -40,6 +40,44 @@ def test_ordinary_captions_are_left_alone(scrubber):
     assert scrubber.scrub("call (415) 555-2671")[1] == {"phone": 1}  # a US number without +1: --pii-region US
 
 
+# The common ways each region writes its numbers, fictional ranges included: a scrubber cannot tell 555-01XX or
+# Ofcom's 07700 900XXX from real numbers written the same way.
+WRITTEN_NUMBERS = {
+    "US": ["(415) 555-0132", "415-555-0132", "415.555.0132", "+1 415 555 0132", "1-800-555-0199", "(212) 555-0187"],
+    "GB": ["020 7946 0018", "(020) 7946 0018", "07700 900123", "+44 20 7946 0018", "0161 496 0000"],
+    "DE": ["030 12345678", "+49 30 12345678", "0171 2345678"],
+    "FR": ["01 23 45 67 89", "+33 1 23 45 67 89", "06 12 34 56 78"],
+    "IN": ["98765 43210", "+91 98765 43210"],
+}
+NOT_NUMBERS = ["built in 2024 for 12.50 dollars", "version 3.11.2", "ISBN 978-3-16-148410-0", "order 123456 of 2024-05-06",
+               "at 48.8566, 2.3522", "from 12:30 to 14:45", "3 red circles and 4 blue squares", "in 1999"]
+
+
+@pytest.mark.parametrize("region", sorted(WRITTEN_NUMBERS))
+def test_phone_numbers_as_each_region_writes_them_are_scrubbed_and_other_numbers_are_not(region):
+    from data_pipelines.privacy.pii import PIIScrubber
+
+    scrubber = PIIScrubber(region=region)
+    for number in WRITTEN_NUMBERS[region]:
+        assert scrubber.scrub(f"Ring me on {number} tonight.") == ("Ring me on <PHONE> tonight.", {"phone": 1}), number
+    for text in NOT_NUMBERS:
+        assert scrubber.scrub(text) == (text, {}), text
+
+
+def test_the_default_region_is_the_us_and_several_can_be_named(tmp_path, capsys):
+    from data_pipelines.privacy.pii import PIIScrubber
+
+    assert PIIScrubber().scrub("call (415) 555-0132")[0] == "call <PHONE>"
+    both = PIIScrubber(region="US,GB")
+    assert both.scrub("(415) 555-0132 or 020 7946 0018")[0] == "<PHONE> or <PHONE>"
+    assert PIIScrubber(region="").scrub("call (415) 555-0132 or +44 20 7946 0018")[0] == \
+        "call (415) 555-0132 or <PHONE>"  # no region: international numbers only
+    (tmp_path / "doc.txt").write_text("text")
+    assert main(["data", "from-text", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "text"), "--scrub-pii",
+                 "--pii-region", "USA"]) == 2
+    assert "unknown phone region(s) USA" in capsys.readouterr().err
+
+
 def test_converters_scrub_what_they_write_and_say_how_much(tmp_path, capsys):
     Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "a.png")
     rows = [{"id": "leak", "image": "a.png", "conversations": [
