@@ -5,9 +5,11 @@ Importance (`measure_importance`), per decoder layer:
 - activation (the default): an MLP channel c scores mean_t |h_tc| * ||W_down[:, c]||, h = silu(gate x) * up x
   (what the channel adds to the residual stream, as Wanda and LLM-Pruner's activation criterion); a query head
   scores the mean norm of its own share of o_proj's output, ||W_o[:, head] y_head||.
-- gradient: the first-order Taylor estimate of the loss change when the structure is removed,
-  |sum over its weights of w * dL/dw| accumulated over the calibration batches (LLM-Pruner's element-wise
-  criterion summed per group).
+- gradient: the first-order Taylor estimate of the loss change when the structure is removed, |sum over its
+  weights of w * dL/dw| with dL/dw accumulated over the calibration batches (LLM-Pruner's vector-wise
+  criterion). The sum comes before the absolute value on purpose: removing a head zeroes all its weights at
+  once, and the loss then moves by about -sum(w * dL/dw), where terms of opposite sign cancel; a sum of
+  |w * dL/dw| (the element-wise variant) would score each weight as if it were removed alone.
 - a layer scores 1 - cos(x_in, x_out) of the residual stream across it (ShortGPT's block influence): a
   layer that barely turns the stream can go.
 Padding positions are left out of every mean.
