@@ -464,3 +464,52 @@ def shard_texts(shards: Iterable[str | os.PathLike], handler: BadSampleHandler |
             stats["texts"] += 1
             stats["chars"] += len(text)
             yield text
+
+
+# -- which kind a source holds ------------------------------------------------------------------------------
+
+DETECT_SAMPLES = 20  # samples read from the first shard to tell its kind
+
+
+def kind_of_raw(raw: dict[str, Any]) -> str | None:
+    """The kind one raw sample is laid out as: a `.json` with `conversations` or `messages` is chat, an image
+    with a caption (`.txt`, or `captions` in its `.json`) is caption, a `.txt` alone is text; None: none."""
+    info = None
+    if "json" in raw:
+        with contextlib.suppress(BadSample):
+            info = _json(raw)
+    if isinstance(info, dict) and ("conversations" in info or "messages" in info):
+        return "chat"
+    if _image_bytes(raw) is not None:
+        return "caption" if "txt" in raw or (isinstance(info, dict) and "captions" in info) else None
+    return "text" if "txt" in raw else None
+
+
+def detect_kind(path: str | os.PathLike | list) -> str:
+    """The kind of the source's first samples (ValueError naming the source when they hold none, or several)."""
+    from itertools import islice
+
+    shards = expand_shards(path)
+    raws = islice(tar_samples(shards[:1], BadSampleHandler()), DETECT_SAMPLES)
+    kinds = {kind for kind in map(kind_of_raw, raws) if kind is not None}
+    if len(kinds) != 1:
+        what = ("no caption, chat or text samples" if not kinds
+                else f"samples of several kinds ({', '.join(sorted(kinds))})")
+        raise ValueError(f"{path}: its first samples hold {what}; name the kind with --kind")
+    return kinds.pop()
+
+
+def resolve_kind(path: str | os.PathLike | list, kind: str | None) -> str:
+    """The kind named (checked against the shards' own) or, with None, the one detected; ValueError in one line
+    when they disagree, so a chat source is never read as captions that all lack their caption."""
+    found = detect_kind(path) if kind is None else _detect_or_none(path)
+    if kind is not None and found is not None and found != kind:
+        raise ValueError(f"--kind {kind}, but {path} holds {found} samples: pass --kind {found} (or leave it out)")
+    return kind or found
+
+
+def _detect_or_none(path: str | os.PathLike | list) -> str | None:
+    try:
+        return detect_kind(path)
+    except ValueError:
+        return None

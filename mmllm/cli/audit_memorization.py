@@ -17,6 +17,7 @@ import math
 import sys
 from pathlib import Path
 
+from mmllm.cli.data.options import shards_kind
 from mmllm.cli.model_options import add_model_arguments, load_model
 from mmllm.errors import UsageError
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, metavar="DIR", help="the training shards (caption, chat or text)")
     parser.add_argument("--heldout", required=True, metavar="DIR", help="held-out shards of the same kind")
     parser.add_argument("--kind", choices=("caption", "chat", "text"), default=None,
-                        help="the shards' kind (default: the canary manifest's, else caption)")
+                        help="the shards' kind (default: the canary manifest's, else read from the shards)")
     parser.add_argument("--limit", type=int, default=200, metavar="N",
                         help="samples of each side tested for regurgitation (default 200)")
     parser.add_argument("--canaries", default=None, metavar="FILE",
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         manifest = CanaryManifest.load(manifest_path) if manifest_path.is_file() else None
     except ValueError as error:
         raise UsageError(str(error)) from None
-    kind = args.kind or (manifest.kind if manifest else "caption")
+    kind = shards_kind(args.train, args.kind or (manifest.kind if manifest else None))
+    shards_kind(args.heldout, kind)
     if manifest and manifest.kind != kind:
         raise UsageError(f"--kind {kind} but the canaries were written into {manifest.kind} samples")
     vlm = load_model(args)

@@ -17,6 +17,7 @@ import itertools
 import sys
 from pathlib import Path
 
+from mmllm.cli.data.options import KIND_HELP, shards_kind
 from mmllm.errors import UsageError
 
 KINDS = ("chat", "caption", "text")
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the folder to write the pruned model to")
     parser.add_argument("--data", required=True, metavar="SHARDS",
                         help="calibration shards (a folder, a shard or a brace pattern) of the kind --kind says")
-    parser.add_argument("--kind", choices=KINDS, default="chat", help="what the shards hold (default chat)")
+    parser.add_argument("--kind", choices=KINDS, default=None, help=KIND_HELP)
     parser.add_argument("--attention-heads", type=float, default=0.0, metavar="F",
                         help="share of query heads to cut, the same number under each key/value head (default 0)")
     parser.add_argument("--mlp-channels", type=float, default=0.0, metavar="F",
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.out} already holds a model; pass --overwrite to replace it")
     if args.samples < 1 or args.batch_size < 1:
         raise UsageError("--samples and --batch-size must be at least 1")
+    args.kind = shards_kind(args.data, args.kind)
     if not Path(args.model).is_dir():
         raise UsageError(f"{args.model} is not a model folder (export a checkpoint with `mmllm export` first)")
     model, tokenizer, config = load_model_folder(args.model)

@@ -4,19 +4,20 @@ repetition count, for a memorisation audit (`mmllm audit memorization`) after tr
 A caption gets the sentence at its end, a chat its last assistant turn, a document its last line. The new folder's
 canaries.json names every secret, its count and the samples that carry it. The originals are left as they are.
 
-Example: mmllm data canaries data/shapes/train/captions --kind caption --out data/canaried/captions --repeats 1,4,16
+Example: mmllm data canaries data/shapes/train/captions --out data/canaried/captions --repeats 1,4,16
 """
 
 from __future__ import annotations
 
 import argparse
 
+from mmllm.cli.data.options import KIND_HELP, shards_kind
 from mmllm.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DIR", help="the shards to copy (a folder, brace pattern or .tar)")
-    parser.add_argument("--kind", required=True, choices=("caption", "chat", "text"), help="the shards' kind")
+    parser.add_argument("--kind", default=None, choices=("caption", "chat", "text"), help=KIND_HELP)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the new shards and canaries.json go")
     parser.add_argument("--secrets", type=int, default=4, metavar="K", help="secrets per repetition count (4)")
     parser.add_argument("--repeats", default="1,4,16", metavar="N,N,...",
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from data_pipelines.privacy.canaries import insert_canaries
+
+    args.kind = shards_kind(args.data, args.kind)
 
     try:
         repeats = [int(count) for count in args.repeats.split(",")]

@@ -5,7 +5,7 @@ Text: MinHash over character 5-grams (Jaccard >= --text-threshold); images: 64-b
 either (--by image, --by text). Each cluster keeps its first sample. The report lists the clusters. --scrub-pii
 scrubs the text of the shards written, as the converters do (existing shards have no other way through it).
 
-Example: mmllm data dedup data/web/train --kind caption --out data/web/train-dedup --report dedup.json
+Example: mmllm data dedup data/web/train --out data/web/train-dedup --report dedup.json
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+from mmllm.cli.data.options import KIND_HELP, shards_kind
 from mmllm.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DIR", help="the shards (a folder, brace pattern or .tar)")
-    parser.add_argument("--kind", required=True, choices=("caption", "chat", "text"), help="the shards' kind")
+    parser.add_argument("--kind", default=None, choices=("caption", "chat", "text"), help=KIND_HELP)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the deduplicated shards go")
     add_duplicate_arguments(parser)
     parser.add_argument("--report", default=None, metavar="FILE.json", help="write the clusters as JSON")
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines.privacy.dedup import write_deduplicated
     from data_pipelines.read.shards import read_samples
     from mmllm.cli.data.options import scrubber
+
+    args.kind = shards_kind(args.data, args.kind)
 
     scrub = scrubber(args)  # before the search: a missing library is reported first
     handler = BadSampleHandler()

@@ -68,3 +68,16 @@ def require_samples(stats, source: str, hint: str = "") -> None:
     """Exit 2 when every row of the input was skipped (nothing was written)."""
     if stats.written == 0 and stats.skipped:
         raise UsageError(f"no sample written from {source}: every row was skipped{hint}")
+
+
+KIND_HELP = "the shards' kind: caption, chat or text (default: read from the shards' first samples)"
+
+
+def shards_kind(path, kind: str | None) -> str:
+    """--kind checked against the shards, or detected from them when left out; UsageError in one line."""
+    from data_pipelines.read.shards import resolve_kind
+
+    try:
+        return resolve_kind(path, kind)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None

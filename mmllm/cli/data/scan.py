@@ -2,7 +2,7 @@
 (what --scrub-pii would replace), images with faces (what --blur-faces would blur), and duplicate clusters (what
 `mmllm data dedup` would remove). A readable table on stdout, and JSON with --out.
 
-Example: mmllm data scan data/web/train --kind caption --out scan.json
+Example: mmllm data scan data/web/train --out scan.json
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 from mmllm.cli.data.dedup import add_duplicate_arguments, find
+from mmllm.cli.data.options import KIND_HELP, shards_kind
 from mmllm.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DIR", help="the shards (a folder, brace pattern or .tar)")
-    parser.add_argument("--kind", required=True, choices=("caption", "chat", "text"), help="the shards' kind")
+    parser.add_argument("--kind", default=None, choices=("caption", "chat", "text"), help=KIND_HELP)
     parser.add_argument("--pii-region", default="US", metavar="CC[,CC]",
                         help="countries whose phone numbers may be written without a country code "
                                  "(default US; GB,DE,...; '' for international numbers only)")
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.kind = shards_kind(args.data, args.kind)
     from data_pipelines.read.bad_samples import BadSampleHandler
     from data_pipelines.privacy.dedup import sample_id, sample_text
     from data_pipelines.privacy.faces import FaceBlurrer
