@@ -4,7 +4,9 @@ Verbatim: the share of TRAIN samples that greedy decoding reproduces exactly (a 
 first answer, a document's next 16 words), beside the same share on HELDOUT samples of the same distribution: the
 gap is memorisation, not skill. Exposure: for shards written by `mmllm data canaries` (their canaries.json), each
 secret's rank among --candidates random secrets of its format, in the context of a sample that carried it, as
-log2(R + 1) - log2(rank) bits per repetition count (Carlini et al. 2019). Unseen secrets show ~1.4 bits.
+log2(R + 1) - log2(rank) bits per repetition count (Carlini et al. 2019), read against control secrets ranked
+in the same contexts but never written into the data (--controls per canary): a model is not a uniform ranker,
+so what an unseen secret shows is measured, not assumed.
 
 Example: mmllm audit memorization --model models/shapes-tiny --train data/canaried/train --heldout data/shapes/val/captions
 """
@@ -34,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the canary manifest (default: TRAIN/canaries.json when there is one)")
     parser.add_argument("--candidates", type=int, default=255, metavar="R",
                         help="random secrets each canary is ranked against (default 255: at most 8 bits)")
+    parser.add_argument("--controls", type=int, default=2, metavar="K",
+                        help="control secrets (never in the data) ranked in each canary's context (default 2)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B")
     parser.add_argument("--out", default=None, metavar="REPORT.json", help="write the report as JSON")
 
@@ -44,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines.read.shards import decode_samples, read_samples
     from mmllm.evaluation import memorization as mem
 
-    if args.limit < 1 or args.candidates < 1 or args.batch_size < 1:
-        raise UsageError("--limit, --candidates and --batch-size must be at least 1")
+    if args.limit < 1 or args.candidates < 1 or args.batch_size < 1 or args.controls < 0:
+        raise UsageError("--limit, --candidates and --batch-size must be at least 1, --controls at least 0")
     manifest_path = Path(args.canaries) if args.canaries else Path(args.train) / MANIFEST
     if args.canaries and not manifest_path.is_file():
         raise UsageError(f"--canaries {args.canaries}: no such file")
@@ -92,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
         found = {s.key: s for s in decode_samples(wanted, again)}
         try:
             results = mem.canary_exposures(vlm, manifest, found, candidates=args.candidates,
-                                           batch_size=args.batch_size)
+                                           batch_size=args.batch_size, controls=args.controls)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        report["canaries"] = {"candidates": args.candidates, "format": manifest.format,
+        report["canaries"] = {"candidates": args.candidates, "format": manifest.format, "controls": args.controls,
                               "by_repeats": mem.exposure_by_repeats(results),
                               "each": [vars(r) for r in results]}
     report["skipped_samples"] = dict(handler.counts)
@@ -119,8 +123,15 @@ def format_audit(report: dict) -> str:
     canaries = report.get("canaries")
     if canaries:
         top = f"{math.log2(canaries['candidates'] + 1):.1f}"
-        rows = [(f"{count}x", f"{row['mean_bits']:.2f}", f"{row['max_bits']:.2f}", str(row["canaries"]))
-                for count, row in canaries["by_repeats"].items()]
-        lines += [f"canary exposure in bits (unseen ~1.4; at most {top} with {canaries['candidates']} candidates)",
-                  format_table(rows, headers=("repeats", "mean", "max", "canaries"))]
+        rows = []
+        for count, row in canaries["by_repeats"].items():
+            low, high = row["ci95"]
+            above = row.get("above_control_p95")
+            rows.append((f"{count}x" if int(count) else "control (unseen)", f"{row['mean_bits']:.2f}",
+                         f"{low:.2f}-{high:.2f}", f"{row['max_bits']:.2f}", str(row["canaries"]),
+                         "" if above is None else f"{above * 100:.0f}%"))
+        lines += [f"canary exposure in bits (at most {top} with {canaries['candidates']} candidates; a count whose "
+                  "interval overlaps the control's is not told apart from chance)",
+                  format_table(rows, headers=("repeats", "mean", "95% interval", "max", "secrets",
+                                              "above control p95"))]
     return "\n".join(lines)

@@ -6,9 +6,14 @@ same distribution. A model that captions well reproduces held-out captions too, 
 
 Canary exposure (Carlini et al. 2019): each secret written into the training text (data_pipelines.privacy.canaries) is
 scored, in the context of a sample that carried it, against R random secrets of the same format: the rank r of
-the true secret among the R + 1 by the model's log-likelihood gives exposure = log2(R + 1) - log2(r) bits. A model
-that never saw the secret ranks it uniformly, about log2(e) = 1.44 bits on average; one that memorised it ranks it
-first, log2(R + 1) bits, the most this R can show.
+the true secret among the R + 1 by the model's log-likelihood gives exposure = log2(R + 1) - log2(r) bits. One
+that memorised it ranks it first, log2(R + 1) bits, the most this R can show. What a secret the model never saw
+shows is not the uniform ranking's log2(e) = 1.44 bits on average: a model prefers some digits over others in
+some contexts, so a random secret can rank first by chance (an 8-bit maximum in a clean run was measured). So
+each carrier context also ranks control secrets, drawn the same way but never written into the data, and a
+repetition count's exposure is read against the controls' distribution: its mean with a bootstrap interval
+beside the controls', and the share of its canaries above the controls' 95th percentile (about 5% when the model
+learnt nothing).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from data_pipelines.batching import collate
 from data_pipelines.privacy.canaries import CanaryManifest, random_secret
 from data_pipelines.read.shards import Sample
 
-UNSEEN_MEAN_EXPOSURE = math.log2(math.e)  # what a secret the model never saw shows on average, for large R
+UNSEEN_MEAN_EXPOSURE = math.log2(math.e)  # the uniform ranking's mean, for large R (a model is not uniform)
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def rank(true_score: float, candidate_scores: Sequence[float]) -> float:
@@ -93,8 +99,9 @@ class CanaryExposure:
 
 
 def canary_exposures(vlm, manifest: CanaryManifest, carriers: dict[str, Sample], candidates: int = 255,
-                     seed: int = 0, batch_size: int = 32) -> list[CanaryExposure]:
-    """The exposure of each canary in the context of the first sample that carried it.
+                     seed: int = 0, batch_size: int = 32, controls: int = 0) -> list[CanaryExposure]:
+    """The exposure of each canary in the context of the first sample that carried it, then (repeats 0) that of
+    `controls` control secrets per canary in the same context: secrets of the same format the data never held.
 
     carriers: key -> the training sample with that key (images decoded), as read back from the canary shards.
     """
@@ -102,33 +109,76 @@ def canary_exposures(vlm, manifest: CanaryManifest, carriers: dict[str, Sample],
         raise ValueError("exposure needs at least one candidate secret")
     rng = random.Random(seed)
     space = 10 ** manifest.digits
-    if candidates >= space:
+    if candidates + controls + len(manifest.canaries) >= space:
         raise ValueError(f"{candidates} candidates but only {space} secrets of {manifest.digits} digits")
-    results = []
+    written = {canary.secret for canary in manifest.canaries}
+    results, control_results = [], []
     for canary in manifest.canaries:
         key = next((key for key in canary.keys if key in carriers), None)
         if key is None:
             raise ValueError(f"no sample carrying the canary {canary.secret!r} was found in the training shards")
-        others: set[str] = set()
-        while len(others) < candidates:
-            secret = random_secret(manifest.digits, rng)
-            if secret != canary.secret:
-                others.add(secret)
         sentence = manifest.sentence(canary.secret)
-        variants = [with_secret(carriers[key], sentence, manifest.sentence(s)) for s in [canary.secret, *sorted(others)]]
-        true_score, *other_scores = sample_log_likelihoods(vlm, variants, batch_size)
-        results.append(CanaryExposure(canary.secret, canary.repeats, exposure(true_score, other_scores),
-                                      rank(true_score, other_scores)))
-    return results
+        results.append(_ranked(vlm, manifest, carriers[key], sentence, canary.secret, canary.repeats, candidates,
+                               rng, batch_size))
+        for _ in range(controls):
+            control = _fresh_secret(manifest.digits, rng, written)
+            written.add(control)
+            control_results.append(_ranked(vlm, manifest, carriers[key], sentence, control, 0, candidates, rng,
+                                           batch_size))
+    return results + control_results
+
+
+def _fresh_secret(digits: int, rng: random.Random, avoid: set[str]) -> str:
+    while True:
+        secret = random_secret(digits, rng)
+        if secret not in avoid:
+            return secret
+
+
+def _ranked(vlm, manifest: CanaryManifest, carrier: Sample, sentence: str, secret: str, repeats: int,
+            candidates: int, rng: random.Random, batch_size: int) -> CanaryExposure:
+    """`secret` in the carrier's canary sentence, ranked against `candidates` random others in the same place."""
+    others: set[str] = set()
+    while len(others) < candidates:
+        other = random_secret(manifest.digits, rng)
+        if other != secret:
+            others.add(other)
+    variants = [with_secret(carrier, sentence, manifest.sentence(s)) for s in [secret, *sorted(others)]]
+    true_score, *other_scores = sample_log_likelihoods(vlm, variants, batch_size)
+    return CanaryExposure(secret, repeats, exposure(true_score, other_scores), rank(true_score, other_scores))
+
+
+def mean_interval(values: Sequence[float], seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the mean (one value: [v, v])."""
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(BOOTSTRAP_RESAMPLES))
+    return [means[int(0.025 * BOOTSTRAP_RESAMPLES)], means[int(0.975 * BOOTSTRAP_RESAMPLES) - 1]]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation between order statistics."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def exposure_by_repeats(results: Sequence[CanaryExposure]) -> dict[int, dict[str, float]]:
-    """repeats -> {mean, max exposure in bits, canaries}."""
+    """repeats -> {mean exposure in bits, its 95% interval, max, canaries, and with controls (repeats 0) the share
+    of canaries above the controls' 95th percentile}; repeats 0 is the controls' own row, with that percentile."""
     grouped: dict[int, list[float]] = {}
     for result in results:
         grouped.setdefault(result.repeats, []).append(result.exposure)
-    return {count: {"mean_bits": sum(v) / len(v), "max_bits": max(v), "canaries": len(v)}
+    rows = {count: {"mean_bits": sum(v) / len(v), "ci95": mean_interval(v), "max_bits": max(v), "canaries": len(v)}
             for count, v in sorted(grouped.items())}
+    if 0 in grouped:
+        threshold = percentile(grouped[0], 0.95)
+        rows[0]["p95_bits"] = threshold
+        for count, values in grouped.items():
+            if count:
+                rows[count]["above_control_p95"] = sum(v > threshold for v in values) / len(values)
+    return rows
 
 
 # ---- verbatim regurgitation ---------------------------------------------------------------------------------

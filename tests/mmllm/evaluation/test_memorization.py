@@ -81,8 +81,27 @@ def test_a_model_that_knows_a_secret_shows_full_exposure(trained, tmp_path, monk
         return [0.0 if secret in s.conversation[-1]["content"] else -5.0 for s in samples]
 
     monkeypatch.setattr(mem, "sample_log_likelihoods", knows_it)
-    (result,) = mem.canary_exposures(None, manifest, found, candidates=31)
+    result, *controls = mem.canary_exposures(None, manifest, found, candidates=31, controls=8)
     assert result.exposure == pytest.approx(5.0) and result.rank == pytest.approx(1.0)
+    # the controls, never written, tie with every candidate: rank 1 + 31 / 2, about 1 bit
+    assert len(controls) == 8 and {c.repeats for c in controls} == {0} and secret not in {c.secret for c in controls}
+    assert all(c.exposure == pytest.approx(5 - math.log2(16.5)) for c in controls)
+    rows = mem.exposure_by_repeats([result, *controls])
+    assert rows[2]["above_control_p95"] == 1.0 and rows[0]["p95_bits"] == pytest.approx(5 - math.log2(16.5))
+    assert rows[2]["ci95"] == [pytest.approx(5.0)] * 2
+
+
+def test_exposure_rows_read_canaries_against_the_controls_distribution():
+    def exposures(repeats, values):
+        return [mem.CanaryExposure(str(i), repeats, v, 1.0) for i, v in enumerate(values)]
+
+    controls = exposures(0, [0.5 * (i % 5) for i in range(40)])  # 0 .. 2 bits; the 95th percentile is 2
+    rows = mem.exposure_by_repeats(controls + exposures(16, [8.0, 8.0, 1.0, 0.5]) + exposures(1, [1.0, 1.5, 0.5, 0.0]))
+    assert rows[0]["p95_bits"] == pytest.approx(2.0) and rows[0]["canaries"] == 40
+    assert rows[16]["above_control_p95"] == 0.5 and rows[1]["above_control_p95"] == 0.0
+    low, high = rows[16]["ci95"]
+    assert low < rows[16]["mean_bits"] < high and rows[1]["ci95"][1] < rows[16]["ci95"][1]
+    assert mem.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == pytest.approx(2.5)
 
 
 def test_audit_of_a_barely_trained_model_is_at_chance(trained, tmp_path, capsys):
@@ -92,15 +111,21 @@ def test_audit_of_a_barely_trained_model_is_at_chance(trained, tmp_path, capsys)
     report_file = tmp_path / "audit.json"
     assert main(["audit", "memorization", "--model", str(trained.model), "--train", str(out),
                  "--heldout", str(trained.data / "val" / "captions"), "--limit", "6", "--candidates", "63",
-                 "--out", str(report_file)]) == 0
+                 "--controls", "4", "--out", str(report_file)]) == 0
     printed = capsys.readouterr().out
     assert "verbatim train" in printed and "canary exposure in bits" in printed
     report = json.loads(report_file.read_text())
     assert report["verbatim"]["train"]["samples"] == 6 and report["verbatim"]["heldout"]["samples"] == 6
-    each = [row["exposure"] for row in report["canaries"]["each"]]
-    assert len(each) == 8 and all(0 <= bits <= 6 for bits in each)
-    assert sum(each) / len(each) < 3.5  # a model that never learned them: ~1.4 bits on average, 6 at most
-    assert set(report["canaries"]["by_repeats"]) == {"1", "2"}
+    each = report["canaries"]["each"]
+    assert len(each) == 8 + 8 * 4 and sum(row["repeats"] == 0 for row in each) == 32
+    for row in each:  # exposure is log2(R + 1) - log2(rank), R = 63
+        assert row["exposure"] == pytest.approx(6 - math.log2(row["rank"]))
+    by_repeats = report["canaries"]["by_repeats"]
+    assert set(by_repeats) == {"0", "1", "2"} and by_repeats["0"]["canaries"] == 32
+    # a barely trained model never learned the secrets: canaries and controls are alike, so few canaries (about 5%) rank
+    # above the controls' 95th percentile; three of four would happen by chance about once in 2000 audits
+    assert by_repeats["1"]["above_control_p95"] <= 0.5 and by_repeats["2"]["above_control_p95"] <= 0.5
+    assert "control (unseen)" in printed
 
 
 def test_audit_mistakes_exit_2_with_one_line(trained, tmp_path, capsys):
