@@ -42,8 +42,8 @@ class Checkpoint(ModelCheckpoint):
 
 class FlopsSummary(ModelSummary):
     """Lightning's model summary, with the forward FLOPs of one sample (a full-length sequence with one image,
-    mmllm.model.flops) where Lightning would print "0 Total FLOPs": it counts FLOPs only by running an example batch
-    the module does not have."""
+    mmllm.model.flops) where Lightning would print "0 Total FLOPs", and without its per-module FLOPs column (zeros:
+    Lightning counts FLOPs only by running an example batch the module does not have)."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table, summarize
@@ -55,8 +55,9 @@ class FlopsSummary(ModelSummary):
             return super().on_fit_start(trainer, pl_module)
         summary = summarize(pl_module, max_depth=self._max_depth)
         config = pl_module.config
+        columns = [column for column in summary._get_summary_data() if column[0] != "FLOPs"]
         table = _format_summary_table(summary.total_parameters, summary.trainable_parameters, summary.model_size,
-                                      summary.total_training_modes, 0, *summary._get_summary_data())
+                                      summary.total_training_modes, 0, *columns)
         tiles = tiles_per_image(config) if config.reads_images else 0
         flops = forward_flops(config, batch_size=1, seq_len=config.lm.max_seq_len, n_images=tiles)
         image = "no image" if not tiles else "1 image" + (f" in {tiles} tiles" if tiles > 1 else "")

@@ -33,6 +33,7 @@ class MMLLMCLI(LightningCLI):
         try:
             super().instantiate_classes()
             check_time_budget(self.model, self.trainer)
+            check_packed_attention(self.model, self.trainer)
         except (ValueError, FileNotFoundError, UsageError) as error:
             print(f"mmllm {self.subcommand}: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -142,14 +143,26 @@ def check_time_budget(model, trainer) -> None:
         raise ValueError("model.schedule_by_time needs trainer.max_time (the budget the schedule ends with)")
 
 
+def check_packed_attention(model, trainer) -> None:
+    """model.packed_attention flex trains only where torch has its backward (not on CPUs): said before training."""
+    from mmllm.model.document_mask import check_trainable
+
+    check_trainable(getattr(model.hparams, "packed_attention", "dense"), trainer.strategy.root_device)
+
+
 # Messages of Lightning that say nothing about this run.
 QUIET_WARNINGS = (
     # run_lightning_cli passes the arguments itself when called from Python (tests, notebooks).
     r"LightningCLI's args parameter is intended to run from within Python",
     # Lightning's own use of a torch API deprecated in newer torch releases.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # mmllm's guards already refuse a checkpoint folder holding another run's files (train.guards); what is left is
+    # this run's own folder, resumed or overwritten on purpose.
+    r"Checkpoint directory .* exists and is not empty",
 )
-QUIET_INFO = ("💡 Tip:",)  # advertisements for hosted services
+QUIET_INFO = ("💡 Tip:",  # advertisements for hosted services
+              "TPU available:", "HPU available:",  # hardware mmllm does not run on
+              "Trainer already configured with model summary callbacks")  # ours replaces Lightning's default
 
 
 class _DropInfo(logging.Filter):

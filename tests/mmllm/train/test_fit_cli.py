@@ -89,7 +89,7 @@ def test_export_of_a_corrupt_checkpoint_exits_2_with_one_line_naming_it(fitted_r
     assert not (tmp_path / "out").exists()
 
 
-def test_fit_prints_the_models_forward_flops_in_its_summary_not_zero(shapes_data, tmp_path):
+def test_fit_prints_the_models_forward_flops_in_its_summary_not_zero(shapes_data, tmp_path, capfd):
     # Lightning logs the summary at INFO; read it with a handler of our own whatever an earlier test set.
     logger, records = logging.getLogger("lightning.pytorch.utilities.rank_zero"), []
     handler = logging.Handler(logging.INFO)
@@ -107,5 +107,29 @@ def test_fit_prints_the_models_forward_flops_in_its_summary_not_zero(shapes_data
     summary = next(message for message in records if "Trainable params" in message)
     model_config = read_model_config(tmp_path / "model")
     expected = forward_flops(model_config, 1, model_config.lm.max_seq_len, 1) / 1e9
-    assert "Total Flops" not in summary
+    assert "Total Flops" not in summary and "FLOPs" not in summary.splitlines()[1]  # no column of zeros
+    printed = capfd.readouterr()
+    assert "already configured with model summary" not in printed.out + printed.err  # Lightning's, about ours
     assert f"{expected:<12.3g}GFLOPs forward per sample ({model_config.lm.max_seq_len} tokens, 1 image)" in summary
+
+
+def test_a_cpu_fit_with_flex_attention_stops_before_training_in_one_line(shapes_data, tmp_path, capsys):
+    config = fit_config(shapes_data, tmp_path, trainer={"max_steps": 1, "limit_val_batches": 0})
+    config["model"]["packed_attention"] = "flex"
+    config["data"]["packing"] = True
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(write_config(config, tmp_path / "config.yaml"))])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert stop.value.code == 2 and len(errors) == 1 and "packed_attention flex needs a GPU" in errors[0]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_refitting_into_the_same_folder_prints_no_lightning_warning_about_it(shapes_data, tmp_path, capsys, recwarn):
+    config = fit_config(shapes_data, tmp_path, trainer={"max_steps": 1, "limit_val_batches": 0})
+    path = write_config(config, tmp_path / "config.yaml")
+    assert main(["fit", "--config", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["fit", "--config", str(path), "--checkpoint.overwrite", "true"]) == 0
+    captured = capsys.readouterr()
+    shown = [str(w.message) for w in recwarn] + [captured.err, captured.out]
+    assert not any("exists and is not empty" in text for text in shown)
