@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,13 @@ def unique_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items() if name not in aliases}
 
 
-def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+                        assign: bool = False) -> None:
     """Copy `tensors` into `module`, requiring names and shapes to match exactly (tied aliases may be absent).
 
-    `source` names where the tensors came from, for the error message.
+    `source` names where the tensors came from, for the error message. assign: the module takes the tensors
+    themselves instead of copies (no second copy of the weights in memory; their dtype becomes the module's),
+    except where two names share one tensor, whose tie a plain assignment would break.
     """
     expected = module.state_dict()
     aliases = tied_aliases(expected)
@@ -80,7 +84,8 @@ def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], sou
                 problems.append(f"{label}: {shown}")
         raise UsageError(f"weights in {source} do not match the model; " + "; ".join(problems))
     # A tied alias present in the file would be written twice into one tensor; the first name carries it.
-    result = module.load_state_dict({k: v for k, v in tensors.items() if k not in aliases}, strict=False)
+    result = module.load_state_dict({k: v for k, v in tensors.items() if k not in aliases}, strict=False,
+                                    assign=assign and not aliases)
     assert not result.unexpected_keys and set(result.missing_keys) <= set(aliases), result
 
 
@@ -198,6 +203,25 @@ def read_tokenizer_as_is(path: Path):
     return tokenizer
 
 
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                  "xavier_normal_", "zeros_", "ones_", "constant_", "orthogonal_")
+
+
+@contextmanager
+def uninitialised():
+    """Modules built inside keep their freshly allocated (uninitialised) memory: torch.nn.init's functions, which
+    every layer's constructor calls, do nothing here. For models whose every weight is loaded next. (Building on
+    the meta device does the same, but its dispatch imports torch._dynamo: 1.5 s of a cold start.)"""
+    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+    for name in INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
 def load_model_tokenizer(path: str | Path, config: VLMConfig | None = None):
     """The tokenizer of a model folder (`tokenizer.json`): through the project's tokenizer loader, or as it was
     saved for a model with its own chat template or without a vision tower (an imported checkpoint: its ids must
@@ -230,7 +254,8 @@ def load_model_folder(
     tokenizer = load_model_tokenizer(folder, config)
     check_tokenizer_matches(config, tokenizer, folder / TOKENIZER_FILE)
     tensors = read_weights(folder / WEIGHTS_FILE)
-    model = VLM(config)
+    with uninitialised():  # the file overwrites every weight: drawing random ones took 1.3 s of a 135M cold start
+        model = VLM(config)
     spec = read_quantization(folder)
     if spec is not None:  # int weights and scales -> float weights, checked layer by layer
         from mmllm.compress.quantized_weights import unpack
@@ -240,8 +265,11 @@ def load_model_folder(
         saved = [t.dtype for t in tensors.values() if t.is_floating_point()]
         dtype = saved[0] if saved else None
     if dtype is not None:
-        model.to(dtype=dtype)
-    load_weights_strict(model, tensors, str(folder / WEIGHTS_FILE))
+        model.to(dtype=dtype)  # parameters no tensor replaces (none, or tied aliases) and the dtype the model reports
+        tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+    # The model takes the file's tensors as its weights: one copy of them in memory, not two.
+    load_weights_strict(model, tensors, str(folder / WEIGHTS_FILE), assign=True)
+    del tensors
     model.to(device=device)
     model.eval()
     return model, tokenizer, config

@@ -68,12 +68,11 @@ def text_only_config(lm: PretrainedLM) -> VLMConfig:
 
 def text_only_model(lm: PretrainedLM) -> torch.nn.Module:
     """A VLM without vision holding the pretrained LM's weights (float32, as read), in eval mode."""
-    from mmllm.formats.model_folder import load_weights_strict
+    from mmllm.formats.model_folder import load_weights_strict, uninitialised
     from mmllm.model import VLM
 
     config = text_only_config(lm)
-    with torch.device("meta"):  # no random init of 100M+ parameters that are overwritten at once
+    with uninitialised():  # no random init of 100M+ parameters that are overwritten at once
         model = VLM(config)
-    model.to_empty(device="cpu")
     load_weights_strict(model, lm.tensors, lm.name)
     return model.eval()
