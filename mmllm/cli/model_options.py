@@ -29,9 +29,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "machine has (measured once, then remembered); a folder from `mmllm export --quantize` "
                              "is quantised as saved")
     parser.add_argument("--quantize-method", default="auto", metavar="NAME",
-                        help="auto (the default: the fastest, measured) or one of torch-dynamic-int8, "
-                             "torchao-int8-weight-only, torchao-int8-dynamic, torchao-int4-weight-only, "
-                             "torchao-int8-dynamic-int4")
+                        help="auto (the default: the fastest here, measured once and remembered; float32 when no "
+                             "method beats it), auto! (measure again), or one of torch-packed-int8, "
+                             "torch-dynamic-int8, torchao-int8-weight-only, torchao-int8-dynamic, torch-packed-int4, "
+                             "torchao-int4-weight-only, torchao-int8-dynamic-int4")
     parser.add_argument("--decode", default="auto", choices=("auto", "eager", "static", "compiled"),
                         help="how tokens are decoded: compiled (a static KV cache through torch.compile, CUDA "
                              "graphs on a GPU; compiles once per shape bucket), static, eager (rows leave the "

@@ -2,9 +2,14 @@
 quantisation or torchao, with the fastest method for this machine chosen by measuring each one.
 
 Which method is fastest depends on the CPU by a factor of five (AVX2, AVX-512 VNNI, AMX each favour another
-kernel), so `--quantize int8` does not name a kernel: `quantize(model, 8)` times one answer with every method
-that can run here, keeps the fastest, and remembers the choice per CPU, library versions, thread count and
-model shape (in ~/.cache/mmllm/quantize-choices.json, or $MMLLM_CACHE_DIR), so the measuring happens once.
+kernel), so `--quantize int8` does not name a kernel: `quantize(model, 8)` times answers with float32 and every
+method that can run here, interleaved round by round (a machine that slows down mid-measurement slows all of
+them alike), for at least MIN_ROUNDS rounds and until the fastest is told apart from the rest or MAX_ROUNDS
+have run. It keeps the method with the lowest median unless float32 is as fast within the timings' spread (then
+the weights stay float32: quantising would buy nothing here but memory, and the summary says so; name a method
+to quantise anyway). The choice is remembered per CPU, library versions, thread count and model shape (in
+~/.cache/mmllm/quantize-choices.json, or $MMLLM_CACHE_DIR), so the measuring happens once; `auto!` measures
+again and replaces what was remembered.
 
 Methods (`METHODS`):
 - torch-dynamic-int8: torch.ao's dynamic quantisation (int8 weights per output channel, activations quantised
@@ -36,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import time
 import warnings
 from contextlib import contextmanager
@@ -50,6 +56,8 @@ from mmllm.compress.packed import int4_group_size
 from mmllm.errors import UsageError
 
 BITS = {"int8": 8, "int4": 4}
+FLOAT32 = "float32"  # what `auto` chooses when no method beats float32 beyond the spread of the timings
+MIN_ROUNDS, MAX_ROUNDS = 3, 7  # interleaved timing rounds
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ class QuantizationReport:
     method: str
     layers: int
     float_layers: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # method (and "float32") -> one timed answer
+    seconds: dict[str, float] = field(default_factory=dict)  # method (and "float32") -> median seconds per answer
+    spread: dict[str, float] = field(default_factory=dict)  # method (and "float32") -> max - min of its answers
     unavailable: dict[str, str] = field(default_factory=dict)  # method -> why it cannot run here
     weight_bytes: tuple[int, int] = (0, 0)  # (float32, quantised) bytes of the weights
     cached: bool = False
@@ -83,6 +92,11 @@ class QuantizationReport:
     def summary(self) -> str:
         """One line for the command line: what was chosen, why, and what it costs or buys."""
         before, after = (b / 2**20 for b in self.weight_bytes)
+        if self.method == FLOAT32:
+            timings = ", ".join(f"{name} {s * 1e3:.0f} ms" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+            how = "remembered from an earlier measurement" if self.cached else "measured now"
+            return (f"kept the weights in float32 ({before:.1f} MiB): no int{self.bits} method answers faster here "
+                    f"beyond the timings' spread ({how}: {timings}); --quantize-method NAME quantises anyway")
         text = f"quantized {self.layers} linear layers to int{self.bits} with {self.method}"
         if self.float_layers:
             text += f" ({len(self.float_layers)} kept in float32: {', '.join(self.float_layers[:3])}"
@@ -251,10 +265,10 @@ def weight_bytes(model: nn.Module, layers: dict[str, int | None], bits: int | No
 # Measuring and choosing
 
 
-def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, give_up_after: float = float("inf")) -> float:
-    """The fastest of `repeats` timed answers: one image and 16 prompt tokens in, `new_tokens` greedy tokens out
-    (image encoding, prefill and decode: what one `ask` costs). A first (warm-up) answer slower than
-    `give_up_after` seconds is returned as it is: a method that slow has lost already."""
+def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, warm_up: bool = True) -> float:
+    """The fastest of `repeats` timed answers (after one untimed warm-up answer unless warm_up=False; repeats=0:
+    the warm-up answer's own time): one image and 16 prompt tokens in, `new_tokens` greedy tokens out (image
+    encoding, prefill and decode: what one `ask` costs)."""
     from mmllm.model.generation import stream
 
     config = model.config
@@ -268,16 +282,15 @@ def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, give
         size = config.vision.image_size
         pixels = torch.randn(1, 3, size, size, generator=g)
         ids = torch.cat([image, text], 1)
-    best = float("inf")
+    times = []
     with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first run warms the kernels' packing and caches up
+        for _ in range(max(1, repeats + int(warm_up))):
             start = time.perf_counter()
             for _step in stream(model, ids, pixel_values=pixels, max_new_tokens=new_tokens, stop_ids=[]):
                 pass
-            best = min(best, time.perf_counter() - start)
-            if best > give_up_after:
-                break
-    return best
+            times.append(time.perf_counter() - start)
+    timed = times[1:] if warm_up and len(times) > 1 else times
+    return min(timed)
 
 
 def cache_path() -> Path:
@@ -343,11 +356,13 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
     """Quantise a float32 CPU VLM in place (its LM head untied first) and say what was done.
 
     method "auto" measures every `bits` method that can run here against float32 (or reuses the measurement
-    remembered for this machine) and applies the fastest; a method's name applies that one.
+    remembered for this machine) and applies the fastest, or none when float32 is as fast (report.method is then
+    "float32"); "auto!" measures again and replaces the remembered choice; a method's name applies that one.
+    measure=False: without a remembered choice, the first method, and nothing is written to the cache.
     """
-    if method != "auto" and (method not in METHODS or METHODS[method].bits != bits):
+    if method not in ("auto", "auto!") and (method not in METHODS or METHODS[method].bits != bits):
         names = ", ".join(m.name for m in methods_for(bits))
-        raise UsageError(f"no int{bits} quantization method {method!r}; choose auto or one of {names}")
+        raise UsageError(f"no int{bits} quantization method {method!r}; choose auto, auto! or one of {names}")
     params = list(model.parameters())
     if params and params[0].device.type != "cpu":
         raise UsageError("--quantize runs on the CPU; on a GPU use --dtype bfloat16")
@@ -359,17 +374,25 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
     layers, kept = plan_layers(model, bits)
     report = QuantizationReport(bits=bits, method=method, layers=len(layers), float_layers=kept,
                                 weight_bytes=(before, weight_bytes(model, layers, bits)))
-    if method == "auto":
+    if method in ("auto", "auto!"):
         key = machine_key(model, bits)
-        entry = _read_cache().get(key)
-        if entry and entry.get("method") in METHODS:
+        entry = _read_cache().get(key) if method == "auto" else None
+        if entry and (entry.get("method") in METHODS or entry.get("method") == FLOAT32):
             report.cached = True
-        else:
-            entry = _measure(model, bits, layers) if measure else {"method": methods_for(bits)[0].name}
+        elif measure:
+            entry = _measure(model, bits, layers)
             _write_cache(key, entry)
+        else:  # nothing measured: nothing remembered either
+            entry = {"method": methods_for(bits)[0].name}
         report.method = entry["method"]
         report.seconds = entry.get("seconds", {})
+        report.spread = entry.get("spread", {})
         report.unavailable = entry.get("unavailable", {})
+        if report.method == FLOAT32:
+            report.layers, report.float_layers = 0, []
+            report.weight_bytes = (before, before)
+            _tie_head_again(model)
+            return report
     try:
         apply_method(model, METHODS[report.method], layers)
     except ImportError:
@@ -378,6 +401,13 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
         raise UsageError(f"{report.method} cannot run on this machine: {str(error).splitlines()[0][:200]}") from None
     release_freed_memory()
     return report
+
+
+def _tie_head_again(model: nn.Module) -> None:
+    """Undo untie_head for a model left in float32: the head is the embedding again (no second copy)."""
+    lm = model.lm
+    if lm.config.tie_embeddings and lm.lm_head is not None:
+        lm.lm_head = None
 
 
 def release_freed_memory() -> None:
@@ -391,20 +421,44 @@ def release_freed_memory() -> None:
 
 
 def _measure(model: nn.Module, bits: int, layers: dict[str, int | None]) -> dict:
-    """{"method": the fastest that runs, "seconds": per method and float32, "unavailable": method -> why}."""
-    seconds = {"float32": answer_seconds(model)}
+    """{"method": the choice, "seconds": median per answer of float32 and each method that runs, "spread": their
+    max - min, "rounds", "unavailable": method -> why}; the methods timed in turn, round by round."""
+    contenders: dict[str, nn.Module] = {FLOAT32: model}
     unavailable = {}
+    float_seconds = answer_seconds(model, repeats=1)  # also warms float32 up
     for method in methods_for(bits):
         trial = copy.deepcopy(model)
         try:
             apply_method(trial, method, layers)
-            seconds[method.name] = answer_seconds(trial, give_up_after=3 * seconds["float32"])
+            warm_up = answer_seconds(trial, repeats=0)  # kernels' packing and caches
         except (ImportError, RuntimeError, AssertionError, NotImplementedError, ValueError) as error:
             unavailable[method.name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        del trial
-    timed = {name: s for name, s in seconds.items() if name != "float32"}
-    if not timed:
+            continue
+        if warm_up > 5 * float_seconds:  # far behind already: not worth the rounds
+            unavailable[method.name] = f"too slow here: {warm_up * 1e3:.0f} ms against float32's {float_seconds * 1e3:.0f} ms"
+            continue
+        contenders[method.name] = trial
+    if len(contenders) == 1:
         hint = " (pip install 'mmllm[quantize]' for torchao's)" if any("ImportError" in v for v in unavailable.values()) else ""
         raise UsageError(f"no int{bits} method runs on this machine{hint}: "
                          + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
-    return {"method": min(timed, key=timed.get), "seconds": seconds, "unavailable": unavailable}
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_ in range(MAX_ROUNDS):
+        for name, candidate in contenders.items():
+            times[name].append(answer_seconds(candidate, repeats=1, warm_up=False))
+        if round_ + 1 >= MIN_ROUNDS and _told_apart(times):
+            break
+    del contenders
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    spread = {name: max(t) - min(t) for name, t in times.items()}
+    best = min((name for name in medians if name != FLOAT32), key=medians.get)
+    margin = max(spread[best], spread[FLOAT32])
+    choice = best if medians[FLOAT32] - medians[best] > margin else FLOAT32
+    return {"method": choice, "seconds": medians, "spread": spread, "rounds": len(times[FLOAT32]),
+            "unavailable": unavailable}
+
+
+def _told_apart(times: dict[str, list[float]]) -> bool:
+    """Whether the fastest contender's slowest answer beats every other contender's fastest."""
+    best = min(times, key=lambda name: statistics.median(times[name]))
+    return all(max(times[best]) < min(t) for name, t in times.items() if name != best)
