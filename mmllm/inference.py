@@ -16,6 +16,7 @@ image, prompt too long, markers that do not match the images) raises `UsageError
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
@@ -343,13 +344,22 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
         apply_adapter(model, lora)
         merge_lora(model)
         model.eval()
-    device = resolve_device(device)
-    model.to(device=device, dtype=resolve_dtype(dtype, device))
+    saved = None
     if quantize is None and path.is_dir():
         from mmllm.formats.model_folder import read_quantization
 
         saved = read_quantization(path)
         quantize = f"int{saved['bits']}" if saved else None
+    if quantize is not None and device in (None, "auto"):
+        device = "cpu"  # quantised weights run where their kernels are, whatever accelerator the machine has
+    device = resolve_device(device)
+    if saved is not None and device.type != "cpu":
+        # asked for an accelerator by name: the folder's integers come back as float weights (load_model_folder
+        # restored them) and run there unquantised
+        print(f"model {path} holds int{saved['bits']} weights, whose kernels run on the CPU; on {device.type} they "
+              f"run dequantised, in {str(resolve_dtype(dtype, device)).removeprefix('torch.')}", file=sys.stderr)
+        quantize = None
+    model.to(device=device, dtype=resolve_dtype(dtype, device))
     report = None
     if quantize is not None:
         from mmllm.compress.quantization import parse_bits

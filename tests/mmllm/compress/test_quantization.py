@@ -270,6 +270,31 @@ def trained_vocab(trained) -> int:
     return json.loads((trained.model / "config.json").read_text())["lm"]["vocab_size"]
 
 
+def test_a_quantized_folder_opens_on_a_machine_with_a_gpu(trained, tmp_path, monkeypatch, capsys):
+    from mmllm.inference import load
+
+    out = tmp_path / "int8"
+    assert main(["export", str(trained.model), "--quantize", "int8", "--out", str(out)]) == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU, as load sees it
+    capsys.readouterr()
+    # the default device: the CPU, where the int8 kernels are (it used to pick CUDA and then refuse)
+    vlm = load(out, quantize_method="torch-dynamic-int8")
+    assert vlm.device.type == "cpu" and vlm.quantization.method == "torch-dynamic-int8"
+    # CUDA asked for by name: the restored float weights run there, said in one line (the move itself is faked)
+    moved = []
+    real_to = torch.nn.Module.to
+
+    def to(module, *args, device=None, dtype=None, **kwargs):
+        moved.append(str(device))
+        return real_to(module, dtype=dtype) if dtype is not None else module
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    vlm = load(out, device="cuda")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert vlm.quantization is None and "cuda" in moved and vlm.dtype == torch.bfloat16
+    assert len(err) == 1 and "holds int8 weights" in err[0] and "dequantised, in bfloat16" in err[0]
+
+
 def test_a_damaged_quantized_folder_is_refused_naming_the_layer(trained, tmp_path):
     out = tmp_path / "int4"
     assert main(["export", str(trained.model), "--quantize", "int4", "--out", str(out)]) == 0
