@@ -78,10 +78,13 @@ class StaticKVCache:
     engine each have their own); every decode step reads all of it, masked by `visible`."""
 
     def __init__(self, config: LMConfig, batch_size: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
-        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+                 device: torch.device | str, compiled: bool = False) -> None:
+        # One allocation for the bucket: (keys/values, layers, B, n_kv, L, hd); each layer's keys are a view of it.
+        self.storage = torch.zeros((2, config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim),
+                                   dtype=dtype, device=device)
+        self.keys, self.values = list(self.storage[0].unbind(0)), list(self.storage[1].unbind(0))
+        if compiled:
+            self.mark_static()
         self.max_len = max_len
         self.slot = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,): where each row writes next
         self.rows = torch.arange(batch_size, device=device)
@@ -104,6 +107,16 @@ class StaticKVCache:
         """After prefill, every write is a decode step; the slot itself moves in the decode loop, outside any
         compiled step (see _stream_static)."""
         self.prefilled = True
+
+    def mark_static(self) -> None:
+        """Tell torch.compile that the cache's tensors keep their addresses: a compiled step writes them in place,
+        and CUDA graphs (mode "reduce-overhead") replay only steps whose mutated inputs are parameters, buffers
+        or marked so (Inductor's check_for_mutation); otherwise it silently skips the graphs. Unguarded: the next
+        generation's cache, another allocation of the same shapes, reuses the compiled step."""
+        import torch._dynamo
+
+        for tensor in (*self.keys, *self.values, self.storage):
+            torch._dynamo.mark_static_address(tensor, guard=False)
 
 
 def static_shapes(batch_size: int, length: int, max_seq_len: int) -> tuple[int, int]:
@@ -249,7 +262,7 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
     B, T = attention_mask.shape
     device = embeds.device
     rows_bucket, length = static_shapes(B, T + max_new_tokens, config.lm.max_seq_len)
-    cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device)
+    cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device, compiled=decode == "compiled")
     logits = prefill(model, embeds, attention_mask, cache)  # (B, V): the real rows only
     key_is_real = torch.ones(rows_bucket, length, dtype=torch.bool, device=device)
     key_is_real[:, :T] = False  # padded rows see only their own decode slots

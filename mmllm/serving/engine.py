@@ -261,7 +261,8 @@ class StaticEngine(Engine):
         super().__init__(vlm, max_batch)
         from mmllm.model.generation import compiled_decode_step, static_decode_step
 
-        self.step_fn = compiled_decode_step(vlm.device) if decode == "compiled" else static_decode_step
+        self.compiled = decode == "compiled"
+        self.step_fn = compiled_decode_step(vlm.device) if self.compiled else static_decode_step
         self.capacity = 1 << (max_batch - 1).bit_length()
         self.owner: list[Request | None] = [None] * self.capacity  # the request of each cache row
         self.static = None  # StaticKVCache, made at the first join
@@ -276,7 +277,8 @@ class StaticEngine(Engine):
         if old is not None and old.max_len >= length:
             return
         device = self.vlm.device
-        cache = StaticKVCache(self.config.lm, self.capacity, length, self.vlm.dtype, device)
+        cache = StaticKVCache(self.config.lm, self.capacity, length, self.vlm.dtype, device,
+                              compiled=self.compiled)
         cache.prefilled = True
         real = torch.ones(self.capacity, length, dtype=torch.bool, device=device)
         if old is None:

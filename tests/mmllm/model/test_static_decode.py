@@ -76,3 +76,50 @@ def test_the_compiled_step_gives_eager_greedy_tokens_and_compiles_once_per_bucke
     shorter = dict(options, max_new_tokens=12)
     assert generate(model, **inputs, **shorter, decode="compiled") == generate(model, **inputs, **shorter)
     assert counters["stats"]["unique_graphs"] == compiled_once
+
+
+def unmarked_mutated_inputs(step, model, cache, tokens, positions, key_is_real) -> list[str]:
+    """Trace `step` with torch.compile and name the graph inputs it writes in place that are neither parameters,
+    buffers nor marked static: the inputs that make Inductor skip CUDA graphs (its check_for_mutation)."""
+    import operator
+
+    import torch._dynamo
+
+    found: list[str] = []
+
+    def backend(gm, example_inputs):
+        placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+        static = {node.name for node, tensor in zip(placeholders, example_inputs)
+                  if isinstance(tensor, torch.nn.Parameter) or getattr(tensor, "_dynamo_static_input_type", None)}
+        for node in gm.graph.nodes:
+            writes = node.op == "call_function" and (node.target is operator.setitem or str(node.target).endswith("_"))
+            target = node.args[0] if writes and node.args else None
+            if getattr(target, "op", None) == "placeholder" and target.name not in static:
+                found.append(target.name)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        torch.compile(step, backend=backend, dynamic=False)(model, tokens, positions, cache, key_is_real)
+    torch._dynamo.reset()
+    return sorted(set(found))
+
+
+def test_the_static_cache_is_one_allocation_marked_static_so_a_compiled_step_may_write_it(make_model):
+    from mmllm.model.generation import StaticKVCache, static_decode_step
+
+    model = make_model()
+    lm = model.config.lm
+    marked = StaticKVCache(lm, 2, 64, torch.float32, "cpu", compiled=True)
+    base = marked.storage.untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == base for t in (*marked.keys, *marked.values))  # one allocation
+    assert all(getattr(t, "_dynamo_static_input_type", None) for t in (*marked.keys, *marked.values))
+    plain = StaticKVCache(lm, 2, 64, torch.float32, "cpu")  # eager static decoding: nothing to mark
+    for cache in (marked, plain):
+        cache.prefilled = True
+    inputs = (torch.tensor([5, 6]), torch.tensor([3, 3]), torch.ones(2, 64, dtype=torch.bool))
+    tokens, positions, key_is_real = inputs
+    assert unmarked_mutated_inputs(static_decode_step, model, marked, tokens, positions, key_is_real) == []
+    # the check can fail: the same step over an unmarked cache writes 2 * n_layers inputs in place
+    flagged = unmarked_mutated_inputs(static_decode_step, model, plain, tokens, positions, key_is_real)
+    assert len(flagged) == 2 * lm.n_layers

@@ -52,3 +52,18 @@ def test_the_static_engine_answers_as_the_eager_engine(sharp, waves):
     assert static == eager
     assert len(set(eager)) > 1 and not any(a.startswith("error") for a in eager)
     assert static_engine.capacity == 4 and static_engine.static.max_len > 64  # grown to the next bucket
+
+
+def test_the_compiled_static_engine_answers_as_the_eager_engine_on_the_cpu(sharp):
+    # What `mmllm serve` runs by default on a GPU, here through Inductor's C++ backend: the same answers, and a
+    # cache whose storage is marked static (what lets CUDA graphs replay a step that writes it).
+    import torch._dynamo
+
+    _, vlm = sharp
+    bodies = [{"messages": [{"role": "user", "content": QUESTIONS[i]}], "max_tokens": 5 + 3 * i} for i in range(3)]
+    eager = _answers(Engine(vlm, max_batch=2), vlm, bodies, 1)
+    torch._dynamo.reset()
+    compiled_engine = StaticEngine(vlm, max_batch=2, decode="compiled")
+    assert _answers(compiled_engine, vlm, bodies, 1) == eager
+    keys = compiled_engine.static.keys
+    assert all(getattr(t, "_dynamo_static_input_type", None) for t in keys)
