@@ -89,6 +89,11 @@ class Projector(nn.Module):
 # bidirectional prompt). Every query also sees itself, so a padding row is never fully masked (SDPA would
 # return NaN there).
 
+def reads_host_for_free(tensor: torch.Tensor) -> bool:
+    """Whether reading `tensor` on the host costs no device synchronisation (it lives in CPU memory)."""
+    return tensor.device.type == "cpu"
+
+
 def is_right_padded(attention_mask: torch.Tensor) -> bool:
     """True when every row is ones then zeros: causal attention alone then never lets a real token see a pad."""
     mask = attention_mask.bool()
@@ -213,12 +218,26 @@ class VLM(nn.Module):
         # masked_scatter fills the True positions in row-major order: image i lands in the i-th block.
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
 
+    def check_image_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                           image_counts: torch.Tensor | None) -> None:
+        """ValueError naming the first sample whose image placeholders do not match its images (reads the host)."""
+        self._check_image_tokens(input_ids == self.config.image_token_id, pixel_values, image_counts, on_host=True)
+
     def _check_image_tokens(
-        self, is_image: torch.Tensor, pixel_values: torch.Tensor | None, image_counts: torch.Tensor | None
+        self, is_image: torch.Tensor, pixel_values: torch.Tensor | None, image_counts: torch.Tensor | None,
+        on_host: bool | None = None,
     ) -> None:
         per_image = self.config.tokens_per_image
         n_images = 0 if pixel_values is None else pixel_values.size(0)
         tokens_per_row = is_image.sum(dim=1)  # (B,)
+        if not (on_host if on_host is not None else reads_host_for_free(is_image)):
+            # On an accelerator a host read here would stall the launch queue at every step: the check stays on
+            # the device and fails asynchronously. (Training checks each batch on the host before moving it, with
+            # the message below: VLMModule.on_before_batch_transfer.)
+            torch._assert_async(tokens_per_row.sum() == n_images * per_image)
+            if image_counts is not None:
+                torch._assert_async((tokens_per_row == image_counts.to(tokens_per_row.device) * per_image).all())
+            return
         found = int(tokens_per_row.sum())
         if found != n_images * per_image:
             raise ValueError(

@@ -20,6 +20,7 @@ from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.train.distill import KDLoss, distillation_loss
 from mmllm.train.loss_weighting import LossWeighting, weighted_loss
 from mmllm.model.lora import LoRAConfig
+from mmllm.model.vlm import is_right_padded
 from mmllm.train.model_setup import build_model, check_shape_matches, load_teacher, setup_lora
 from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
@@ -220,6 +221,22 @@ class VLMModule(L.LightningModule):
             if self.device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(self.device) / 2**20
             self.log("memory/peak_mib", peak, on_step=True, on_epoch=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the host, before the batch moves to the device: what would otherwise read the device mid-step.
+        - the image placeholders are checked against the images (a ValueError naming the sample);
+        - each token's sample kind becomes a tensor that travels with the batch (built on the device from a
+          Python list, it would be a blocking host-to-device copy in the loss);
+        - a right-padded batch drops its attention mask: causal attention alone is exact there, and deciding it
+          on the device (`is_right_padded`) would read it back.
+        The training step itself then reads nothing back but what is listed in docs/training.md."""
+        if isinstance(batch, dict) and "input_ids" in batch and "labels" in batch:
+            self.model.check_image_tokens(batch["input_ids"], batch.get("pixel_values"), batch.get("image_counts"))
+            batch["token_kinds"] = token_kinds(batch)
+            mask = batch.get("attention_mask")
+            if mask is not None and batch.get("segment_ids") is None and is_right_padded(mask):
+                batch["attention_mask"] = None
+        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
@@ -470,7 +487,8 @@ def loss_sums_by_kind(token_losses: torch.Tensor, batch: dict[str, Any]) -> torc
     it belongs to (with packing, its own segment's).
     """
     supervised = batch["labels"][:, 1:] != -100  # (B, T-1)
-    target_kind = token_kinds(batch)[:, 1:]  # the kind of the token each position predicts
+    precomputed = batch.get("token_kinds")
+    target_kind = (precomputed if precomputed is not None else token_kinds(batch))[:, 1:]  # the kind of each position's target
     kinds = torch.arange(len(KINDS), device=target_kind.device)
     in_kind = (target_kind[None] == kinds[:, None, None]) & supervised[None]  # (K, B, T-1)
     losses = token_losses.detach().float()[None]
