@@ -21,8 +21,12 @@ KERNELS = ("dense", "flex")
 
 
 def document_block_mask(seq_len: int, attention_mask: torch.Tensor | None, segment_ids: torch.Tensor | None,
-                        prefix_mask: torch.Tensor | None, device: torch.device):
-    """The BlockMask of build_attention_mask's rule for (B, T) rows, or None when plain causal attention is exact."""
+                        prefix_mask: torch.Tensor | None, device: torch.device, compiled: bool | None = None):
+    """The BlockMask of build_attention_mask's rule for (B, T) rows, or None when plain causal attention is exact.
+
+    compiled (default: off a CPU): build it through torch.compile, tile by tile. Uncompiled, torch evaluates the
+    rule over every (query, key) pair with vmap, with int64 intermediates: a (B, 1, T, T) tensor and more, the
+    very thing the block mask is meant to avoid (bench/block_mask_memory.py measures both)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     if segment_ids is None and prefix_mask is None and attention_mask is None:
@@ -42,7 +46,9 @@ def document_block_mask(seq_len: int, attention_mask: torch.Tensor | None, segme
         visible = (k <= q) | (prefix[b, q] & prefix[b, k])
         return ((segment[b, q] == segment[b, k]) & real[b, k] & visible) | (q == k)
 
-    return create_block_mask(allowed, batch, None, seq_len, seq_len, device=device)
+    if compiled is None:
+        compiled = torch.device(device).type != "cpu"
+    return create_block_mask(allowed, batch, None, seq_len, seq_len, device=device, _compile=compiled)
 
 
 def check_trainable(kernel: str, device: torch.device) -> None:
@@ -60,6 +66,7 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -
     from torch.nn.attention.flex_attention import flex_attention
 
     function = flex_attention
-    if q.device.type != "cpu":  # the fused kernel; compiled once per device type
-        function = _COMPILED.setdefault(q.device.type, torch.compile(flex_attention, dynamic=False))
+    if q.device.type != "cpu":  # the fused kernel; compiled once per device type, for every row length (dynamic
+        # shapes: a prefix-masked batch's length varies from batch to batch, and each length would compile anew)
+        function = _COMPILED.setdefault(q.device.type, torch.compile(flex_attention, dynamic=True))
     return function(q, k, v, block_mask=block_mask, enable_gqa=q.size(1) != k.size(1))

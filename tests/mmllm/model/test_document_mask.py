@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 
+import shutil
+
 import pytest
 import torch
 
@@ -56,3 +58,19 @@ def test_a_cpu_fit_with_flex_attention_is_refused_by_name():
         check_trainable("flex", torch.device("cpu"))
     check_trainable("dense", torch.device("cpu"))
     check_trainable("flex", torch.device("cuda"))  # a device object is enough: nothing is allocated
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_the_compiled_block_mask_is_the_eager_one():
+    # compiled is the default off a CPU: built tile by tile, without the (B, 1, T, T) intermediates of the eager
+    # builder (bench/block_mask_memory.py: 793 MiB eagerly at T = 8192, nothing above compiling's own peak)
+    from mmllm.model.document_mask import document_block_mask
+
+    segment_ids = torch.tensor([[1] * 100 + [2] * 200 + [3] * 150 + [0] * 62])
+    prefix = torch.zeros_like(segment_ids, dtype=torch.bool)
+    prefix[:, 100:140] = True
+    eager = document_block_mask(512, None, segment_ids, prefix, torch.device("cpu"), compiled=False)
+    compiled = document_block_mask(512, None, segment_ids, prefix, torch.device("cpu"), compiled=True)
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(eager, name), getattr(compiled, name)), name
