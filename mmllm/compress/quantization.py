@@ -433,11 +433,14 @@ def _measure(model: nn.Module, bits: int, layers: dict[str, int | None]) -> dict
             warm_up = answer_seconds(trial, repeats=0)  # kernels' packing and caches
         except (ImportError, RuntimeError, AssertionError, NotImplementedError, ValueError) as error:
             unavailable[method.name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            del trial
             continue
         if warm_up > 5 * float_seconds:  # far behind already: not worth the rounds
             unavailable[method.name] = f"too slow here: {warm_up * 1e3:.0f} ms against float32's {float_seconds * 1e3:.0f} ms"
+            del trial
             continue
         contenders[method.name] = trial
+        release_freed_memory()  # the copy's float weights, replaced by the method's: give their pages back
     if len(contenders) == 1:
         hint = " (pip install 'mmllm[quantize]' for torchao's)" if any("ImportError" in v for v in unavailable.values()) else ""
         raise UsageError(f"no int{bits} method runs on this machine{hint}: "
