@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from data_pipelines.read.bad_samples import BadSampleHandler
-from data_pipelines.read.shards import UnreadableShard, find_shards, shard_texts
-from data_pipelines.chat.tokenizer import train_tokenizer, vocab_size
 from mmllm.errors import UsageError
 
 
@@ -28,6 +25,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    # imported here, not at the top: `mmllm --help` loads every command module (and the shard reader imports
+    # webdataset, which imports torch: 1.4 s)
+    from data_pipelines.chat.tokenizer import train_tokenizer, vocab_size
+    from data_pipelines.read.bad_samples import BadSampleHandler
+    from data_pipelines.read.shards import UnreadableShard, find_shards, shard_texts
+
     try:
         shards = find_shards(args.data)
     except FileNotFoundError as error:
