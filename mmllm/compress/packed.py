@@ -1,21 +1,18 @@
 """Linear layers for CPU inference over torch's prepacked kernels: the fast path of decoding on a CPU.
 
 A decode step multiplies one row of activations by every weight matrix, so it streams the weights from memory
-once per token, and the kernel's memory bandwidth sets the speed. torch's default `F.linear` for one row (MKL's
-or oneDNN's unpacked GEMV) reaches about half of what the memory gives on the 2-core machines measured
-(bench/profile_decode.py); these layers call the kernels Inductor's freezing pass uses instead:
+once per token: fewer bytes per weight is the lever, and these layers reach torch's own weight-only kernels
+without a tensor subclass in between (torchao's int4 layout ran 10x slower here, bench/quantize.py):
 
-- `PackedLinear` (float32, bfloat16): oneDNN's matmul on a weight reordered once into its blocked layout
-  (`mkldnn._reorder_linear_weight` / `mkldnn._linear_pointwise`). Same numbers as `F.linear` up to the order
-  of the float sums.
 - `Int8Linear`: int8 weights per output channel, `aten._weight_int8pack_mm` on bfloat16 activations for a few
   rows (decode); a prompt's many rows dequantise the weight to bfloat16 and run one GEMM (the packed kernel is
   made for GEMV, a dense bfloat16 GEMM beats it 2-3x at 512 rows).
 - `Int4Linear`: asymmetric int4 groups (tinygemm's layout: w = (q - 8) * scale + zero), `aten.
   _weight_int4pack_mm_for_cpu` for a few rows, dequantised to bfloat16 for many.
 
-The quantised layers compute in bfloat16 where the CPU has bf16 instructions (AVX-512 BF16, AMX) and their
-results are cast back to the activations' dtype. None of them trains: they hold buffers, not parameters.
+Both compute in bfloat16 and cast their results back to the activations' dtype: fast where the CPU has bf16
+instructions (AVX-512 BF16, AMX); elsewhere `--quantize`'s measured choice (mmllm.compress.quantization) decides
+whether they beat the other methods. Neither trains: they hold buffers, not parameters.
 """
 
 from __future__ import annotations
@@ -29,32 +26,6 @@ INT8_KERNEL_WIDTH = 16  # _weight_int8pack_mm crashes (torch 2.14) on several ro
 INT4_GROUP_SIZES = (128, 64, 32)  # input channels per int4 scale; the largest that divides the width
 INT4_OUTPUT_MULTIPLE = 16  # the CPU int4 kernel packs output channels in blocks of 16
 INT4_BLOCK = 64  # ... and whole blocks of 64 in the layout Int4Linear.dequantized reads
-
-
-def has_packed_float_kernels() -> bool:
-    """oneDNN is built in (every x86 torch wheel) and reachable through the ops Inductor uses."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
-class PackedLinear(nn.Module):
-    """nn.Linear (float32 or bfloat16) over oneDNN's prepacked weight; inference only."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
-        self.dtype = weight.dtype
-        # The reorder's batch-size hint 1: the layout chosen for decoding (prompts run as fast on it, measured).
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(self.dtype)
-        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, oneDNN packed"
 
 
 class Int8Linear(nn.Module):
