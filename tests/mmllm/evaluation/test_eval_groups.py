@@ -11,7 +11,8 @@ from mmllm.cli.main import main
 def test_eval_group_by_question_type_reports_every_group_with_interval_and_blind(trained, tmp_path, capsys):
     out = tmp_path / "groups.json"
     assert main(["eval", "--model", str(trained.model), "--data", str(trained.data / "val" / "chat"), "--task", "vqa",
-                 "--turns", "alone", "--limit", "40", "--group-by", "question_type", "--out", str(out)]) == 0
+                 "--turns", "alone", "--limit", "40", "--group-by", "question_type", "--min-group-size", "3",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     groups = report["groups"]
@@ -22,6 +23,9 @@ def test_eval_group_by_question_type_reports_every_group_with_interval_and_blind
         assert row["accuracy"] == by_type[row["group"]]  # the same figure as the per-type metrics
         assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1] and 0 <= row["blind_accuracy"] <= 1
     assert "largest gap" in printed and "by question_type (alone)" in printed
+    small = [row["group"] for row in groups["groups"] if row["count"] < 3]
+    assert groups["groups_below_min_size"] == small and groups["min_group_size"] == 3
+    assert all(name not in (groups["largest_gap"]["best"], groups["largest_gap"]["worst"]) for name in small)
 
     assert main(["eval", "--model", str(trained.model), "--data", str(trained.data / "val" / "chat"), "--task", "vqa",
                  "--limit", "4", "--group-by", "no_such_field"]) == 2
