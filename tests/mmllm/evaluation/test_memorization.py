@@ -110,18 +110,18 @@ def test_audit_of_a_barely_trained_model_is_at_chance(trained, tmp_path, capsys)
                  "--secrets", "4", "--repeats", "1,2"]) == 0
     report_file = tmp_path / "audit.json"
     assert main(["audit", "memorization", "--model", str(trained.model), "--train", str(out),
-                 "--heldout", str(trained.data / "val" / "captions"), "--limit", "6", "--candidates", "63",
-                 "--controls", "4", "--out", str(report_file)]) == 0
+                 "--heldout", str(trained.data / "val" / "captions"), "--limit", "6", "--candidates", "31",
+                 "--controls", "3", "--out", str(report_file)]) == 0
     printed = capsys.readouterr().out
     assert "verbatim train" in printed and "canary exposure in bits" in printed
     report = json.loads(report_file.read_text())
     assert report["verbatim"]["train"]["samples"] == 6 and report["verbatim"]["heldout"]["samples"] == 6
     each = report["canaries"]["each"]
-    assert len(each) == 8 + 8 * 4 and sum(row["repeats"] == 0 for row in each) == 32
-    for row in each:  # exposure is log2(R + 1) - log2(rank), R = 63
-        assert row["exposure"] == pytest.approx(6 - math.log2(row["rank"]))
+    assert len(each) == 8 + 8 * 3 and sum(row["repeats"] == 0 for row in each) == 24
+    for row in each:  # exposure is log2(R + 1) - log2(rank), R = 31
+        assert row["exposure"] == pytest.approx(5 - math.log2(row["rank"]))
     by_repeats = report["canaries"]["by_repeats"]
-    assert set(by_repeats) == {"0", "1", "2"} and by_repeats["0"]["canaries"] == 32
+    assert set(by_repeats) == {"0", "1", "2"} and by_repeats["0"]["canaries"] == 24
     # a barely trained model never learned the secrets: canaries and controls are alike, so few canaries (about 5%) rank
     # above the controls' 95th percentile; three of four would happen by chance about once in 2000 audits
     assert by_repeats["1"]["above_control_p95"] <= 0.5 and by_repeats["2"]["above_control_p95"] <= 0.5
