@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DIR", help="the shards to copy (a folder, brace pattern or .tar)")
     parser.add_argument("--kind", default=None, choices=("caption", "chat", "text"), help=KIND_HELP)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the new shards and canaries.json go")
-    parser.add_argument("--secrets", type=int, default=4, metavar="K", help="secrets per repetition count (4)")
+    parser.add_argument("--secrets", type=int, default=16, metavar="K",
+                        help="secrets per repetition count (16: enough for an interval of each count's mean)")
     parser.add_argument("--repeats", default="1,4,16", metavar="N,N,...",
                         help="how many samples carry each secret (default 1,4,16)")
     parser.add_argument("--digits", type=int, default=6, help="digits per secret (default 6)")
