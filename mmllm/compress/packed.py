@@ -28,7 +28,37 @@ INT4_OUTPUT_MULTIPLE = 16  # the CPU int4 kernel packs output channels in blocks
 INT4_BLOCK = 64  # ... and whole blocks of 64 in the layout Int4Linear.dequantized reads
 
 
-class Int8Linear(nn.Module):
+class QuantizedLinear(nn.Module):
+    """What both layers share: a packed kernel for a few rows, a dequantised GEMM for many, in compute_dtype."""
+
+    in_features: int
+    out_features: int
+    compute_dtype: torch.dtype
+    bias: torch.Tensor | None
+
+    def uses_kernel(self, rows: int) -> bool:
+        return rows <= GEMV_ROWS
+
+    def kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (n, in) in compute_dtype -> (n, out), through the packed weight-only kernel."""
+        raise NotImplementedError
+
+    def dequantized(self) -> torch.Tensor:
+        """The (out, in) weight the integers stand for, in compute_dtype."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        if self.uses_kernel(rows.size(0)):
+            out = self.kernel(rows)
+            if self.bias is not None:
+                out = out + self.bias
+        else:
+            out = F.linear(rows, self.dequantized(), self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Int8Linear(QuantizedLinear):
     """int8 weights (one float scale per output channel) for CPU inference."""
 
     def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
@@ -44,15 +74,11 @@ class Int8Linear(nn.Module):
     def dequantized(self) -> torch.Tensor:
         return self.weight_int8.to(self.compute_dtype) * self.scale[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(self.compute_dtype)
-        if rows.size(0) == 1 or (rows.size(0) <= GEMV_ROWS and self.in_features % INT8_KERNEL_WIDTH == 0):
-            out = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
-            if self.bias is not None:
-                out = out + self.bias
-        else:
-            out = F.linear(rows, self.dequantized(), self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+    def uses_kernel(self, rows: int) -> bool:
+        return rows == 1 or (rows <= GEMV_ROWS and self.in_features % INT8_KERNEL_WIDTH == 0)
+
+    def kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 x {self.compute_dtype}"
@@ -65,7 +91,7 @@ def int4_group_size(linear: nn.Linear) -> int | None:
     return next((g for g in INT4_GROUP_SIZES if linear.in_features % g == 0), None)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(QuantizedLinear):
     """Asymmetric int4 weights in groups of `group_size` input channels, packed for the CPU int4 kernel."""
 
     def __init__(self, linear: nn.Linear, group_size: int, compute_dtype: torch.dtype = torch.bfloat16) -> None:
@@ -97,15 +123,8 @@ class Int4Linear(nn.Module):
         scale, zero = self.scale_and_zero.transpose(0, 1).unsqueeze(-2).unbind(-1)  # (n, k/g, 1) each
         return ((q.to(self.compute_dtype) - 8) * scale + zero).reshape(n, k)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(self.compute_dtype)
-        if rows.size(0) <= GEMV_ROWS:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scale_and_zero)
-            if self.bias is not None:
-                out = out + self.bias
-        else:
-            out = F.linear(rows, self.dequantized(), self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+    def kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scale_and_zero)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of "
