@@ -8,7 +8,7 @@ Detection is left to maintained libraries, not to regexes of our own:
 - phonenumbers (Google's libphonenumber): phone numbers in international form, or national form in one of
   `regions` (default US) -> <PHONE>. A number counts when libphonenumber calls it valid, or when it is a possible
   number of the region written with the region's own digit grouping ("(415) 555-0132", "07700 900123"): the
-  ranges kept for fiction (555-01XX, Ofcom's 07700 900XXX) are not valid, but a scrubber cannot tell them from
+  ranges kept for fiction (555-0100 to 555-0199, Ofcom's 07700 900000 to 900999) are not valid, but a scrubber cannot tell them from
   real numbers in the same format. The grouping rule keeps dates, versions, prices and ISBNs, which are possible
   numbers too; national numbers under 8 digits (local numbers without their area code) are left.
 

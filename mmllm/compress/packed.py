@@ -17,6 +17,8 @@ whether they beat the other methods. Neither trains: they hold buffers, not para
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,7 @@ INT4_OUTPUT_MULTIPLE = 16  # the CPU int4 kernel packs output channels in blocks
 INT4_BLOCK = 64  # ... and whole blocks of 64 in the layout Int4Linear.dequantized reads
 
 
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(nn.Module, ABC):
     """What both layers share: a packed kernel for a few rows, a dequantised GEMM for many, in compute_dtype."""
 
     in_features: int
@@ -39,13 +41,13 @@ class QuantizedLinear(nn.Module):
     def uses_kernel(self, rows: int) -> bool:
         return rows <= GEMV_ROWS
 
+    @abstractmethod
     def kernel(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (n, in) in compute_dtype -> (n, out), through the packed weight-only kernel."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dequantized(self) -> torch.Tensor:
         """The (out, in) weight the integers stand for, in compute_dtype."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(self.compute_dtype)

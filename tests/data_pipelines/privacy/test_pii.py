@@ -40,8 +40,8 @@ def test_ordinary_captions_are_left_alone(scrubber):
     assert scrubber.scrub("call (415) 555-2671")[1] == {"phone": 1}  # a US number without +1: --pii-region US
 
 
-# The common ways each region writes its numbers, fictional ranges included: a scrubber cannot tell 555-01XX or
-# Ofcom's 07700 900XXX from real numbers written the same way.
+# The common ways each region writes its numbers, fictional ranges included: a scrubber cannot tell 555-0100 to
+# 555-0199 or Ofcom's 07700 900000 to 900999 from real numbers written the same way.
 WRITTEN_NUMBERS = {
     "US": ["(415) 555-0132", "415-555-0132", "415.555.0132", "+1 415 555 0132", "1-800-555-0199", "(212) 555-0187"],
     "GB": ["020 7946 0018", "(020) 7946 0018", "07700 900123", "+44 20 7946 0018", "0161 496 0000"],
