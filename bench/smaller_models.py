@@ -40,11 +40,18 @@ def mmllm(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
+PREVIOUS: dict[str, dict] = {}  # model folder -> its run in an earlier report (--reuse)
+
+
 def fit(name: str, work: Path, shapes: Path, steps: int | None = None, seconds: float | None = None,
         **model) -> dict:
-    """The demo config with this bench's data, `model` options over it, ending at `steps` or after `seconds`."""
-    config = yaml.safe_load((REPO / "configs" / "shapes-tiny.yaml").read_text())
+    """The demo config with this bench's data, `model` options over it, ending at `steps` or after `seconds`;
+    a run an earlier report of this bench holds (--reuse) is taken from it when its model is still there."""
     run_dir = work / name
+    earlier = PREVIOUS.get(str(run_dir / "model"))
+    if earlier is not None and (run_dir / "model" / "config.json").is_file():
+        return {key: earlier[key] for key in ("model", "steps", "wall_s", "curve")}
+    config = yaml.safe_load((REPO / "configs" / "shapes-tiny.yaml").read_text())
     for kind in ("sources", "val_sources"):
         for source in config["data"][kind]:
             source["path"] = str(shapes / source["path"].removeprefix("data/shapes/"))
@@ -93,8 +100,15 @@ def main() -> None:
     parser.add_argument("--student-minutes", type=float, default=3.0)
     parser.add_argument("--questions", type=int, default=500)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmllm-smaller-models"))
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier report of this bench: its runs whose models are still in --work are not "
+                             "trained again (every model is scored again)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.reuse:
+        report = json.loads(args.reuse.read_text())
+        PREVIOUS.update({run["model"]: run for part in ("pruning", "distillation") for run in report[part].values()
+                         if "steps" in run})
     work, shapes = args.work, args.work / "shapes"
     work.mkdir(parents=True, exist_ok=True)
     if not (shapes / "tokenizer.json").is_file():
@@ -103,13 +117,13 @@ def main() -> None:
               "--out", str(shapes / "tokenizer.json"))
     base = fit("base", work, shapes, steps=args.base_steps)
     pruned_dir = work / "pruned"
-    mmllm("prune", base["model"], "--out", str(pruned_dir), "--data", str(shapes / "train" / "chat"),
-          "--attention-heads", "0.34", "--mlp-channels", "0.35", "--overwrite")
+    if not (args.reuse and (pruned_dir / "config.json").is_file()):
+        mmllm("prune", base["model"], "--out", str(pruned_dir), "--data", str(shapes / "train" / "chat"),
+              "--attention-heads", "0.34", "--mlp-channels", "0.35", "--overwrite")
     quick = {"warmup_steps": 10, "lr": 1.0e-3}
     pruning = {
         "base": scored(base, shapes, work, args.questions),
-        "pruned, before fine-tuning": {"model": str(pruned_dir),
-                                       "vqa": vqa(str(pruned_dir), shapes, work, args.questions)},
+        "pruned, before fine-tuning": scored({"model": str(pruned_dir)}, shapes, work, args.questions),
         "pruned + fine-tuning": scored(fit("pruned-tuned", work, shapes, steps=args.extra_steps,
                                            init_from=str(pruned_dir), **quick), shapes, work, args.questions),
         "unpruned + the same fine-tuning": scored(fit("base-tuned", work, shapes, steps=args.extra_steps,
