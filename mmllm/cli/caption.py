@@ -58,18 +58,40 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_images(args.images)
     vlm = load_model(args)
     options = sampling(args)
+    unreadable: list[str] = []  # "PATH (reason)" of each image that could not be read; the others are captioned
     if args.stream:  # one image at a time, its caption printed as it is generated
         for path in paths:
-            sys.stdout.write(f"{path}\t")
-            print_stream(map(_on_one_line, vlm.stream_caption(path, **options)))
-        return 0
-    # The batches are made here, so each one's lines are printed as soon as it is done; the API gets one batch.
-    for start in range(0, len(paths), args.batch_size):
-        batch = paths[start:start + args.batch_size]
-        for path, caption in zip(batch, vlm.caption(batch, batch_size=len(batch), **options)):
-            print(json.dumps({"image": path, "caption": caption}) if args.json else f"{path}\t{_on_one_line(caption)}",
-                  flush=True)
+            image = _read(path, unreadable)
+            if image is not None:
+                sys.stdout.write(f"{path}\t")
+                print_stream(map(_on_one_line, vlm.stream_caption(image, **options)))
+    else:
+        # The batches are made here, so each one's lines are printed as soon as it is done; the API gets one batch.
+        for start in range(0, len(paths), args.batch_size):
+            read = [(path, _read(path, unreadable)) for path in paths[start:start + args.batch_size]]
+            batch = [(path, image) for path, image in read if image is not None]
+            if not batch:
+                continue
+            captions = vlm.caption([image for _, image in batch], batch_size=len(batch), **options)
+            for (path, _), caption in zip(batch, captions):
+                print(json.dumps({"image": path, "caption": caption}) if args.json
+                      else f"{path}\t{_on_one_line(caption)}", flush=True)
+    if unreadable:  # said once at the end, non-zero, so a script notices; every readable image was captioned
+        captioned = f", the other {len(paths) - len(unreadable)} captioned" if len(unreadable) < len(paths) else ""
+        raise UsageError(f"{len(unreadable)} of {len(paths)} images unusable{captioned}: {'; '.join(unreadable)}")
     return 0
+
+
+def _read(path: str, unreadable: list[str]):
+    """The image at `path` as the model reads it, or None with "PATH (reason)" added to `unreadable`."""
+    from mmllm.inference import to_pil
+
+    try:
+        return to_pil(path)
+    except UsageError as error:
+        reason = str(error).removeprefix("unusable image: ")
+        unreadable.append(reason if path in reason else f"{path} ({reason})")
+        return None
 
 
 def _on_one_line(text: str) -> str:

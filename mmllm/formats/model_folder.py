@@ -8,8 +8,10 @@ to open. Weight names must match the model exactly; tied weights are stored once
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -205,21 +207,44 @@ def read_tokenizer_as_is(path: Path):
 
 INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
                   "xavier_normal_", "zeros_", "ones_", "constant_", "orthogonal_")
+_skipping_init = threading.local()  # .depth > 0: this thread is inside uninitialised()
+_install_lock = threading.Lock()
+
+
+def _skippable(function):
+    """torch.nn.init's `function`, idle in a thread inside uninitialised() and itself everywhere else."""
+    @functools.wraps(function)
+    def init(tensor, *args, **kwargs):
+        if getattr(_skipping_init, "depth", 0):
+            return tensor
+        return function(tensor, *args, **kwargs)
+
+    init.mmllm_skippable = True
+    return init
+
+
+def _install_skippable_init() -> None:
+    """Wrap torch.nn.init's functions once per process. Only the calling thread's flag decides whether they run,
+    so a model built meanwhile in another thread (serve, tests) is initialised as usual."""
+    with _install_lock:
+        for name in INIT_FUNCTIONS:
+            function = getattr(nn.init, name)
+            if not getattr(function, "mmllm_skippable", False):
+                setattr(nn.init, name, _skippable(function))
 
 
 @contextmanager
 def uninitialised():
-    """Modules built inside keep their freshly allocated (uninitialised) memory: torch.nn.init's functions, which
-    every layer's constructor calls, do nothing here. For models whose every weight is loaded next. (Building on
-    the meta device does the same, but its dispatch imports torch._dynamo: 1.5 s of a cold start.)"""
-    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
-    for name in INIT_FUNCTIONS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    """Modules built inside, in this thread, keep their freshly allocated (uninitialised) memory: torch.nn.init's
+    functions, which every layer's constructor calls, do nothing here. For models whose every weight is loaded
+    next. (Building on the meta device does the same, but its dispatch imports torch._dynamo: 1.5 s of a cold
+    start.) Other threads are unaffected."""
+    _install_skippable_init()
+    _skipping_init.depth = getattr(_skipping_init, "depth", 0) + 1
     try:
         yield
     finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
+        _skipping_init.depth -= 1
 
 
 def load_model_tokenizer(path: str | Path, config: VLMConfig | None = None):

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from data_pipelines.read.shards import UnreadableShard
 from mmllm.errors import UsageError
 from mmllm.train import guards
+from mmllm.train.config_errors import OneLineArgumentParser
 from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, OverfitWarning, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
@@ -159,6 +160,9 @@ QUIET_WARNINGS = (
     # mmllm's guards already refuse a checkpoint folder holding another run's files (train.guards); what is left is
     # this run's own folder, resumed or overwritten on purpose.
     r"Checkpoint directory .* exists and is not empty",
+    # VLMModule.on_before_batch_transfer checks each batch against the model (its image-token layout) and so belongs
+    # to the module; the data module's own hook is on_after_batch_transfer. Lightning calls the module's, as meant.
+    r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`",
 )
 QUIET_INFO = ("💡 Tip:",  # advertisements for hosted services
               "TPU available:", "HPU available:",  # hardware mmllm does not run on
@@ -203,6 +207,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         MMLLMCLI(
             VLMModule,
             VLMDataModule,
+            parser_class=OneLineArgumentParser,
             trainer_defaults={
                 "callbacks": [LearningRates(logging_interval="step")],
                 "plugins": [{"class_path": "mmllm.train.checkpoint_io.AtomicCheckpointIO"}],

@@ -4,6 +4,7 @@ escaped would fail the test), plus fresh processes for the cases most likely to 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,3 +134,17 @@ def test_mistake_in_a_fresh_process_prints_no_traceback(template, message, files
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_caption_captions_every_readable_image_and_names_the_unreadable(files, model_folder, capsys):
+    """One broken image among good ones: the good ones are captioned, the broken one is named on one line at the
+    end, and the status is 2 so a script notices."""
+    from mmllm.cli.main import main
+
+    shutil.copy(files / "good.png", files / "also-good.png")
+    images = [str(files / "good.png"), str(files / "notes.png"), str(files / "also-good.png")]
+    assert main(["caption", "--model", str(model_folder), *images, "--max-new-tokens", "2", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["image"] for line in out.splitlines()] == [images[0], images[2]]
+    assert err.count("\n") == 1 and "notes.png" in err and "1 of 3 images" in err, err
+    assert "good.png" not in err

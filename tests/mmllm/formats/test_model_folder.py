@@ -156,3 +156,38 @@ def test_tokenizer_with_another_image_token_id_is_refused(tmp_path, tokenizer):
     save_model_folder(model, tokenizer, tmp_path)
     with pytest.raises(UsageError, match="image_token_id"):
         load_model_folder(tmp_path)
+
+
+def test_building_without_init_leaves_other_threads_initialising():
+    """uninitialised() idles torch.nn.init in its own thread only: a layer built meanwhile in another thread
+    (serve answering while a model loads, tests in threads) gets the weights torch would draw for it."""
+    import threading
+
+    from mmllm.formats.model_folder import uninitialised
+
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(64, 64).weight.detach().clone()
+    inside, built = threading.Event(), threading.Event()
+
+    def hold_uninitialised():
+        with uninitialised():
+            inside.set()
+            built.wait(10)
+
+    holder = threading.Thread(target=hold_uninitialised)
+    holder.start()
+    assert inside.wait(10)
+    try:
+        torch.manual_seed(0)
+        other = torch.nn.Linear(64, 64).weight.detach().clone()  # this thread is outside uninitialised()
+    finally:
+        built.set()
+        holder.join()
+    torch.testing.assert_close(other, expected, rtol=0, atol=0)
+
+    with uninitialised():  # inside, in its own thread, nothing is drawn: the generator has not moved
+        torch.manual_seed(0)
+        torch.nn.Linear(64, 64)
+        after_build = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_build, torch.rand(4))

@@ -133,3 +133,30 @@ def test_refitting_into_the_same_folder_prints_no_lightning_warning_about_it(sha
     captured = capsys.readouterr()
     shown = [str(w.message) for w in recwarn] + [captured.err, captured.out]
     assert not any("exists and is not empty" in text for text in shown)
+
+
+def test_fit_prints_no_lightning_warning_about_the_modules_batch_hook(shapes_data, tmp_path, recwarn):
+    """VLMModule's on_before_batch_transfer is the module's on purpose: Lightning's warning about it is not shown
+    (cleared from Lightning's once-per-process cache first, so an earlier fit in this process cannot hide it)."""
+    from lightning.pytorch.trainer.connectors import data_connector
+
+    data_connector.warning_cache.clear()
+    config = fit_config(shapes_data, tmp_path, trainer={"max_steps": 1, "limit_val_batches": 0})
+    assert main(["fit", "--config", str(write_config(config, tmp_path / "config.yaml"))]) == 0
+    assert not [w for w in recwarn if "on_before_batch_transfer" in str(w.message)]
+
+
+@pytest.mark.parametrize("mistake, said", [
+    (["--model.lrr", "1e-3"], "unknown config key model.lrr; did you mean model.lr"),
+    (["--model.lora.rnak", "3"], "unknown config key model.lora.rnak; did you mean model.lora.rank"),
+    ("data:\n  batchsize: 8\n", "unknown config key data.batchsize; did you mean data.batch_size"),
+])
+def test_a_misspelt_config_key_is_one_line_naming_the_closest_keys(mistake, said, tmp_path, capsys):
+    argv = ["fit", "--config", str(Path(__file__).parents[3] / "configs" / "shapes-tiny.yaml")]
+    if isinstance(mistake, str):  # a YAML file's key
+        (tmp_path / "mine.yaml").write_text(mistake)
+        mistake = ["--config", str(tmp_path / "mine.yaml")]
+    with pytest.raises(SystemExit) as stop:
+        main(argv + mistake)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and said in err, err
