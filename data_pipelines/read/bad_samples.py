@@ -4,17 +4,21 @@ Every stage (tar reading, parsing, image decoding, tokenizing) sends its failure
 dies on one broken JPEG and never hides how many it skipped. `BadSampleHandler` has webdataset's handler
 signature (`handler(exn) -> True`, meaning "continue"), so it also serves as `handler=` of webdataset stages.
 
+Counts are of samples, not of failures: a sample is named `shard.tar:key` (or, where no sample is at hand, by
+its failure's message), and a bad sample met again on a later pass over the data is not counted again.
+
 How counts reach the trainer: a handler lives in each dataloader worker (each process has its own copy).
-The batching stage attaches the handler's counts since the worker's previous batch to the batch as
-`batch["skipped"]` (a dict of reason -> samples). In the main process a `BadSampleCounter` pops that
-key from every batch (`counter.absorb(batch)`, before the batch reaches the model) and keeps the totals
-for logging. Counts of samples skipped after a worker's last batch of an epoch are not reported (the
+The batching stage attaches the names of the samples the worker skipped for the first time since its previous
+batch to the batch as `batch["skipped"]` (a dict of reason -> names). In the main process a `BadSampleCounter`
+pops that key from every batch (`counter.absorb(batch)`, before the batch reaches the model) and keeps the
+distinct names for logging. Samples skipped after a worker's last batch of an epoch are not reported (the
 stream stops at the epoch's last batch, so there are none).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tarfile
 import time
 import zlib
@@ -23,7 +27,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SKIPPED_KEY = "skipped"  # batch key carrying a worker's Counter of skipped samples since its previous batch
+SKIPPED_KEY = "skipped"  # batch key carrying a worker's newly skipped samples since its previous batch
+ADDRESS = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow's "cannot identify image file <_io.BytesIO ...>"
 
 # The reasons samples are skipped for. Exceptions with a `reason` attribute (shards.BadSample) carry their
 # own; others are classified by exception class name (so this module imports no stage).
@@ -63,25 +68,43 @@ def reason_of(exn: BaseException) -> str:
 
 
 class SkippedCounts:
-    """Samples skipped, by reason: what every command prints when it ends."""
+    """Samples skipped, by reason, each counted once however often it is met: what every command prints when it
+    ends."""
 
     def __init__(self) -> None:
-        self.counts: Counter = Counter()  # reason -> samples skipped
+        self.names: dict[str, set[str]] = {}  # reason -> the skipped samples' names
+
+    @property
+    def counts(self) -> Counter:
+        """reason -> distinct samples skipped."""
+        return Counter({reason: len(names) for reason, names in self.names.items()})
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        return sum(len(names) for names in self.names.values())
+
+    def add(self, reason: str, names) -> list[str]:
+        """Record `names` under `reason`; the ones not seen before."""
+        seen = self.names.setdefault(reason, set())
+        new = [name for name in names if name not in seen]
+        seen.update(new)
+        return new
 
     def summary(self) -> str:
         """E.g. "skipped 7 bad samples: corrupt image 4, empty caption 3"."""
-        return f"skipped {self.total} bad samples" + (f": {format_counts(self.counts)}" if self.counts else "")
+        counts = self.counts
+        return f"skipped {self.total} bad samples" + (f": {format_counts(counts)}" if counts else "")
 
 
 class BadSampleHandler(SkippedCounts):
     """Counts and logs skipped samples; `handler(exn)` returns True ("skip it and continue"), never raises.
 
+    `handler(exn, sample="shard.tar:key")` names the sample the failure belongs to (the stages after parsing,
+    whose exceptions do not name it); without it the failure's message names it.
+
     Logging: the first `log_first` samples of each reason are logged one by one with their message; after
-    that, one summary line at most every `log_interval_s` seconds or every `log_every` skipped samples.
+    that, one summary line at most every `log_interval_s` seconds or every `log_every` skipped samples. A sample
+    met again is neither counted nor logged again.
     """
 
     def __init__(self, log_first: int = 5, log_every: int = 1000, log_interval_s: float = 60.0,
@@ -90,26 +113,29 @@ class BadSampleHandler(SkippedCounts):
         self.log_every = log_every
         self.log_interval_s = log_interval_s
         self.log = log or logger
-        super().__init__()  # counts: reason -> samples skipped in this process
-        self._unreported: Counter = Counter()  # reason -> skipped since the last `take_unreported()`
+        super().__init__()
+        self._unreported: dict[str, list[str]] = {}  # reason -> names first skipped since `take_unreported()`
         self._last_summary = time.monotonic()
 
-    def __call__(self, exn: BaseException) -> bool:
+    def __call__(self, exn: BaseException, sample: str | None = None) -> bool:
         reason = reason_of(exn)
-        self.counts[reason] += 1
-        self._unreported[reason] += 1
-        self._maybe_log(reason, exn)
+        name = sample or _short(exn)
+        if self.add(reason, [name]):
+            self._unreported.setdefault(reason, []).append(name)
+            self._maybe_log(reason, exn, sample)
         return True
 
-    def take_unreported(self) -> Counter:
-        """Counts since the previous call (what the next batch carries as `skipped`); resets them."""
-        unreported, self._unreported = self._unreported, Counter()
+    def take_unreported(self) -> dict[str, list[str]]:
+        """Names first skipped since the previous call (what the next batch carries as `skipped`); resets them."""
+        unreported, self._unreported = self._unreported, {}
         return unreported
 
-    def _maybe_log(self, reason: str, exn: BaseException) -> None:
-        if self.counts[reason] <= self.log_first:
-            self.log.warning("skipping a bad sample (%s): %s", reason, _short(exn))
-            if self.counts[reason] == self.log_first:
+    def _maybe_log(self, reason: str, exn: BaseException, sample: str | None) -> None:
+        count = len(self.names[reason])
+        if count <= self.log_first:
+            self.log.warning("skipping a bad sample (%s): %s%s", reason, f"{sample}: " if sample else "",
+                             _short(exn))
+            if count == self.log_first:
                 self.log.warning("further '%s' samples are counted and summarised, not logged one by one", reason)
             return
         now = time.monotonic()
@@ -119,14 +145,23 @@ class BadSampleHandler(SkippedCounts):
 
 
 class BadSampleCounter(SkippedCounts):
-    """Main-process totals of skipped samples, fed by the `skipped` Counter each batch carries."""
+    """Main-process totals of skipped samples, fed by the names each batch carries under `skipped`."""
 
     def absorb(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Remove `batch["skipped"]` (if any), add it to the totals, and return the batch."""
+        """Remove `batch["skipped"]` (if any), add its names to the totals, and return the batch."""
         skipped = batch.pop(SKIPPED_KEY, None)
-        if skipped:
-            self.counts.update(skipped)
+        for reason, names in (skipped or {}).items():
+            self.add(reason, names)
         return batch
+
+    def state_dict(self) -> dict[str, list[str]]:
+        return {reason: sorted(names) for reason, names in self.names.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From `state_dict()`; a checkpoint of before names were kept holds counts: each becomes that many names."""
+        for reason, names in state.items():
+            self.add(reason, names if isinstance(names, (list, tuple)) else
+                     [f"(counted in an earlier run) {index}" for index in range(int(names))])
 
 
 def format_counts(counts: Counter) -> str:
@@ -134,5 +169,5 @@ def format_counts(counts: Counter) -> str:
 
 
 def _short(exn: BaseException, limit: int = 300) -> str:
-    text = f"{type(exn).__name__}: {exn}"
+    text = f"{type(exn).__name__}: {ADDRESS.sub('', str(exn))}"
     return text if len(text) <= limit else text[:limit] + "..."

@@ -54,6 +54,7 @@ from data_pipelines.read.shards import (
     decode_samples,
     load_shard_set,
     parse_samples,
+    sample_name,
     skip_bad,
     tar_samples,
 )
@@ -203,7 +204,7 @@ def encode_samples(samples: Iterable[Sample], processor: Processor, handler: Bad
     A text document longer than the processor's max_length becomes several consecutive pieces rather than
     being cut short, so no text is thrown away; captions and chats give one encoded sample each.
     """
-    for pieces in skip_bad(samples, lambda sample: encode_pieces(sample, processor), handler):
+    for pieces in skip_bad(samples, lambda sample: encode_pieces(sample, processor), handler, sample_name):
         yield from pieces
 
 

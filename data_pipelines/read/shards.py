@@ -214,15 +214,22 @@ def _complete(sample: dict[str, Any], handler: BadSampleHandler) -> Iterator[dic
     yield sample
 
 
-def skip_bad(items: Iterable, transform: Callable[[Any], Any], handler: BadSampleHandler) -> Iterator:
-    """`transform` each item; an item whose transform raises is skipped and goes to the handler."""
+def skip_bad(items: Iterable, transform: Callable[[Any], Any], handler: BadSampleHandler,
+             name: Callable[[Any], str] | None = None) -> Iterator:
+    """`transform` each item; an item whose transform raises is skipped and goes to the handler, named by
+    `name(item)` where given."""
     for item in items:
         try:
             result = transform(item)
         except Exception as exn:  # any failure of one sample is that sample's problem, never the run's
-            handler(exn)
+            handler(exn, name(item)) if name is not None else handler(exn)
             continue
         yield result
+
+
+def sample_name(sample: Sample) -> str:
+    """`shard.tar:key`, how warnings and counts name a sample."""
+    return f"{sample.meta.get('url') or '?'}:{sample.key}"
 
 
 # -- sample dicts -> Samples: the shard layout of each kind (docs/formats.md) ---------------------------
@@ -406,7 +413,7 @@ def decode_sample(sample: Sample, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
 
 def decode_samples(samples: Iterable[Sample], handler: BadSampleHandler,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Sample]:
-    return skip_bad(samples, lambda sample: decode_sample(sample, max_pixels), handler)
+    return skip_bad(samples, lambda sample: decode_sample(sample, max_pixels), handler, sample_name)
 
 
 # -- the text of any shard, for the tokenizer trainer ------------------------------------------------------------

@@ -211,10 +211,10 @@ class VLMDataModule(L.LightningDataModule):
         return counter.absorb(batch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped_samples": dict(self.bad_samples.counts)}
+        return {"skipped_samples": self.bad_samples.state_dict()}  # reason -> the skipped samples' names
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.bad_samples.counts.update(state_dict.get("skipped_samples", {}))
+        self.bad_samples.load_state_dict(state_dict.get("skipped_samples", {}))
 
     def teardown(self, stage: str) -> None:
         for name, counter in (("training", self.bad_samples), ("validation", self.val_bad_samples)):

@@ -129,7 +129,22 @@ def test_loader_batches_carry_skipped_counts_that_sum_to_the_handlers(tmp_path):
     assert len(batches) == len(loader)
     assert all("skipped" not in batch for batch in batches)
     # An epoch is as many samples as sizes.json counts (18), so the stream wraps into a second pass to
-    # replace the 8 bad ones, and meets some of them again there: at least one of each reason.
-    assert set(counter.counts) == set(EXPECTED_CAPTION_REASONS)
+    # replace the 8 bad ones, and meets some of them again there: each is still counted once.
+    assert counter.counts == EXPECTED_CAPTION_REASONS
     assert counter.counts == loader.dataset.handler.counts  # no worker processes: one handler saw everything
     assert sum(len(batch["kinds"]) for batch in batches) == 18
+
+
+def test_a_bad_sample_is_logged_by_shard_and_key_and_counted_once_however_often_met(tmp_path, caplog):
+    write_broken_caption_shards(tmp_path / "captions")
+    handler = BadSampleHandler()
+    processor = tiny_processor()
+    source = load_shard_set(tmp_path / "captions")
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.read.bad_samples"):
+        for pass_index in range(3):  # three passes over the same shards meet every bad sample three times
+            list(source_pass(source, "caption", Slot(), StreamOptions(shuffle=False), 0, pass_index, handler,
+                             processor))
+    assert handler.counts == EXPECTED_CAPTION_REASONS
+    corrupt = [r.getMessage() for r in caplog.records if "(corrupt image)" in r.getMessage()]
+    assert len(corrupt) == 2 and all("00000.tar:b-" in message for message in corrupt), corrupt
+    assert not any("object at 0x" in r.getMessage() for r in caplog.records)
