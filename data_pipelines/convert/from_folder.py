@@ -29,11 +29,20 @@ def _first_field(row: dict, names: tuple[str, ...]):
 def read_caption_rows(path: str | os.PathLike) -> tuple[dict[str, list[str]], dict[str, int]]:
     """({image file: [captions in file order]} in first-appearance order, {reason: bad rows}).
 
-    The format is told by content: a first non-blank character `{` means JSON lines, anything else CSV.
+    The format is told by the name (`.jsonl`, `.json`: JSON lines; `.csv`: CSV), else by content: a first non-blank
+    character `{` means JSON lines, anything else CSV. ValueError for a file with no caption rows at all (empty,
+    a header alone) or whose every row is bad: nothing would be written.
     """
     text = Path(path).read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise ValueError(f"{path} is empty: it should hold caption rows (JSON lines or a CSV with a header)")
     bad: dict[str, int] = {}
-    if text.lstrip().startswith("{"):
+    suffix = Path(path).suffix.lower()
+    json_lines = suffix in (".jsonl", ".json") or (suffix != ".csv" and text.lstrip().startswith("{"))
+    if json_lines and not text.lstrip().startswith("{"):
+        raise ValueError(f"{path} is not JSON lines: its first line should be an object like "
+                         '{"file": "a.jpg", "caption": "..."}')
+    if json_lines:
         rows = []
         for line in text.splitlines():
             if not line.strip():
@@ -59,6 +68,11 @@ def read_caption_rows(path: str | os.PathLike) -> tuple[dict[str, list[str]], di
             bad[reason] = bad.get(reason, 0) + 1
             continue
         captions.setdefault(str(file), []).append(caption.strip())
+    if not rows:
+        raise ValueError(f"{path} holds no caption rows, only a header")
+    if not captions:
+        raise ValueError(f"{path}: none of its {len(rows)} rows names a file and a caption "
+                         f"({', '.join(f'{reason} {count}' for reason, count in bad.items())})")
     return captions, bad
 
 

@@ -258,3 +258,22 @@ def test_cli_converter_user_errors_exit_2_with_one_line(tmp_path):
     nothing = mmllm("data", "from-llava", str(tmp_path / "chat.json"), "--images", str(tmp_path),
                     "--out", str(tmp_path / "chat"))
     assert nothing.returncode == 2 and "every row was skipped" in nothing.stderr
+
+
+@pytest.mark.parametrize("name, content, said", [
+    ("caps.jsonl", "", "is empty"),
+    ("caps.jsonl", "file,caption\na.png,red\n", "is not JSON lines"),
+    ("caps.csv", "file,caption\n", "holds no caption rows, only a header"),
+    ("caps.csv", "file,caption\na.png,\n", "none of its 1 rows names a file and a caption (empty caption 1)"),
+])
+def test_from_folder_with_a_captions_file_that_gives_nothing_exits_2_in_one_line(name, content, said, tmp_path,
+                                                                                  capsys):
+    from mmllm.cli.main import main
+
+    image_file(tmp_path / "imgs" / "a.png")
+    (tmp_path / name).write_text(content)
+    assert main(["data", "from-folder", str(tmp_path / "imgs"), "--captions", str(tmp_path / name),
+                 "--out", str(tmp_path / "caps")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+    assert not (tmp_path / "caps").exists()
