@@ -6,7 +6,8 @@ gap is memorisation, not skill. Exposure: for shards written by `mmllm data cana
 secret's rank among --candidates random secrets of its format, in the context of a sample that carried it, as
 log2(R + 1) - log2(rank) bits per repetition count (Carlini et al. 2019), read against control secrets ranked
 in the same contexts but never written into the data (--controls per canary): a model is not a uniform ranker,
-so what an unseen secret shows is measured, not assumed.
+so what an unseen secret shows is measured, not assumed. Each count reports the share of controls ranked at least
+as high as its canaries, with an interval (ties counted: about 0.5 when nothing was learnt, near 0 when memorised).
 
 Example: mmllm audit memorization --model models/shapes-tiny --train data/canaried/train --heldout data/shapes/val/captions
 """
@@ -126,12 +127,16 @@ def format_audit(report: dict) -> str:
         rows = []
         for count, row in canaries["by_repeats"].items():
             low, high = row["ci95"]
-            above = row.get("above_control_p95")
+            as_exposed = ""
+            if "p_control_at_least_as_exposed" in row:
+                p_low, p_high = row["p_control_at_least_as_exposed_ci95"]
+                as_exposed = f"{row['p_control_at_least_as_exposed']:.2f} ({p_low:.2f}-{p_high:.2f})"
             rows.append((f"{count}x" if int(count) else "control (unseen)", f"{row['mean_bits']:.2f}",
-                         f"{low:.2f}-{high:.2f}", f"{row['max_bits']:.2f}", str(row["canaries"]),
-                         "" if above is None else f"{above * 100:.0f}%"))
+                         f"{low:.2f}-{high:.2f}", f"{row['max_bits']:.2f}", str(row["canaries"]), as_exposed))
         lines += [f"canary exposure in bits (at most {top} with {canaries['candidates']} candidates; a count whose "
                   "interval overlaps the control's is not told apart from chance)",
                   format_table(rows, headers=("repeats", "mean", "95% interval", "max", "secrets",
-                                              "above control p95"))]
+                                              "controls as exposed (95%)")),
+                  "controls as exposed: the mean share of controls ranked at or above a canary, ties counted "
+                  "(about 0.5 by chance; a count whose interval lies below 0.5 reads as memorised)"]
     return "\n".join(lines)

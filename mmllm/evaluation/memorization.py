@@ -11,9 +11,10 @@ that memorised it ranks it first, log2(R + 1) bits, the most this R can show. Wh
 shows is not the uniform ranking's log2(e) = 1.44 bits on average: a model prefers some digits over others in
 some contexts, so a random secret can rank first by chance (an 8-bit maximum in a clean run was measured). So
 each carrier context also ranks control secrets, drawn the same way but never written into the data, and a
-repetition count's exposure is read against the controls' distribution: its mean with a bootstrap interval
-beside the controls', and the share of its canaries above the controls' 95th percentile (about 5% when the model
-learnt nothing).
+repetition count's exposure is read against the controls': its mean with a bootstrap interval beside the
+controls', and, comparing ranks with ties counted, the share of controls ranked at or above each canary (about
+0.5 when the model learnt nothing, near 0 when it memorised). Ties matter: exposure stops at log2(R + 1), so a
+memorised canary can only tie the controls that rank first by chance, never beat them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from data_pipelines.batching import collate
 from data_pipelines.privacy.canaries import CanaryManifest, random_secret
 from data_pipelines.read.shards import Sample
 
-UNSEEN_MEAN_EXPOSURE = math.log2(math.e)  # the uniform ranking's mean, for large R (a model is not uniform)
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -109,9 +109,12 @@ def canary_exposures(vlm, manifest: CanaryManifest, carriers: dict[str, Sample],
         raise ValueError("exposure needs at least one candidate secret")
     rng = random.Random(seed)
     space = 10 ** manifest.digits
-    if candidates + controls + len(manifest.canaries) >= space:
-        raise ValueError(f"{candidates} candidates but only {space} secrets of {manifest.digits} digits")
-    written = {canary.secret for canary in manifest.canaries}
+    real = frozenset(canary.secret for canary in manifest.canaries)
+    # candidates avoid every real secret; the controls must be distinct from them and from each other
+    if candidates + len(real) >= space or len(real) * (1 + controls) > space:
+        raise ValueError(f"{candidates} candidates and {controls} controls per canary but only {space} secrets of "
+                         f"{manifest.digits} digits")
+    written = set(real)
     results, control_results = [], []
     for canary in manifest.canaries:
         key = next((key for key in canary.keys if key in carriers), None)
@@ -119,12 +122,12 @@ def canary_exposures(vlm, manifest: CanaryManifest, carriers: dict[str, Sample],
             raise ValueError(f"no sample carrying the canary {canary.secret!r} was found in the training shards")
         sentence = manifest.sentence(canary.secret)
         results.append(_ranked(vlm, manifest, carriers[key], sentence, canary.secret, canary.repeats, candidates,
-                               rng, batch_size))
+                               rng, batch_size, real))
         for _ in range(controls):
             control = _fresh_secret(manifest.digits, rng, written)
             written.add(control)
             control_results.append(_ranked(vlm, manifest, carriers[key], sentence, control, 0, candidates, rng,
-                                           batch_size))
+                                           batch_size, real))
     return results + control_results
 
 
@@ -136,12 +139,16 @@ def _fresh_secret(digits: int, rng: random.Random, avoid: set[str]) -> str:
 
 
 def _ranked(vlm, manifest: CanaryManifest, carrier: Sample, sentence: str, secret: str, repeats: int,
-            candidates: int, rng: random.Random, batch_size: int) -> CanaryExposure:
-    """`secret` in the carrier's canary sentence, ranked against `candidates` random others in the same place."""
+            candidates: int, rng: random.Random, batch_size: int, real: frozenset[str]) -> CanaryExposure:
+    """`secret` in the carrier's canary sentence, ranked against `candidates` random others in the same place.
+
+    No candidate is a real canary secret: in a carrier's context the model may have learnt its canary, which would
+    then outrank a control for a reason the control does not share (and another canary's rank would hang on it).
+    """
     others: set[str] = set()
     while len(others) < candidates:
         other = random_secret(manifest.digits, rng)
-        if other != secret:
+        if other != secret and other not in real:
             others.add(other)
     variants = [with_secret(carrier, sentence, manifest.sentence(s)) for s in [secret, *sorted(others)]]
     true_score, *other_scores = sample_log_likelihoods(vlm, variants, batch_size)
@@ -164,20 +171,43 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def controls_at_least_as_exposed(canary: CanaryExposure, control_ranks: Sequence[float]) -> float:
+    """The share of controls ranked at or above the canary (control rank <= canary rank): a tie counts as at least
+    as exposed, so a canary that only ties the controls never reads as memorised."""
+    return sum(rank <= canary.rank for rank in control_ranks) / len(control_ranks)
+
+
 def exposure_by_repeats(results: Sequence[CanaryExposure]) -> dict[int, dict[str, float]]:
-    """repeats -> {mean exposure in bits, its 95% interval, max, canaries, and with controls (repeats 0) the share
-    of canaries above the controls' 95th percentile}; repeats 0 is the controls' own row, with that percentile."""
-    grouped: dict[int, list[float]] = {}
+    """repeats -> {mean exposure in bits, its 95% interval, max, canaries}; repeats 0 is the controls' own row (with
+    their 95th percentile of exposure, for reference), and beside controls each count's row also has
+
+    p_control_at_least_as_exposed: the mean over the count's canaries of `controls_at_least_as_exposed`, with a 95%
+    bootstrap interval over the canaries. About 0.5 (a little more with ties) when the canaries are no more exposed
+    than secrets never written; near 0 when they rank first and the controls do not; 1.0 when everything ties.
+    reads_as_memorised: that interval lies below 0.5.
+
+    Ranks with ties counted, not "above the controls' 95th percentile": exposure stops at log2(R + 1), so once more
+    than 5% of the controls rank first by chance that percentile is the cap, and a memorised canary, which can only
+    tie the cap, would read as not above it.
+    """
+    grouped: dict[int, list[CanaryExposure]] = {}
     for result in results:
-        grouped.setdefault(result.repeats, []).append(result.exposure)
-    rows = {count: {"mean_bits": sum(v) / len(v), "ci95": mean_interval(v), "max_bits": max(v), "canaries": len(v)}
-            for count, v in sorted(grouped.items())}
+        grouped.setdefault(result.repeats, []).append(result)
+    rows = {}
+    for count, group in sorted(grouped.items()):
+        bits = [r.exposure for r in group]
+        rows[count] = {"mean_bits": sum(bits) / len(bits), "ci95": mean_interval(bits), "max_bits": max(bits),
+                       "canaries": len(bits)}
     if 0 in grouped:
-        threshold = percentile(grouped[0], 0.95)
-        rows[0]["p95_bits"] = threshold
-        for count, values in grouped.items():
+        control_ranks = [r.rank for r in grouped[0]]
+        rows[0]["p95_bits"] = percentile([r.exposure for r in grouped[0]], 0.95)
+        for count, group in grouped.items():
             if count:
-                rows[count]["above_control_p95"] = sum(v > threshold for v in values) / len(values)
+                shares = [controls_at_least_as_exposed(r, control_ranks) for r in group]
+                rows[count]["p_control_at_least_as_exposed"] = sum(shares) / len(shares)
+                rows[count]["p_control_at_least_as_exposed_ci95"] = interval = mean_interval(shares)
+                # below 0.5 with 95% confidence; with ties counted against the canary, chance sits at 0.5 or above
+                rows[count]["reads_as_memorised"] = interval[1] < 0.5
     return rows
 
 
