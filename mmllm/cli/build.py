@@ -15,6 +15,9 @@ after training: a linear projector, Idefics3's image markup and resize (no tiles
 tokenizer and its chat template kept in the folder (fit lays turns out with it; data.chat_template is then not
 needed). `mmllm export --format hf|gguf [--merge-lora]` writes it.
 
+The folder is written beside `--out` and renamed into place when complete (mmllm.formats.atomic_output);
+`--overwrite` replaces an earlier one.
+
 `--from-hf DIR` instead reads a whole Idefics3/SmolVLM checkpoint (mmllm.formats.hf_idefics3): its shapes, weights,
 tokenizer, chat template and image preprocessing, so the folder answers as the checkpoint does in transformers.
 """
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from mmllm.config import PRESETS, VLMConfig
 from mmllm.errors import UsageError
+from mmllm.formats.atomic_output import atomic_output, refuse_existing
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "llama.cpp)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier model folder in --out (it stays intact until the new one is complete)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,24 +66,22 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines.chat.special_tokens import TokenIds
     from data_pipelines.chat.tokenizer import load_tokenizer, prepare_tokenizer, vocab_size
     from mmllm.formats import hf_llama as hf_import
-    from mmllm.formats.model_folder import MODEL_FOLDER_FILES, load_weights_strict, save_model_folder
+    from mmllm.formats.model_folder import load_weights_strict, save_model_folder
     from mmllm.formats.pretrained import is_gguf, read_language_model
     from mmllm.model import VLM
 
-    taken = [name for name in MODEL_FOLDER_FILES if (args.out / name).exists()]
-    if taken:
-        raise UsageError(f"{args.out} already holds a model ({', '.join(taken)}); choose another --out or remove it")
+    refuse_existing(args.out, args.overwrite)  # before reading the parts; atomic_output checks again
     if args.from_hf is not None:
         if args.preset or args.tokenizer or args.lm or args.vision:
             raise UsageError("--from-hf brings the whole model: leave out --preset, --tokenizer, --lm and --vision")
-        return import_whole(args.from_hf, args.out)
+        return import_whole(args.from_hf, args.out, args.overwrite)
     if args.layout != "mmllm" and not args.preset:
         raise UsageError(f"--layout {args.layout} lays out a VLM: name a --preset")
     if args.lm is not None and not args.preset:
         if args.tokenizer or args.vision:
             raise UsageError("a text-only model (--lm without --preset) keeps its own tokenizer and has no vision: "
                              "leave out --tokenizer and --vision, or name a --preset for a VLM")
-        return import_language_model(args.lm, args.out)
+        return import_language_model(args.lm, args.out, args.overwrite)
     from_gguf = args.lm is not None and is_gguf(args.lm)
     if not args.preset or not (args.tokenizer or from_gguf):
         raise UsageError("--preset and --tokenizer are required (or --lm FILE.gguf|HF_DIR alone for a text-only "
@@ -141,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if vision_weights:
         load_weights_strict(model.vision, strip_prefix(vision_weights, "vision."), str(args.vision))
 
-    save_model_folder(model, tokenizer, args.out)
+    with atomic_output(args.out, args.overwrite) as folder:
+        save_model_folder(model, tokenizer, folder)
     counts = model.num_parameters()
     print("parameters: " + ", ".join(f"{name} {counts[name]:,}" for name in ("vision", "projector", "lm", "total")))
     print(f"image tokens per image: {config.tokens_per_image}; vocab {config.lm.vocab_size}")
@@ -159,14 +164,15 @@ def smolvlm_layout(preset: str, parts: dict) -> dict:
             "chat_template": CHAT_TEMPLATE}
 
 
-def import_language_model(source: Path, out: Path) -> int:
+def import_language_model(source: Path, out: Path, overwrite: bool) -> int:
     """`--lm` alone: a GGUF file or Hugging Face folder -> a text-only model folder with the same logits."""
     from mmllm.formats.model_folder import save_model_folder
     from mmllm.formats.pretrained import read_language_model, text_only_model
 
     pretrained = read_language_model(source)
     model = text_only_model(pretrained)
-    save_model_folder(model, pretrained.tokenizer, out)
+    with atomic_output(out, overwrite) as folder:
+        save_model_folder(model, pretrained.tokenizer, folder)
     lm = pretrained.config
     template = "its own chat template" if pretrained.chat_template else "no chat template (generate and eval only)"
     print(f"language model from {source} ({pretrained.name}): {lm.n_layers} layers, dim {lm.dim}, "
@@ -176,7 +182,7 @@ def import_language_model(source: Path, out: Path) -> int:
     return 0
 
 
-def import_whole(folder: Path, out: Path) -> int:
+def import_whole(folder: Path, out: Path, overwrite: bool) -> int:
     """`--from-hf`: an Idefics3/SmolVLM folder -> a model folder with the same logits."""
     from mmllm.formats.hf_idefics3 import load_idefics3
     from mmllm.formats.model_folder import load_weights_strict, save_model_folder
@@ -187,7 +193,8 @@ def import_whole(folder: Path, out: Path) -> int:
     dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
     model.to(dtype=dtype)  # the checkpoint's own dtype: a round trip is exact
     load_weights_strict(model, tensors, str(folder))
-    save_model_folder(model, tokenizer, out)
+    with atomic_output(out, overwrite) as staging:
+        save_model_folder(model, tokenizer, staging)
     counts = model.num_parameters()
     print(f"Idefics3 model from {folder}: {config.vision.image_size}px images -> {config.tokens_per_image} tokens, "
           f"LM {config.lm.n_layers} layers, dim {config.lm.dim}, vocab {config.lm.vocab_size}, weights {dtype}")
