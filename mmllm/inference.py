@@ -301,7 +301,7 @@ NO_IMAGES = "this model is a language model alone: it reads no images"
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
          quantize: str | None = None, quantize_method: str = "auto", decode: str = "auto",
-         lora: str | Path | None = None) -> VisionLanguageModel:
+         lora: str | Path | None = None, force: bool = False) -> VisionLanguageModel:
     """A model ready to use, from an exported model folder or a Lightning checkpoint (`.ckpt`).
 
     A model folder (config.json, model.safetensors, tokenizer.json) is read as JSON and safetensors: nothing
@@ -314,7 +314,9 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     The result's `quantization` is the QuantizationReport (None in float). decode: how tokens are decoded,
     "auto" (compiled static-cache steps on CUDA, eager elsewhere: mmllm.model.generation.default_decode), "eager",
     "static" or "compiled". lora: an adapter folder (mmllm's, from `mmllm export` of a LoRA run, or PEFT's)
-    put on the model and merged into its weights before anything else (mmllm.formats.lora_adapters).
+    put on the model and merged into its weights before anything else (mmllm.formats.lora_adapters); one trained
+    over an int8 or NF4 base merges into that base dequantised, as `mmllm export --merge-lora` does. An adapter
+    (or a LoRA checkpoint) that records another base than `path` is refused unless `force`.
     """
     if decode != "auto" and decode not in DECODES:
         raise UsageError(f"unknown decode {decode!r}; choose one of auto, {', '.join(DECODES)}")
@@ -329,7 +331,7 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
         from mmllm.formats.checkpoint import model_from_checkpoint
 
         try:
-            model, tokenizer, _ = model_from_checkpoint(path)
+            model, tokenizer, _ = model_from_checkpoint(path, force=force)
         except UsageError as error:  # torch's unpickling messages span lines; the command line prints one
             raise UsageError(_one_line(str(error))) from None
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a checkpoint dict that is not whole
@@ -341,7 +343,7 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
         from mmllm.model.lora import merge_lora
 
         model.float()
-        apply_adapter(model, lora)
+        apply_adapter(model, lora, base=path, force=force)
         merge_lora(model)
         model.eval()
     saved = None

@@ -20,17 +20,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", default=None, metavar="ADAPTER_DIR",
                         help="a LoRA adapter folder on the model (mmllm export of a LoRA run, or PEFT's), merged "
                              "into its weights")
+    parser.add_argument("--force", action="store_true",
+                        help="with --lora (or a LoRA run's checkpoint): use the adapter even on a base other than the "
+                             "one it records having been trained on")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run (default auto: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="weights' precision (default auto: float32 on cpu, bfloat16 on cuda)")
     parser.add_argument("--quantize", choices=("int8", "int4"), default=None,
-                        help="int8 or int4 weights for every linear layer, on the CPU, by the fastest method this "
-                             "machine has (measured once, then remembered); a folder from `mmllm export --quantize` "
-                             "is quantised as saved")
+                        help="int8 or int4 weights for every linear layer, on the CPU, by the fastest method of that "
+                             "precision this machine has (measured, then remembered); a folder from `mmllm export "
+                             "--quantize` is quantised as saved")
     parser.add_argument("--quantize-method", default="auto", metavar="NAME",
-                        help="auto (the default: the fastest here, measured once and remembered; float32 when no "
-                             "method beats it), auto! (measure again), or one of torch-packed-int8, "
+                        help="auto (the default: the fastest method of the --quantize precision here, even when "
+                             "float32 is faster; remembered once told apart from the others, measured again while "
+                             "not), auto! (measure again), or one of torch-packed-int8, "
                              "torch-dynamic-int8, torchao-int8-weight-only, torchao-int8-dynamic, torch-packed-int4, "
                              "torchao-int4-weight-only, torchao-int8-dynamic-int4")
     parser.add_argument("--decode", default="auto", choices=("auto", "eager", "static", "compiled"),
@@ -74,7 +78,8 @@ def load_model(args: argparse.Namespace):
     from mmllm.inference import load
 
     vlm = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-               quantize_method=args.quantize_method, decode=getattr(args, "decode", "auto"), lora=args.lora)
+               quantize_method=args.quantize_method, decode=getattr(args, "decode", "auto"), lora=args.lora,
+               force=getattr(args, "force", False))
     if vlm.quantization is not None:
         print(vlm.quantization.summary(), file=sys.stderr)
     return vlm

@@ -32,10 +32,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
-def model_from_checkpoint(path: str | Path, merge_lora: bool = True):
+def model_from_checkpoint(path: str | Path, merge_lora: bool = True, force: bool = False):
     """(model, tokenizer, config) rebuilt from a Lightning checkpoint written by `mmllm fit`. A LoRA run's
-    checkpoint holds only what trained: the frozen base comes from the model folder it names, and its adapters
-    are merged into plain linear layers unless `merge_lora` is False (then see lora_of_checkpoint)."""
+    checkpoint holds only what trained: the frozen base comes from the model folder it names (refused when its
+    weights are not those the run recorded, unless `force`), and its adapters are merged into plain linear layers
+    (an int8 / NF4 base dequantised) unless `merge_lora` is False (then see lora_of_checkpoint)."""
     from tokenizers import Tokenizer
 
     from mmllm.model import VLM
@@ -46,7 +47,7 @@ def model_from_checkpoint(path: str | Path, merge_lora: bool = True):
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if "mmllm_lora" in checkpoint:
-        model = _lora_model(checkpoint["mmllm_lora"], state, Path(path), merge_lora)
+        model = _lora_model(checkpoint["mmllm_lora"], state, Path(path), merge_lora, force)
     else:
         model = VLM(config)
         model.load_state_dict(state, strict=True)
@@ -59,8 +60,9 @@ def lora_of_checkpoint(path: str | Path) -> dict[str, Any] | None:
     return read_checkpoint(path, mmap=True).get("mmllm_lora")
 
 
-def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path, merge: bool):
+def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path, merge: bool, force: bool):
     """The base model folder with the checkpoint's adapters (and fully trained parts) on it."""
+    from mmllm.formats.lora_adapters import check_base
     from mmllm.formats.model_folder import load_model_folder
     from mmllm.model.lora import LoRAConfig, add_lora, merge_lora
 
@@ -68,6 +70,7 @@ def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path
     if not base.is_dir():
         raise UsageError(f"checkpoint {path} is a LoRA run on {base}, which is not there any more: the checkpoint "
                          "holds the adapters only")
+    check_base(lora.get("base_identity"), base, f"checkpoint {path} (a LoRA run)", force)
     model, _, _ = load_model_folder(base)
     model.float()
     add_lora(model, LoRAConfig(**lora["config"]))
@@ -82,10 +85,11 @@ def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path
     return model
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the model folder for a checkpoint; returns the folder."""
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Write the model folder for a checkpoint (force: a LoRA run's on whatever its base folder now holds);
+    returns the folder."""
     from mmllm.formats.model_folder import save_model_folder
 
-    model, tokenizer, _ = model_from_checkpoint(checkpoint_path)
+    model, tokenizer, _ = model_from_checkpoint(checkpoint_path, force=force)
     save_model_folder(model, tokenizer, out_dir)
     return Path(out_dir)

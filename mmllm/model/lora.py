@@ -149,18 +149,24 @@ def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
 def add_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Freeze every parameter of `model`, then wrap the targeted linears in LoRALinear (in place); returns their
     names. Only the adapters' A and B require gradients afterwards."""
-    if config.base == "nf4":
+    names = lora_targets(model, config)
+    wrap_linears(model, {name: config for name in names})
+    return names
+
+
+def wrap_linears(model: nn.Module, layers: dict[str, LoRAConfig]) -> None:
+    """Freeze every parameter of `model`, then wrap each named nn.Linear in a LoRALinear of its own config (rank
+    and alpha may differ per layer, as an adapter folder's rank_pattern / alpha_pattern say)."""
+    if any(config.base == "nf4" for config in layers.values()):
         try:
             import torchao  # noqa: F401  (imported here to fail before any layer is wrapped)
         except ImportError:
             raise ImportError("model.lora.base nf4 needs torchao: pip install 'mmllm[quantize]'") from None
     model.requires_grad_(False)
-    names = lora_targets(model, config)
-    for name in names:
+    for name, config in layers.items():
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
+        parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoRALinear(getattr(parent, child), config))
-    return names
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -172,17 +178,19 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in model.state_dict().items() if ".lora_A." in name or ".lora_B." in name}
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, adapters: bool = True) -> dict[str, torch.Tensor]:
     """The state dict of the plain model the adapters merge into, without changing `model` (no copy of it is
-    made: NF4 bases cannot be deep-copied): each LoRALinear's `weight` is its base + update, its A and B gone."""
+    made: NF4 bases cannot be deep-copied): each LoRALinear's `weight` is its base + update, its A and B gone.
+    adapters=False: the base alone (dequantised), the model the adapters were trained on."""
     layers = lora_modules(model)
     state = {}
     for name, tensor in model.state_dict().items():
         owner, _, leaf = name.rpartition(".")
         if owner in layers:
             if leaf == "weight" or leaf == "weight_int8":
-                state[f"{owner}.weight"] = (layers[owner].base_weight().float()
-                                            + layers[owner].delta_weight().float()).detach()
+                weight = layers[owner].base_weight().float()
+                state[f"{owner}.weight"] = (weight + layers[owner].delta_weight().float() if adapters
+                                            else weight).detach()
             elif leaf == "bias":
                 state[name] = tensor
             continue  # lora_A / lora_B (owner is ...q_proj.lora_A) fall through below; weight_scale dropped
@@ -201,3 +209,12 @@ def merge_lora(model: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, module.merged())
     return len(merged)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) weights of a model with LoRA layers: an int8 base's weights are buffers (weight_int8), an
+    NF4 base's a parameter of its full (out, in) shape; both count as the base's weights, not as nothing."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    total += sum(layer.weight_int8.numel() for layer in lora_modules(model).values() if layer.base_kind == "int8")
+    return trainable, total

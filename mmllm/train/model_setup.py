@@ -101,19 +101,21 @@ class LoRASetup:
 
     config: LoRAConfig
     base: str  # the model folder the frozen weights come from (model.init_from)
+    base_identity: dict[str, Any]  # its weights file's size and SHA-256 (a changed base is refused on load)
     adapters: list[str]  # the wrapped linear layers
     trained: list[str]  # parameter names under the model: the adapters' A and B, and train_modules' parameters
     train_modules: list[str]
 
     def to_checkpoint(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "base": self.base, "train_modules": self.train_modules,
-                "trained": self.trained}
+        return {"config": self.config.to_dict(), "base": self.base, "base_identity": self.base_identity,
+                "train_modules": self.train_modules, "trained": self.trained}
 
 
 def setup_lora(model: VLM, options: dict[str, Any], train_modules: Optional[list[str]],
                init_from: Optional[str]) -> LoRASetup:
     """Wrap the model's targeted linears in LoRA adapters, freeze the rest but `train_modules`, and report what
     trains. The base must be a model folder: a checkpoint names it instead of holding its weights."""
+    from mmllm.formats.lora_adapters import weights_identity
     from mmllm.model.lora import add_lora
 
     if not init_from or str(init_from).endswith(".ckpt"):
@@ -130,4 +132,5 @@ def setup_lora(model: VLM, options: dict[str, Any], train_modules: Optional[list
             if name.startswith(f"{part}."):
                 raise ValueError(f"model.train_modules {part!r} is also adapted by model.lora.modules; choose one")
     trained = [name for name, param in model.named_parameters() if param.requires_grad]
-    return LoRASetup(config, str(Path(init_from).resolve()), adapters, trained, list(train_modules or []))
+    return LoRASetup(config, str(Path(init_from).resolve()), weights_identity(init_from), adapters, trained,
+                     list(train_modules or []))

@@ -202,8 +202,9 @@ class VLMModule(L.LightningModule):
         if self.teacher is not None:  # bf16 halves a GPU teacher's memory and time; the CPU keeps fp32
             self.teacher.to(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         if self.lora is not None and self.trainer.is_global_zero:
-            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            total = sum(p.numel() for p in self.model.parameters())
+            from mmllm.model.lora import parameter_counts
+
+            trainable, total = parameter_counts(self.model)  # an int8 base's weights are buffers: counted too
             c = self.lora.config
             print(f"LoRA: rank {c.rank}, alpha {c.alpha:g} on {len(self.lora.adapters)} layers "
                   f"({', '.join(c.targets)} in {', '.join(c.modules)}), base {c.base}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_text_model
+from tiny_models import images, prompt, tiny_model, tiny_text_model
 
 from mmllm.model.lora import LLAMA_TARGETS, LoRAConfig, LoRALinear, add_lora, lora_modules, merge_lora
 
@@ -55,15 +55,24 @@ def test_base_names_stay_and_only_the_adapters_require_gradients():
 def test_merged_weights_give_the_unmerged_logits():
     model = tiny_model()
     add_lora(model, LoRAConfig(rank=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"], modules=["lm", "vision"]))
-    train_adapters(model, steps=2)
-    assert any(m.lora_B.weight.abs().sum() > 0 for m in lora_modules(model).values())
-    ids, images = batch(model), None
+    for layer in lora_modules(model).values():  # every B off zero, the vision tower's too (text never trains it)
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    # (2, 4 + 12): one image block, then text per row; the vision adapters act on the image positions
+    ids = torch.stack([prompt(model, 12, 1, seed=1), prompt(model, 12, 1, seed=2)])
+    pixel_values, counts = images(2), torch.tensor([1, 1])
     with torch.no_grad():
-        unmerged = model(ids).logits
+        unmerged = model(ids, pixel_values, counts).logits
+        without_vision = {name: layer.lora_B.weight.clone() for name, layer in lora_modules(model).items()
+                          if name.startswith("vision.")}
+        for name in without_vision:
+            model.get_submodule(name).lora_B.weight.zero_()
+        assert (model(ids, pixel_values, counts).logits - unmerged).abs().max() > 1e-3  # they move the logits
+        for name, weight in without_vision.items():
+            model.get_submodule(name).lora_B.weight.copy_(weight)
         count = merge_lora(model)
-        merged = model(ids).logits
+        merged = model(ids, pixel_values, counts).logits
     assert count == 3 * 2 + 2 * 2  # LM: q, v, down in 2 layers; vision: q, v in 2 layers (no down_proj there)
-    assert not lora_modules(model) and images is None
+    assert not lora_modules(model) and len(without_vision) == 2 * 2
     torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
 
 
