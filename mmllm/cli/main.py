@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from mmllm.errors import UsageError
@@ -54,6 +55,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, whole however many lines it spans (the command list of
+    `mmllm --help`)."""
+    paragraph = " ".join(doc.split("\n\n", 1)[0].split())
+    end = re.search(r"[.!?](\s|$)", paragraph)
+    return paragraph[:end.start() + 1] if end else paragraph
+
+
 def _command_module(name: str):
     return importlib.import_module(f"mmllm.cli.{name}")
 
@@ -62,7 +71,7 @@ def _add_command(subparsers, name: str, module_name: str) -> None:
     module = _command_module(module_name)
     doc = (module.__doc__ or "").strip()
     parser = subparsers.add_parser(
-        name, help=doc.splitlines()[0] if doc else None, description=doc,
+        name, help=first_sentence(doc) or None, description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(parser)

@@ -270,6 +270,9 @@ def plot_curves(trainer: L.Trainer) -> None:
     except ImportError:  # plotting is an optional extra; the CSV log is there either way
         return
     except (FileNotFoundError, ValueError) as error:  # nothing logged yet
+        every, steps = trainer.log_every_n_steps, trainer.global_step
+        if every > steps:  # a CSVLogger was there: it had nothing to write yet
+            error = f"nothing was logged: trainer.log_every_n_steps ({every}) is more than the {steps} steps trained"
         print(f"no learning curves drawn: {error}")
 
 

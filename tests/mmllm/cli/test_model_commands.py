@@ -74,3 +74,18 @@ def test_eval_vqa_prints_a_table_and_writes_every_figure(trained, tmp_path):
                                 [s["question_type"] for s in samples])
         assert metrics == recomputed.to_dict()
     assert report["metrics"] == report["metrics_by_turns"]["in-context"]
+
+
+def test_the_command_list_of_mmllm_help_gives_each_commands_first_sentence_whole():
+    """`mmllm --help` lists each command with its docstring's first sentence, never a line cut mid-sentence."""
+    import re
+
+    from mmllm.cli.main import COMMANDS, _command_module, build_parser
+
+    listing = " ".join(build_parser([]).format_help().split())
+    for name, target in COMMANDS.items():
+        if isinstance(target, dict):
+            continue
+        doc = " ".join((_command_module(target).__doc__ or "").split("\n\n")[0].split())
+        sentence = doc[:re.search(r"[.!?](\s|$)", doc).end()].strip()
+        assert f"{name} {sentence}" in listing, name

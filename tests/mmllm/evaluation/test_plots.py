@@ -74,3 +74,17 @@ def test_plot_of_something_else_exits_2_with_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2  # a folder without metrics.csv
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "missing" in errors[0] and "only VQA" in errors[1] and "metrics.csv" in errors[2]
+
+
+def test_a_fit_shorter_than_its_logging_interval_says_so_instead_of_blaming_the_logger(tmp_path, capsys):
+    """3 steps with log_every_n_steps 50 leave the CSV logger's folder without a metrics.csv: the line says why."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from mmllm.train.callbacks import plot_curves
+
+    trainer = SimpleNamespace(loggers=[CSVLogger(tmp_path, name="logs")], log_every_n_steps=50, global_step=3)
+    plot_curves(trainer)
+    out = capsys.readouterr().out
+    assert "log_every_n_steps (50) is more than the 3 steps trained" in out and "CSVLogger" not in out, out
