@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -449,40 +450,112 @@ def gguf_lm_tensors(reader: Any, config: Any, path: Path) -> dict[str, torch.Ten
     return tensors
 
 
-# llama.cpp's pre-tokenizer names -> the `tokenizers` pre-tokenizer with the same splits (the inverse of
-# llama_cpp_pre_tokenizer above).
-def _pre_tokenizer(name: str, path: Path):
-    from tokenizers import pre_tokenizers
+# llama.cpp's BPE pre-tokenizers (src/llama-vocab.cpp, llm_tokenizer_bpe): each pre-type is a list of regexes
+# applied one after another, every match and every stretch between matches becoming a piece of its own (a
+# `tokenizers` Split, behavior "isolated"), then GPT-2's bytes-to-characters map. llama.cpp writes GPT-2's regex
+# without its final `|\s+`, but its hand-written matcher for that regex behaves as if it were there.
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZER_REGEXES = {
+    "default": (r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    "gpt-2": (GPT2_REGEX,),
+    "smollm": (r"\p{N}", GPT2_REGEX),  # digits one by one, then GPT-2's regex
+    "llama3": (LLAMA3_REGEX,),  # numbers in threes
+    "qwen2": (LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}"),),  # digits one by one
+}
+# Other names llama.cpp gives the same pre-type (and so the same regexes).
+PRE_TOKENIZER_ALIASES = {"llama-bpe": "llama3", "llama-v3": "llama3", "falcon3": "llama3", "megrez": "qwen2",
+                         "deepseek-r1-qwen": "qwen2", "stablelm2": "qwen2", "phi-2": "gpt-2", "starcoder": "smollm"}
+NORMAL, UNKNOWN, BYTE = 1, 2, 6  # llama.cpp's token types of plain pieces, the unknown token and <0x..> bytes
 
+
+def _pre_tokenizer(name: str | None, path: Path):
+    """The `tokenizers` pre-tokenizer that splits text as llama.cpp's pre-type `name` does. No name (an old file):
+    llama.cpp's 'default' regexes, as llama.cpp itself falls back to, said in one line on stderr."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if name is None:
+        print(f"{path}: no tokenizer.ggml.pre; splitting text with llama.cpp's 'default' pre-tokenizer, as llama.cpp "
+              f"does (it warns that generation quality will be degraded)", file=sys.stderr)
+        name = "default"
+    pre_type = PRE_TOKENIZER_ALIASES.get(name, name)
+    if pre_type not in PRE_TOKENIZER_REGEXES:
+        raise UsageError(f"{path}: pre-tokenizer {name!r} has no mapping here "
+                         f"({', '.join(sorted({*PRE_TOKENIZER_REGEXES, *PRE_TOKENIZER_ALIASES}))} do)")
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if name in ("gpt-2", "gpt2"):
+    if pre_type == "gpt-2":  # the forms mmllm's GGUF export recognises, so that a file read can be written again
         return byte_level
-    if name == "smollm":  # digits one by one, then GPT-2's regex
+    if pre_type == "smollm":
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    raise UsageError(f"{path}: pre-tokenizer {name!r} has no mapping here (smollm and gpt-2 do)")
+    return pre_tokenizers.Sequence([*(pre_tokenizers.Split(Regex(regex), behavior="isolated")
+                                      for regex in PRE_TOKENIZER_REGEXES[pre_type]),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def _bpe_tokenizer(reader: Any, path: Path, tokens: list[str], pre: str | None):
+    """A byte-level BPE vocabulary ('gpt2'): its merges, split by its pre-tokenizer. For llama3's pre-type
+    llama.cpp takes a piece that is a token whole before merging (ignore_merges), as Hugging Face's Llama 3 does."""
+    from tokenizers import Tokenizer, decoders, models
+
+    merges = [tuple(merge.split(" ", 1)) for merge in _field(reader, "tokenizer.ggml.merges", [])]
+    tokenizer = Tokenizer(models.BPE(vocab={token: index for index, token in enumerate(tokens)}, merges=merges,
+                                     fuse_unk=False, byte_fallback=False,
+                                     ignore_merges=PRE_TOKENIZER_ALIASES.get(pre, pre) == "llama3"))
+    tokenizer.pre_tokenizer = _pre_tokenizer(pre, path)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _spm_tokenizer(reader: Any, path: Path, tokens: list[str], types: list[int]):
+    """A SentencePiece vocabulary ('llama': Llama 2's, Mistral's), tokenized as llama.cpp's llm_tokenizer_spm does:
+    spaces as '▁', one put before the text (add_space_prefix, and after every special or added token), then the
+    adjacent pair whose join is the best-scoring token merged first, and characters with no token as their
+    <0x..> bytes. That is a BPE whose merges are every two-token split of every token, ranked by the joined
+    token's score (Hugging Face's own conversion of Llama's tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    scores = _field(reader, "tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise UsageError(f"{path}: a SentencePiece ('llama') vocabulary without a score for every token")
+    index = {token: i for i, token in enumerate(tokens)}
+    splits = [(-scores[i], i, token[:cut], token[cut:]) for i, token in enumerate(tokens) if types[i] != BYTE
+              for cut in range(1, len(token)) if token[:cut] in index and token[cut:] in index]
+    unknown = next((token for token, token_type in zip(tokens, types) if token_type == UNKNOWN), None)
+    tokenizer = Tokenizer(models.BPE(vocab=index, merges=[(left, right) for *_, left, right in sorted(splits)],
+                                     unk_token=unknown, fuse_unk=False, byte_fallback=True))
+    space_prefix = _field(reader, "tokenizer.ggml.add_space_prefix", True)
+    tokenizer.normalizer = normalizers.Sequence([*([normalizers.Prepend("▁")] if space_prefix else []),
+                                                 normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           *([decoders.Strip(" ", 1, 0)] if space_prefix else [])])
+    return tokenizer
 
 
 def gguf_tokenizer(reader: Any, path: Path):
-    """The byte-level BPE tokenizer the file describes, as a `tokenizers` Tokenizer: vocabulary, merges, its
-    control tokens special and its user-defined tokens whole, a BOS prepended when the file says so."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    """The tokenizer the file describes, as a `tokenizers` Tokenizer that tokenizes as llama.cpp does: a byte-level
+    BPE ('gpt2') or a SentencePiece one ('llama'), its control tokens special and its user-defined tokens whole,
+    a BOS prepended where llama.cpp prepends one."""
+    from tokenizers import AddedToken, processors
 
     kind = _field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise UsageError(f"{path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', is)")
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    types = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(merge.split(" ", 1)) for merge in _field(reader, "tokenizer.ggml.merges", [])]
-    tokenizer = Tokenizer(models.BPE(vocab={token: index for index, token in enumerate(tokens)}, merges=merges,
-                                     fuse_unk=False, byte_fallback=False))
-    tokenizer.pre_tokenizer = _pre_tokenizer(_field(reader, "tokenizer.ggml.pre", "gpt-2"), path)
-    tokenizer.decoder = decoders.ByteLevel()
+    types = _field(reader, "tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    pre = _field(reader, "tokenizer.ggml.pre") or None  # llama.cpp takes an empty name as none
+    if kind == "gpt2":
+        tokenizer = _bpe_tokenizer(reader, path, tokens, pre)
+    elif kind == "llama":
+        tokenizer = _spm_tokenizer(reader, path, tokens, types)
+    else:
+        raise UsageError(f"{path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', and "
+                         f"SentencePiece, 'llama', are)")
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                  for token, kind in zip(tokens, types) if kind == CONTROL])
+                                  for token, token_type in zip(tokens, types) if token_type == CONTROL])
     tokenizer.add_tokens([AddedToken(token, special=False, normalized=False)
-                          for token, kind in zip(tokens, types) if kind == USER_DEFINED])
+                          for token, token_type in zip(tokens, types) if token_type == USER_DEFINED])
     bos = _field(reader, "tokenizer.ggml.bos_token_id")
-    if _field(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
+    bos_by_default = kind == "llama" or PRE_TOKENIZER_ALIASES.get(pre, pre) == "llama3"  # as llama.cpp's defaults
+    if _field(reader, "tokenizer.ggml.add_bos_token", bos_by_default) and bos is not None:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B", special_tokens=[(tokens[bos], bos)])
     return tokenizer

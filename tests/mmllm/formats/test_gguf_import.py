@@ -157,8 +157,8 @@ def rewritten(source: Path, out: Path, **changes) -> Path:
 
 @pytest.mark.parametrize("changes, message", [
     ({"general.architecture": "phi2"}, r"architecture 'phi2' is not supported"),
-    ({"tokenizer.ggml.pre": "llama-bpe"}, r"pre-tokenizer 'llama-bpe' has no mapping here"),
-    ({"tokenizer.ggml.model": "llama"}, r"tokenizer model 'llama' is not supported"),
+    ({"tokenizer.ggml.pre": "deepseek-coder"}, r"pre-tokenizer 'deepseek-coder' has no mapping here"),
+    ({"tokenizer.ggml.model": "bert"}, r"tokenizer model 'bert' is not supported"),
     ({"llama.rope.scaling.type": "yarn"}, r"rope scaling 'yarn' is not supported"),
 ])
 def test_what_cannot_be_mapped_is_refused_in_one_line_and_nothing_is_written(tiny, tmp_path, changes, message):
