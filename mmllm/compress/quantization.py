@@ -2,14 +2,15 @@
 quantisation or torchao, with the fastest method for this machine chosen by measuring each one.
 
 Which method is fastest depends on the CPU by a factor of five (AVX2, AVX-512 VNNI, AMX each favour another
-kernel), so `--quantize int8` does not name a kernel: `quantize(model, 8)` times answers with float32 and every
-method that can run here, interleaved round by round (a machine that slows down mid-measurement slows all of
-them alike), for at least MIN_ROUNDS rounds and until the fastest is told apart from the rest or MAX_ROUNDS
-have run. It keeps the method with the lowest median unless float32 is as fast within the timings' spread (then
-the weights stay float32: quantising would buy nothing here but memory, and the summary says so; name a method
-to quantise anyway). The choice is remembered per CPU, library versions, thread count and model shape (in
-~/.cache/mmllm/quantize-choices.json, or $MMLLM_CACHE_DIR), so the measuring happens once; `auto!` measures
-again and replaces what was remembered.
+kernel), so `--quantize int8` does not name a kernel: `quantize(model, 8)` times answers with every int8 method
+that can run here, and float32 for reference, interleaved round by round (a machine that slows down
+mid-measurement slows all of them alike), for at least MIN_ROUNDS rounds and until the fastest method is told
+apart from the other methods (its slowest answer beats their fastest) or MAX_ROUNDS have run. It applies the
+method with the lowest median, even where float32 answers faster: a user who asks for int4 gets int4 (the
+summary says when it saves memory, not time). The choice is remembered per CPU and its flags, library versions,
+thread count and model shape (in ~/.cache/mmllm/quantize-choices.json, or $MMLLM_CACHE_DIR) with its timings;
+a remembered choice that was not told apart is measured again, up to MAX_MEASUREMENTS times (then the methods
+are tied and its lowest median stands); `auto!` measures again and replaces what was remembered.
 
 Methods (`METHODS`):
 - torch-dynamic-int8: torch.ao's dynamic quantisation (int8 weights per output channel, activations quantised
@@ -56,8 +57,10 @@ from mmllm.compress.packed import int4_group_size
 from mmllm.errors import UsageError
 
 BITS = {"int8": 8, "int4": 4}
-FLOAT32 = "float32"  # what `auto` chooses when no method beats float32 beyond the spread of the timings
+FLOAT32 = "float32"  # the reference timed beside the methods; never chosen: `--quantize int4` means int4
 MIN_ROUNDS, MAX_ROUNDS = 3, 7  # interleaved timing rounds
+MAX_MEASUREMENTS = 3  # a remembered choice not told apart is measured again until it has been measured this often
+TOO_SLOW = 5  # a method whose first answer takes this many times the fastest method's is not timed further
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,8 @@ class QuantizationReport:
         return self.seconds["float32"] / self.seconds[self.method]
 
     def summary(self) -> str:
-        """One line for the command line: what was chosen, why, and what it costs or buys."""
+        """One line for the command line: the method, the weights' size before and after, the measured speed."""
         before, after = (b / 2**20 for b in self.weight_bytes)
-        if self.method == FLOAT32:
-            timings = ", ".join(f"{name} {s * 1e3:.0f} ms" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
-            how = "remembered from an earlier measurement" if self.cached else "measured now"
-            return (f"kept the weights in float32 ({before:.1f} MiB): no int{self.bits} method answers faster here "
-                    f"beyond the timings' spread ({how}: {timings}); --quantize-method NAME quantises anyway")
         text = f"quantized {self.layers} linear layers to int{self.bits} with {self.method}"
         if self.float_layers:
             text += f" ({len(self.float_layers)} kept in float32: {', '.join(self.float_layers[:3])}"
@@ -105,15 +103,17 @@ class QuantizationReport:
         text += f"; weights {before:.1f} -> {after:.1f} MiB"
         speedup = self.speedup
         if speedup is not None:
-            others = ", ".join(f"{name} {s * 1e3:.0f} ms" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+            ms = {name: f"{s * 1e3:.0f} ms" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1])}
             how = "remembered from an earlier measurement" if self.cached else "measured now"
-            if speedup > 1.0:
-                text += f"; {speedup:.2f}x float32's speed ({how}: {others})"
-            else:
-                text += (f"; on this machine no int{self.bits} method beats float32 ({how}: {others}), "
-                         "so it saves memory here, not time")
-        if self.unavailable:
-            text += f"; cannot run here: {', '.join(sorted(self.unavailable))}"
+            text += f"; {ms[self.method]} per answer, {speedup:.2f}x float32's {ms[FLOAT32]}"
+            if speedup <= 1.0:
+                text += f" (no int{self.bits} method beats float32 here: it saves memory, not time)"
+            text += f" ({how}: {', '.join(f'{name} {t}' for name, t in ms.items())})"
+        slow = sorted(name for name, why in self.unavailable.items() if why.startswith("too slow"))
+        if slow:
+            text += f"; too slow here to time: {', '.join(slow)}"
+        if len(slow) < len(self.unavailable):
+            text += f"; cannot run here: {', '.join(sorted(set(self.unavailable) - set(slow)))}"
         return text
 
 
@@ -298,17 +298,26 @@ def cache_path() -> Path:
     return Path(root) / "quantize-choices.json"
 
 
+def cpu_flags(cpuinfo: str) -> tuple[str, list[str]]:
+    """(the CPU's model name, its sorted feature flags) from /proc/cpuinfo's text: "model name" and "flags" on x86,
+    "CPU part" and "Features" on ARM; the first processor's lines."""
+    name, flags = "", []
+    for line in cpuinfo.splitlines():
+        field, _, value = (part.strip() for part in line.partition(":"))
+        if field in ("model name", "CPU part") and not name:
+            name = value
+        elif field in ("flags", "Features") and not flags:
+            flags = sorted(value.split())
+    return name, flags
+
+
 def machine_key(model: nn.Module, bits: int) -> str:
-    """What a measured choice depends on: the CPU, its kernels, the libraries, the threads, the model's shape."""
-    cpu, flags = platform.processor() or platform.machine(), ""
+    """What a measured choice depends on: the CPU and its flags, its kernels, the libraries, the threads, the
+    model's shape."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = " ".join(sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))))
-    except OSError:
-        pass
+        cpu, flags = cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:  # not Linux
+        cpu, flags = "", []
     try:
         from importlib.metadata import version
 
@@ -319,7 +328,7 @@ def machine_key(model: nn.Module, bits: int) -> str:
     shape = [c.lm.dim, c.lm.n_layers, c.lm.mlp_dim, c.lm.vocab_size, c.lm.n_heads, c.lm.n_kv_heads, c.lm.head_dim,
              None if c.vision is None else [c.vision.dim, c.vision.n_layers, c.vision.n_heads, c.vision.image_size,
                                             c.vision.patch_size, c.pixel_shuffle, c.projector], c.tokens_per_image]
-    parts = [cpu, flags, torch.backends.cpu.get_cpu_capability(),
+    parts = [cpu or platform.processor() or platform.machine(), flags, torch.backends.cpu.get_cpu_capability(),
              torch.__version__, torchao_version, torch.get_num_threads(), shape, bits]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
@@ -352,13 +361,12 @@ def apply_method(model: nn.Module, method: Method, layers: dict[str, int | None]
     return model
 
 
-def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = True) -> QuantizationReport:
+def quantize(model: nn.Module, bits: int, method: str = "auto") -> QuantizationReport:
     """Quantise a float32 CPU VLM in place (its LM head untied first) and say what was done.
 
-    method "auto" measures every `bits` method that can run here against float32 (or reuses the measurement
-    remembered for this machine) and applies the fastest, or none when float32 is as fast (report.method is then
-    "float32"); "auto!" measures again and replaces the remembered choice; a method's name applies that one.
-    measure=False: without a remembered choice, the first method, and nothing is written to the cache.
+    method "auto" measures every `bits` method that can run here (and float32, for the report) and applies the
+    fastest, or reuses the choice remembered for this machine when that one was told apart (`settled`); "auto!"
+    measures again and replaces the remembered choice; a method's name applies that one, unmeasured.
     """
     if method not in ("auto", "auto!") and (method not in METHODS or METHODS[method].bits != bits):
         names = ", ".join(m.name for m in methods_for(bits))
@@ -377,22 +385,16 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
     if method in ("auto", "auto!"):
         key = machine_key(model, bits)
         entry = _read_cache().get(key) if method == "auto" else None
-        if entry and (entry.get("method") in METHODS or entry.get("method") == FLOAT32):
+        if settled(entry, bits):
             report.cached = True
-        elif measure:
-            entry = _measure(model, bits, layers)
+        else:  # nothing remembered, a choice not told apart, or one written before this rule: measure
+            earlier = entry.get("measurements", 1) if _well_formed(entry, bits) else 0
+            entry = _measure(model, bits, layers) | {"measurements": earlier + 1}
             _write_cache(key, entry)
-        else:  # nothing measured: nothing remembered either
-            entry = {"method": methods_for(bits)[0].name}
         report.method = entry["method"]
         report.seconds = entry.get("seconds", {})
         report.spread = entry.get("spread", {})
         report.unavailable = entry.get("unavailable", {})
-        if report.method == FLOAT32:
-            report.layers, report.float_layers = 0, []
-            report.weight_bytes = (before, before)
-            _tie_head_again(model)
-            return report
     try:
         apply_method(model, METHODS[report.method], layers)
     except ImportError:
@@ -401,13 +403,6 @@ def quantize(model: nn.Module, bits: int, method: str = "auto", measure: bool = 
         raise UsageError(f"{report.method} cannot run on this machine: {str(error).splitlines()[0][:200]}") from None
     release_freed_memory()
     return report
-
-
-def _tie_head_again(model: nn.Module) -> None:
-    """Undo untie_head for a model left in float32: the head is the embedding again (no second copy)."""
-    lm = model.lm
-    if lm.config.tie_embeddings and lm.lm_head is not None:
-        lm.lm_head = None
 
 
 def release_freed_memory() -> None:
@@ -420,48 +415,71 @@ def release_freed_memory() -> None:
         pass
 
 
+def choose(times: dict[str, list[float]]) -> str:
+    """The method with the lowest median answer time; float32 is timed for the report, never chosen."""
+    methods = [name for name in times if name != FLOAT32]
+    return min(methods, key=lambda name: statistics.median(times[name]))
+
+
+def told_apart(times: dict[str, list[float]], chosen: str) -> bool:
+    """Whether `chosen`'s slowest answer beats every other method's fastest: their spreads do not overlap."""
+    return all(max(times[chosen]) < min(t) for name, t in times.items() if name not in (chosen, FLOAT32))
+
+
+def _well_formed(entry, bits: int) -> bool:
+    """Whether a remembered entry is one this rule wrote: a `bits` method and the answer times it was chosen on."""
+    if not isinstance(entry, dict):
+        return False
+    method, times = entry.get("method"), entry.get("times")
+    return (method in METHODS and METHODS[method].bits == bits and isinstance(times, dict) and method in times
+            and all(isinstance(t, list) and t for t in times.values()))
+
+
+def settled(entry, bits: int) -> bool:
+    """Whether a remembered choice may be reused: it was told apart from the other methods, or it has been
+    measured MAX_MEASUREMENTS times without that (a tie: any of the tied methods will do)."""
+    if not _well_formed(entry, bits):
+        return False
+    return told_apart(entry["times"], entry["method"]) or entry.get("measurements", 1) >= MAX_MEASUREMENTS
+
+
 def _measure(model: nn.Module, bits: int, layers: dict[str, int | None]) -> dict:
-    """{"method": the choice, "seconds": median per answer of float32 and each method that runs, "spread": their
-    max - min, "rounds", "unavailable": method -> why}; the methods timed in turn, round by round."""
+    """{"method": the choice, "times": each contender's answer seconds, round by round, "seconds": their medians,
+    "spread": their max - min, "rounds", "unavailable": method -> why}; float32 and the methods that run here
+    timed in turn, round by round."""
+    answer_seconds(model, repeats=0)  # warms float32 up
     contenders: dict[str, nn.Module] = {FLOAT32: model}
-    unavailable = {}
-    float_seconds = answer_seconds(model, repeats=1)  # also warms float32 up
+    first_answer, unavailable = {}, {}
     for method in methods_for(bits):
         trial = copy.deepcopy(model)
         try:
             apply_method(trial, method, layers)
-            warm_up = answer_seconds(trial, repeats=0)  # kernels' packing and caches
+            first_answer[method.name] = answer_seconds(trial, repeats=0)  # kernels' packing and caches
         except (ImportError, RuntimeError, AssertionError, NotImplementedError, ValueError) as error:
             unavailable[method.name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             del trial
             continue
-        if warm_up > 5 * float_seconds:  # far behind already: not worth the rounds
-            unavailable[method.name] = f"too slow here: {warm_up * 1e3:.0f} ms against float32's {float_seconds * 1e3:.0f} ms"
-            del trial
-            continue
         contenders[method.name] = trial
         release_freed_memory()  # the copy's float weights, replaced by the method's: give their pages back
-    if len(contenders) == 1:
+    if not first_answer:
         hint = " (pip install 'mmllm[quantize]' for torchao's)" if any("ImportError" in v for v in unavailable.values()) else ""
         raise UsageError(f"no int{bits} method runs on this machine{hint}: "
                          + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+    # far behind the fastest method already: not worth the rounds (float32 is no yardstick: int4 must stay int4)
+    fastest = min(first_answer, key=first_answer.get)
+    for name, seconds in first_answer.items():
+        if seconds > TOO_SLOW * first_answer[fastest]:
+            unavailable[name] = f"too slow here: {seconds * 1e3:.0f} ms against {fastest}'s {first_answer[fastest] * 1e3:.0f} ms"
+            del contenders[name]
+    release_freed_memory()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for round_ in range(MAX_ROUNDS):
         for name, candidate in contenders.items():
             times[name].append(answer_seconds(candidate, repeats=1, warm_up=False))
-        if round_ + 1 >= MIN_ROUNDS and _told_apart(times):
+        if round_ + 1 >= MIN_ROUNDS and told_apart(times, choose(times)):
             break
     del contenders
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    spread = {name: max(t) - min(t) for name, t in times.items()}
-    best = min((name for name in medians if name != FLOAT32), key=medians.get)
-    margin = max(spread[best], spread[FLOAT32])
-    choice = best if medians[FLOAT32] - medians[best] > margin else FLOAT32
-    return {"method": choice, "seconds": medians, "spread": spread, "rounds": len(times[FLOAT32]),
-            "unavailable": unavailable}
-
-
-def _told_apart(times: dict[str, list[float]]) -> bool:
-    """Whether the fastest contender's slowest answer beats every other contender's fastest."""
-    best = min(times, key=lambda name: statistics.median(times[name]))
-    return all(max(times[best]) < min(t) for name, t in times.items() if name != best)
+    return {"method": choose(times), "times": times,
+            "seconds": {name: statistics.median(t) for name, t in times.items()},
+            "spread": {name: max(t) - min(t) for name, t in times.items()},
+            "rounds": len(times[FLOAT32]), "unavailable": unavailable}
