@@ -14,9 +14,10 @@ Images are encoded once, in prefill. Decoding comes in three kinds (`decode=`):
   (their tokens are dropped). It is what compilation needs:
 - `compiled`: the static step through torch.compile, once per (batch bucket, length bucket, dtype); on CUDA with
   CUDA graphs (mode "reduce-overhead"), which removes the per-kernel launch cost that bounds batch-1 decoding.
-Greedy tokens are the same in all three (tests/mmllm/model/test_static_decode.py). In prefix mode the prompt is
-the prefix: prefill attends bidirectionally over it and decoded tokens are causal, which is exactly what full
-recomputation with prefix_mask = prompt does, since prompt positions never attend to later tokens.
+Greedy tokens are the same in all three (tests/mmllm/model/test_static_decode.py). In prefix mode prefill attends
+bidirectionally over the prefix (the processor's prefix_mask: the turns before the first answer, the whole prompt
+for a first question) and decoded tokens are causal, which is exactly what full recomputation with that prefix_mask
+does, since prefix positions never attend to later tokens.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def stream(
     attention_mask: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None,
     image_counts: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
     *,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
@@ -203,6 +205,8 @@ def stream(
     A row's last yield is its stop token (config.eos_token_ids unless stop_ids is given) or its
     max_new_tokens-th token; generation also ends at lm.max_seq_len. seed makes sampling reproducible.
     The image placeholder id is never generated. decode: eager, static or compiled (the module's docstring).
+    prefix_mask (B, T), used in prefix mode only: the prompt positions attended bidirectionally, as the processor
+    marks them (the turns before the conversation's first answer, as in training); None: the whole prompt.
     """
     if decode not in DECODES:
         raise ValueError(f"unknown decode {decode!r}; choose one of {', '.join(DECODES)}")
@@ -222,10 +226,10 @@ def stream(
     dtype = next(model.parameters()).dtype
     if decode != "eager":
         yield from _stream_static(model, embeds, attention_mask, max_new_tokens, stop, decode,
-                                  (temperature, top_k, top_p, generator))
+                                  (temperature, top_k, top_p, generator), prefix_mask)
         return
     cache = KVCache(config.lm, B, T + max_new_tokens, dtype=dtype, device=device)
-    logits = prefill(model, embeds, attention_mask, cache)  # (B, V)
+    logits = prefill(model, embeds, attention_mask, cache, prefix_mask)  # (B, V)
 
     # Left-padding keys stay hidden through key_is_real; without padding no decode mask is needed at all.
     key_is_real = None
@@ -235,7 +239,8 @@ def stream(
     next_position = attention_mask.long().sum(-1)  # (B,): real prompt tokens are at 0 .. n-1
     rows = list(range(B))  # original row of each row still in the batch
     for step in range(max_new_tokens):
-        logits[:, config.image_token_id] = float("-inf")
+        if config.image_token_id >= 0:  # a text-only model has none (-1 would be the last token of the vocabulary)
+            logits[:, config.image_token_id] = float("-inf")
         tokens = sample_next_token(logits, temperature, top_k, top_p, generator)  # (b,)
         token_list = tokens.tolist()
         yield dict(zip(rows, token_list))
@@ -255,7 +260,8 @@ def stream(
 
 
 def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                   stop: set[int], decode: str, sampling: tuple) -> Iterator[dict[int, int]]:
+                   stop: set[int], decode: str, sampling: tuple,
+                   prefix_mask: torch.Tensor | None = None) -> Iterator[dict[int, int]]:
     """stream's loop over a StaticKVCache: all rows (padded to the bucket) decode every step; a finished row's
     tokens are no longer yielded."""
     config = model.config
@@ -263,7 +269,7 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
     device = embeds.device
     rows_bucket, length = static_shapes(B, T + max_new_tokens, config.lm.max_seq_len)
     cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device, compiled=decode == "compiled")
-    logits = prefill(model, embeds, attention_mask, cache)  # (B, V): the real rows only
+    logits = prefill(model, embeds, attention_mask, cache, prefix_mask)  # (B, V): the real rows only
     key_is_real = torch.ones(rows_bucket, length, dtype=torch.bool, device=device)
     key_is_real[:, :T] = False  # padded rows see only their own decode slots
     key_is_real[:B, :T] = attention_mask.bool()
@@ -274,7 +280,8 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
     alive = list(range(B))
     for step in range(max_new_tokens):
         logits = logits[:B].clone()  # a compiled CUDA-graph step reuses its output buffer
-        logits[:, config.image_token_id] = float("-inf")
+        if config.image_token_id >= 0:  # a text-only model has none (-1 would be the last token of the vocabulary)
+            logits[:, config.image_token_id] = float("-inf")
         chosen = sample_next_token(logits, *sampling)  # (B,)
         token_list = chosen.tolist()
         yield {row: token_list[row] for row in alive}
@@ -287,14 +294,20 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
         next_position += 1
 
 
-def prefill(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+def prefill(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache,
+            prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run the prompt embeddings (B, T, dim) through the LM into an empty cache; logits of the last position (B, V).
 
-    Positions count real tokens only (left pads don't shift the prompt); in prefix mode the prompt is the prefix.
+    Positions count real tokens only (left pads don't shift the prompt); in prefix mode the prefix is prefix_mask's
+    (the processor's: the turns before the first answer, so a conversation with history is read as in training),
+    or the whole prompt without one.
     """
     T = embeds.size(1)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    prefix_mask = attention_mask.bool() if model.config.attention == "prefix" else None
+    if model.config.attention != "prefix":
+        prefix_mask = None
+    else:
+        prefix_mask = attention_mask.bool() if prefix_mask is None else prefix_mask.bool() & attention_mask.bool()
     mask = build_attention_mask(T, attention_mask, prefix_mask=prefix_mask)
     hidden = model.lm(embeds, position_ids, attn_mask=mask, is_causal=mask is None, kv_cache=cache)
     return model.lm.logits(hidden[:, -1])  # only the last position goes through the head
@@ -324,6 +337,7 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None,
     image_counts: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
     *,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
@@ -336,7 +350,7 @@ def generate(
     """The new tokens of each row, without the stop token that ended it. Arguments as in `stream`."""
     stop = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
     steps = stream(
-        model, input_ids, attention_mask, pixel_values, image_counts, max_new_tokens=max_new_tokens,
+        model, input_ids, attention_mask, pixel_values, image_counts, prefix_mask, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids, seed=seed, decode=decode,
     )
     new_tokens: list[list[int]] = [[] for _ in range(input_ids.size(0))]

@@ -135,7 +135,7 @@ class Engine:
         length = ids.size(1)
         budget = max(r.max_tokens for r in arrivals)
         cache = KVCache(self.config.lm, len(arrivals), length + budget, dtype=self.vlm.dtype, device=device)
-        logits = prefill(self.model, embeds, mask, cache)
+        logits = prefill(self.model, embeds, mask, cache, batch["prefix_mask"].to(device))  # as `mmllm chat` reads it
         real = torch.ones(len(arrivals), cache.max_len, dtype=torch.bool, device=device)
         real[:, :length] = mask.bool()
         return cache, logits, real
@@ -168,7 +168,8 @@ class Engine:
 
     def _step(self) -> None:
         """One token for every running row; finished rows leave; the rest advance through the model."""
-        self.logits[:, self.config.image_token_id] = float("-inf")  # never generate an image slot
+        if self.config.image_token_id >= 0:  # never generate an image slot (a text-only model's id is -1)
+            self.logits[:, self.config.image_token_id] = float("-inf")
         tokens = self.logits.argmax(dim=-1)  # greedy rows; sampled rows draw with their own settings below
         for i, r in enumerate(self.running):
             if r.temperature > 0:
@@ -312,7 +313,8 @@ class StaticEngine(Engine):
     def _step(self) -> None:
         rows = [row for row, request in enumerate(self.owner) if request is not None]
         logits = self.logits[rows].clone()  # a CUDA-graph step reuses its output buffer
-        logits[:, self.config.image_token_id] = float("-inf")
+        if self.config.image_token_id >= 0:
+            logits[:, self.config.image_token_id] = float("-inf")
         tokens = logits.argmax(dim=-1)
         for i, row in enumerate(rows):
             request = self.owner[row]

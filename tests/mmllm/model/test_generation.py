@@ -172,3 +172,18 @@ def test_images_are_encoded_once_in_prefill(make_model, make_prompt, make_images
     generate(model, make_prompt(model, 4, 2)[None], pixel_values=make_images(2), max_new_tokens=8, stop_ids=[])
     hook.remove()
     assert calls == [2]
+
+
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_a_text_only_model_can_generate_the_last_token_of_its_vocabulary(decode):
+    """A text-only model's image_token_id is -1: no slot to mask, and -1 must not mask the vocabulary's last token."""
+    from tiny_models import tiny_text_model
+
+    model, _ = tiny_text_model()
+    last = model.config.lm.vocab_size - 1
+    head = model.lm.logits
+    bonus = torch.zeros(model.config.lm.vocab_size)
+    bonus[last] = 100.0
+    model.lm.logits = lambda hidden: head(hidden) + bonus  # the model prefers the last token everywhere
+    out = generate(model, torch.tensor([[5, 6, 7]]), max_new_tokens=2, decode=decode)
+    assert out == [[last, last]]
