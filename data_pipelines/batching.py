@@ -16,12 +16,39 @@ from data_pipelines.processor import EncodedSample
 
 # Batch keys (the contract of docs/formats.md): input_ids, attention_mask, labels, position_ids, prefix_mask
 # (B, T); pixel_values (N, 3, S, S) in reading order, only when the batch has an image; image_counts (B,); kinds (B,) each row's
-# sample kind; and with packing segment_ids (B, T) plus segment_kinds. A sample's first token is never a target
-# (nothing before it predicts it), so its label is set to -100: otherwise the padding or the previous packed
-# sample would be trained to predict it.
+# sample kind ("mlm" for a masked-LM sample, whatever its source's kind); and with packing segment_ids (B, T) plus
+# segment_kinds; and, only when the batch holds a masked-LM sample, bidirectional (B, T), True on its tokens; and
+# (collate only) groups (B,), each row's group, where the loss weighs groups (data_pipelines.balance).
+# labels[:, t + 1] is what position t is trained to predict. For a causal sample that is the next token: a sample's
+# first token is never a target (nothing before it predicts it), so its label is set to -100, otherwise the
+# padding or the previous packed sample would be trained to predict it. For a masked-LM sample it is the hidden
+# token at t itself (BERT predicts in place): its labels move one slot to the right, into the slot the causal rule
+# leaves free, and its last token is never masked (data_pipelines.masking), so no target leaves its sample. Every
+# loss (plain, chunked, weighted, distilled, per kind) then reads one alignment.
 
 def _targets(sample: EncodedSample) -> list[int]:
-    return [IGNORE_INDEX] + list(sample.labels[1:]) if sample.labels else []
+    if not sample.labels:
+        return []
+    if sample.objective == "mlm":
+        return [IGNORE_INDEX] + list(sample.labels[:-1])
+    return [IGNORE_INDEX] + list(sample.labels[1:])
+
+
+def _loss_kind(sample: EncodedSample) -> str:
+    return "mlm" if sample.objective == "mlm" else sample.kind
+
+
+def _bidirectional(rows: Sequence[Sequence[tuple[int, EncodedSample]]], length: int) -> dict[str, torch.Tensor]:
+    """{"bidirectional": (B, T) bool, True on the tokens of masked-LM samples}, or {} when the batch has none.
+    rows: each row's (start, sample) pairs."""
+    if not any(sample.objective == "mlm" for row in rows for _, sample in row):
+        return {}
+    bidirectional = torch.zeros((len(rows), length), dtype=torch.bool)
+    for row, placed in enumerate(rows):
+        for start, sample in placed:
+            if sample.objective == "mlm":
+                bidirectional[row, start:start + len(sample)] = True
+    return {"bidirectional": bidirectional}
 
 
 def _pixel_values(samples: Sequence[EncodedSample]) -> dict[str, torch.Tensor]:
@@ -51,6 +78,7 @@ def collate(
         prefix_mask[row, start:start + sample.prefix_length] = True
     # The model's default positions: 0.. on real tokens whichever side the padding is on.
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    starts = [0 if padding_side == "right" else length - len(s) for s in samples]
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -59,7 +87,9 @@ def collate(
         "prefix_mask": prefix_mask,
         **_pixel_values(samples),
         "image_counts": torch.tensor([s.num_images for s in samples], dtype=torch.long),
-        "kinds": [s.kind for s in samples],
+        "kinds": [_loss_kind(s) for s in samples],
+        **({"groups": [s.group for s in samples]} if any(s.group is not None for s in samples) else {}),
+        **_bidirectional([[(start, s)] for start, s in zip(starts, samples)], length),
     }
 
 
@@ -129,7 +159,9 @@ def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> dict
             prefix_mask[row, start:start + sample.prefix_length] = True
             start += n
     packed_order = [samples[i] for row in rows for i in row]
-    segment_kinds = [[samples[i].kind for i in row] for row in rows]
+    segment_kinds = [[_loss_kind(samples[i]) for i in row] for row in rows]
+    placed = [list(zip(itertools.accumulate((len(samples[i]) for i in row), initial=0), (samples[i] for i in row)))
+              for row in rows]
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -141,6 +173,7 @@ def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> dict
         "image_counts": torch.tensor([sum(samples[i].num_images for i in row) for row in rows], dtype=torch.long),
         "kinds": [kinds[0] if len(set(kinds)) == 1 else "mixed" for kinds in segment_kinds],
         "segment_kinds": segment_kinds,
+        **_bidirectional(placed, length),
     }
 
 

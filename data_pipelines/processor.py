@@ -47,6 +47,10 @@ class EncodedSample:
     pixel_values: torch.Tensor | None  # (N, 3, S, S), one per image block of input_ids in order; None if N == 0
     prefix_length: int  # tokens before the first answer token (the prompt, for prefix attention)
     kind: str  # "caption" | "chat" | "text": the kind of its source, for the loss per kind
+    # "causal" (labels: next-token targets) or "mlm" (labels: the hidden tokens at their own positions, attention
+    # bidirectional over the whole sample; data_pipelines.masking)
+    objective: str = "causal"
+    group: str | None = None  # its group of data.balance / model.group_dro's field (data_pipelines.balance)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -186,6 +190,56 @@ class Processor:
         if sample.kind == "text":
             return self.encode_text(sample.text)
         return self.encode_conversation(sample.conversation, sample.images, kind=sample.kind)
+
+    # --- masked language modelling (data_pipelines.masking) -----------------------------------------------------
+
+    @property
+    def mask_id(self) -> int | None:
+        """The id of `<mask>`, or None when the tokenizer has none (a model not trained with the MLM objective)."""
+        return self.tokenizer.token_to_id(st.MASK)
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of every added special token (image, turns, roles, padding, end of text, mask): never masked."""
+        ids = getattr(self, "_special_token_ids", None)
+        if ids is None:
+            ids = self._special_token_ids = frozenset(
+                i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special)
+        return ids
+
+    def encode_masked(self, text: str, image: ImageSource | None = None) -> tuple[EncodedSample, list[int]]:
+        """A text with `<mask>` markers (one token each) -> the MLM input as training builds it, and the masked
+        positions: with an image, a caption sample (the image, the caption instruction, the text as the caption);
+        without, a text document. Whitespace before a marker goes with the hidden token (" red" is one token), as
+        in RoBERTa's fill-mask. ValueError without a marker or a `<mask>` token."""
+        if self.mask_id is None:
+            raise ValueError("this model's tokenizer has no <mask> token: it was not trained with the MLM objective")
+        pieces = text.split(st.MASK)
+        if len(pieces) < 2:
+            raise ValueError(f"the text has no {st.MASK} to fill")
+        placeholder = "\x00"  # stands for each marker while the template renders the text
+        if placeholder in text:
+            raise ValueError("the text holds a NUL character")
+        rendered = placeholder.join(piece.rstrip(" ") if i < len(pieces) - 1 else piece
+                                    for i, piece in enumerate(pieces))
+        ids: list[int] = []
+        for index, part in enumerate(rendered.split(placeholder)):
+            if index:
+                ids.append(self.mask_id)
+            ids.extend(self.template.encode_text(part))
+        if image is None:
+            sample = EncodedSample(ids + [self.ids.end_of_text], [IGNORE_INDEX] * (len(ids) + 1), None, 0, "text",
+                                   "mlm")
+        else:
+            sample = self.encode_caption("\x00", image)  # the caption slot, then the text's ids put in its place
+            slot = self.template.encode_text("\x00")
+            start = next(i for i in range(len(sample.input_ids)) if sample.input_ids[i:i + len(slot)] == slot)
+            input_ids = sample.input_ids[:start] + ids + sample.input_ids[start + len(slot):]
+            sample = EncodedSample(input_ids, [IGNORE_INDEX] * len(input_ids), sample.pixel_values,
+                                   sample.prefix_length, "caption", "mlm")
+        if self.max_length is not None and len(sample) > self.max_length:
+            raise ValueError(f"the text is {len(sample)} tokens; the model takes {self.max_length}")
+        return sample, [i for i, token in enumerate(sample.input_ids) if token == self.mask_id]
 
     # --- inference --------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@
     vlm.ask("a.png", "What colour is the circle?")
     vlm.chat([{"role": "user", "content": "<image>\\nWhat is this?"}], images=["a.png"])
     vlm.generate("Once upon a time")
+    vlm.fill_mask("a red <mask> at the top left.", image="a.png")   # a model trained with the MLM objective
 
 Images are paths, PIL images or (3, H, W) tensors with values in [0, 1]. Every prompt goes through
 data_pipelines' Processor (chat template, image preprocessing), the code that made the training batches,
@@ -26,8 +27,9 @@ from PIL import Image
 
 from data_pipelines.batching import collate
 from data_pipelines.chat.conversation import NoSupervisedTokens, normalise_conversation, question_conversation
-from data_pipelines.chat.special_tokens import CAPTION_INSTRUCTION
+from data_pipelines.chat.special_tokens import CAPTION_INSTRUCTION, MASK
 from data_pipelines.images import ImageError, load_image
+from data_pipelines.processor import NoImages
 from mmllm.config import VLMConfig
 from mmllm.errors import UsageError
 from mmllm.model.generation import DECODES, default_decode, generate, stream
@@ -203,6 +205,59 @@ class VisionLanguageModel:
                 progress(min(start + batch_size, len(pieces)), len(pieces))
         return totals
 
+    def fill_mask(self, text: str, image: ImageLike | None = None, top_k: int = 5) -> list[list[dict]]:
+        """The `top_k` fillers of each `<mask>` in text (one token each), most probable first: per mask a list of
+        {"score", "token", "token_str", "sequence"} as transformers' fill-mask pipeline gives them (sequence: the
+        text with that mask filled). With an image the text is read as its caption, without as a text document:
+        the encodings of MLM training (Processor.encode_masked). Attention is bidirectional over the whole input."""
+        try:
+            encoded, positions = self.processor.encode_masked(text, to_pil(image) if image is not None else None)
+        except ImageError as error:
+            raise UsageError(f"unusable image: {error}") from None
+        except NoImages:
+            raise UsageError(NO_IMAGES) from None
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if top_k < 1:
+            raise UsageError(f"top_k must be at least 1, got {top_k}")
+        probabilities, ids = self.mask_predictions([encoded], [positions], top_k)[0]
+        pieces = text.split(MASK)
+        fills = []
+        for index, (row_probs, row_ids) in enumerate(zip(probabilities.tolist(), ids.tolist())):
+            fills.append([])
+            for score, token in zip(row_probs, row_ids):
+                filler = self.tokenizer.decode([token], skip_special_tokens=False)
+                sequence = "".join(piece.rstrip(" ") + filler if i == index else
+                                   piece + (MASK if i < len(pieces) - 1 else "")
+                                   for i, piece in enumerate(pieces))
+                fills[-1].append({"score": score, "token": token, "token_str": filler.strip(), "sequence": sequence})
+        return fills
+
+    @torch.inference_mode()
+    def mask_predictions(self, encoded: Sequence[Any], positions: Sequence[Sequence[int]], top_k: int,
+                         batch_size: int = 64, progress: Progress | None = None
+                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per MLM-encoded sample (Processor.encode_masked): (probabilities, token ids), each (masks, top_k), of the
+        most probable tokens at its masked positions; batched with right padding, bidirectional attention."""
+        results = []
+        for start in range(0, len(encoded), batch_size):
+            part = list(encoded[start:start + batch_size])
+            batch = collate(part, pad_id=self.config.pad_token_id, padding_side="right")
+            inputs = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask", "image_counts",
+                                                                  "bidirectional", "pixel_values") if key in batch}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            logits = self.model(**inputs).logits  # (b, T, vocab)
+            special = list(self.processor.special_token_ids)
+            logits[..., special] = float("-inf")  # never a filler: special tokens are never masked in training
+            for row, where in enumerate(positions[start:start + batch_size]):
+                probabilities = logits[row, list(where)].float().softmax(dim=-1)  # (masks, vocab)
+                top = probabilities.topk(min(top_k, probabilities.size(-1)), dim=-1)
+                results.append((top.values.cpu(), top.indices.cpu()))
+            if progress is not None:
+                progress(min(start + batch_size, len(encoded)), len(encoded))
+        return results
+
     def blank_image(self) -> Image.Image:
         """An image of the normalisation mean colour (all zeros once normalised): `--blind` evaluation."""
         size = self.config.vision.image_size
@@ -264,7 +319,7 @@ class VisionLanguageModel:
         yield from decode_incrementally(self.processor.decode, tokens, strip=strip)
 
     def _model_inputs(self, batch: dict) -> dict:
-        keys = ("input_ids", "attention_mask", "pixel_values", "image_counts")
+        keys = ("input_ids", "attention_mask", "pixel_values", "image_counts", "prefix_mask")
         inputs = {k: batch[k].to(self.device) for k in keys if batch.get(k) is not None}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)

@@ -41,3 +41,35 @@ def test_the_lora_table_gives_the_jsons_memory_and_sizes_in_mib_and_only_what_it
             assert int(trainable.replace(",", "")) == run["trainable_parameters"], row
         checked += 1
     assert checked == len(LORA_ROWS)
+
+
+SEQ2SEQ_RESULTS = REPO / "bench" / "results" / "2026-12-07-seq2seq.json"
+SEQ2SEQ_ROWS = {  # the first cell of a docs/seq2seq.md row -> (task, group of runs, run)
+    "SmolLM2-135M-Instruct, zero-shot": ("runs", "zero-shot"),
+    "+ LoRA r16, 5 CPU-minutes": ("runs", "lora-5min"),
+    "+ LoRA r16, 10 CPU-minutes (resumed from the 5-minute checkpoint)": ("runs", "lora-10min (resumed)"),
+    "tiny preset from scratch, causal, 1.5 minutes": ("tiny_from_scratch", "causal"),
+    "tiny preset from scratch, prefix, 1.5 minutes": ("tiny_from_scratch", "prefix"),
+    "+ LoRA r16, 3 CPU-minutes": ("runs", "lora-3min"),
+}
+
+
+def test_the_seq2seq_tables_give_the_jsons_scores():
+    tasks = json.loads(SEQ2SEQ_RESULTS.read_text())["tasks"]
+    text = (REPO / "docs" / "seq2seq.md").read_text()
+    checked = 0
+    for task, header_start in (("translation", "| model | chrF"), ("summarisation", "| model | ROUGE-L")):
+        header, rows = table_rows(text, header_start)
+        column = {name: index for index, name in enumerate(header)}
+        for row in rows:
+            group, name = SEQ2SEQ_ROWS[row[0]]
+            run = tasks[task][group][name]
+            cell = {name: row[index].strip("*") for name, index in column.items()}
+            assert float(cell["chrF"]) == round(run["chrf"], 1), row
+            assert float(cell["BLEU"]) == round(run["bleu"], 1), row
+            assert float(cell["ROUGE-L"]) == round(run["rouge_l"], 3), row
+            assert float(cell["exact"].rstrip("%")) == round(100 * run["exact_match"], 1), row
+            if "steps" in run:
+                assert int(cell["training steps"]) == run["steps"], row
+            checked += 1
+    assert checked == 7

@@ -22,6 +22,10 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 SYSTEM = "<|system|>"
 
+# Masked language modelling (data_pipelines.masking): added to a tokenizer that lacks it only when a run or a
+# model uses the objective, so tokenizers and models without it keep their ids and sizes.
+MASK = "<mask>"
+
 SPECIAL_TOKENS = [END_OF_TEXT, PAD, IMAGE, TURN_START, TURN_END, USER, ASSISTANT, SYSTEM]
 ROLE_TOKENS = {"user": USER, "assistant": ASSISTANT, "system": SYSTEM}
 

@@ -31,6 +31,15 @@ def prepare_tokenizer(tokenizer: Tokenizer) -> list[str]:
     return added
 
 
+def add_mask_token(tokenizer: Tokenizer) -> bool:
+    """Give a tokenizer the masked-LM token `<mask>` (special: skipped by decode, never read from text) when it lacks
+    it, in place, like the chat tokens; True when it was added (its id is then the next free one)."""
+    if tokenizer.token_to_id(st.MASK) is not None:
+        return False
+    tokenizer.add_special_tokens([st.MASK])
+    return True
+
+
 def prepared(tokenizer: Tokenizer) -> Tokenizer:
     """The tokenizer itself when it is already in the project's state, else a prepared copy (the caller's
     tokenizer is left as it was)."""

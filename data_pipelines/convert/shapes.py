@@ -94,11 +94,14 @@ def scene_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"mmllm-shapes/{seed}/{split}/{index}")
 
 
-def sample_scene(rng: random.Random, split: str, rare_colour: tuple[str, float] | None = None) -> Scene:
+def sample_scene(rng: random.Random, split: str, rare_colour: tuple[str, float] | None = None,
+                 spurious: tuple[str, str, float] | None = None) -> Scene:
     """1-4 objects in distinct cells; train/val avoid HELD_OUT_PAIRS, test_compositional includes one.
 
     rare_colour (colour, fraction) skews the train split: objects of that colour are drawn `fraction` times as
-    often as the others (a deliberately biased training set, for `mmllm eval --group-by colour` to find)."""
+    often as the others (a deliberately biased training set, for `mmllm eval --group-by colour` to find).
+    spurious (shape, colour, fraction) plants a correlation in the train split: each object of that shape has
+    that colour with probability `fraction`, else one of the shape's other train colours (a bias to mitigate)."""
     count = rng.randint(1, MAX_OBJECTS)
     cells = sorted(rng.sample(range(len(CELLS)), count))
     if split == "test_compositional":
@@ -108,6 +111,12 @@ def sample_scene(rng: random.Random, split: str, rare_colour: tuple[str, float] 
         colour, fraction = rare_colour
         weights = [fraction if pair[0] == colour else 1.0 for pair in TRAIN_PAIRS]
         pairs = rng.choices(TRAIN_PAIRS, weights, k=count)
+    elif spurious is not None and split == "train":
+        shape, colour, fraction = spurious
+        others = [c for c, s in TRAIN_PAIRS if s == shape and c != colour]
+        pairs = [rng.choice(TRAIN_PAIRS) for _ in range(count)]
+        pairs = [((colour if rng.random() < fraction else rng.choice(others)), s) if s == shape else (c, s)
+                 for c, s in pairs]
     else:
         pairs = [rng.choice(TRAIN_PAIRS) for _ in range(count)]
     objects = []
@@ -154,6 +163,37 @@ def render(scene: Scene, image_size: int) -> Image.Image:
             draw.polygon(_outline(obj.shape, cx, cy, r), fill=fill)
     # reducing_gap=2: a 2x box reduction first, then LANCZOS for the last 2x; twice as fast as LANCZOS from 4x
     return canvas.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
+def scene_from_records(objects: list[dict], background) -> Scene:
+    """The Scene of objects in their json form (object_record), to draw it again (counterfactual redraws)."""
+    return Scene(tuple(ShapeObject(o["shape"], o["colour"], o["size"], o["cell"], o["x"], o["y"]) for o in objects),
+                 tuple(background))
+
+
+def parse_spurious(text: str) -> tuple[str, str, float]:
+    """"circle:red:0.95" -> ("circle", "red", 0.95); ValueError saying what a spurious spec is."""
+    parts = text.split(":")
+    try:
+        shape, colour, fraction = parts[0], parts[1], float(parts[2])
+    except (IndexError, ValueError):
+        shape, colour, fraction = "", "", -1.0
+    if len(parts) != 3 or shape not in SHAPES or colour not in COLOURS or not 0 <= fraction <= 1:
+        raise ValueError(f"expected SHAPE:COLOUR:FRACTION with SHAPE one of {', '.join(SHAPES)}, COLOUR one of "
+                         f"{', '.join(COLOURS)} and FRACTION in [0, 1], got {text!r}")
+    if (colour, shape) not in TRAIN_PAIRS:
+        raise ValueError(f"{colour} {shape} is held out of the train split (test_compositional); pick another pair")
+    return shape, colour, fraction
+
+
+def spurious_group(objects: list[dict], spurious: tuple[str, str, float]) -> str | None:
+    """A scene's group under a planted bias: "red circle" when one of its circles is red, "other circle" when it
+    has circles and none is red, None without a circle (`group` in the sample json: data.balance.by: group)."""
+    shape, colour, _ = spurious
+    colours = [o["colour"] for o in objects if o["shape"] == shape]
+    if not colours:
+        return None
+    return f"{colour} {shape}" if colour in colours else f"other {shape}"
 
 
 def caption(scene: Scene) -> str:
@@ -360,19 +400,32 @@ def object_record(obj: ShapeObject) -> dict:
 
 
 def make_example(seed: int, split: str, index: int, image_size: int,
-                 rare_colour: tuple[str, float] | None = None) -> dict:
+                 rare_colour: tuple[str, float] | None = None,
+                 spurious: tuple[str, str, float] | None = None) -> dict:
     """Everything about scene `index` of `split`: png bytes, caption, objects, questions (the chats are
-    built from the questions when written, see chat_groups)."""
+    built from the questions when written, see chat_groups). With a planted bias (spurious), in every split, the
+    scene's `group` (spurious_group) and, on each question about an object of its shape, `spurious`: "red circle"
+    or "other circle" (for `mmllm eval --group-by question_type,spurious`)."""
     rng = scene_rng(seed, split, index)
-    scene = sample_scene(rng, split, rare_colour)
+    scene = sample_scene(rng, split, rare_colour, spurious)
     asked = questions(scene, rng, split)
-    return {
+    objects = [object_record(obj) for obj in scene.objects]
+    example = {
         "png": _png(render(scene, image_size)),
         "caption": caption(scene),
-        "objects": [object_record(obj) for obj in scene.objects],
+        "objects": objects,
         "background": list(scene.background),
         "questions": asked,
     }
+    if spurious is not None:
+        shape, colour, _ = spurious
+        for qa in asked:
+            if qa.get("shape") == shape and "colour" in qa:
+                qa["spurious"] = f"{colour} {shape}" if qa["colour"] == colour else f"other {shape}"
+        group = spurious_group(objects, spurious)
+        if group is not None:
+            example["group"] = group
+    return example
 
 
 def chat_groups(asked: list[dict], per_chat: int) -> list[list[dict]]:
@@ -385,7 +438,7 @@ def chat_groups(asked: list[dict], per_chat: int) -> list[list[dict]]:
 def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: int = 0, image_size: int = 64,
                    maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, workers: int = 1,
                    questions_per_chat: int = 0, rare_colour: tuple[str, float] | None = None,
-                   report=print) -> dict[str, WriteStats]:
+                   spurious: tuple[str, str, float] | None = None, report=print) -> dict[str, WriteStats]:
     """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl.
 
     The same key names a scene in both kinds of shards and in scenes.jsonl. With questions_per_chat > 0 a
@@ -398,19 +451,20 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
     split_dir = Path(out_dir) / split
     captions = ShardWriter(split_dir / "captions", maxcount=maxcount, overwrite=overwrite, report=report)
     chats = ShardWriter(split_dir / "chat", maxcount=maxcount, overwrite=overwrite, report=report)
-    draw = partial(make_example, seed, split, image_size=image_size, rare_colour=rare_colour)
+    draw = partial(make_example, seed, split, image_size=image_size, rare_colour=rare_colour, spurious=spurious)
     parallel = workers > 1 and count > 1
     pool = multiprocessing.get_context("fork").Pool(workers) if parallel else nullcontext()
     with pool, captions, chats, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
         examples = pool.imap(draw, range(count), chunksize=64) if parallel else map(draw, range(count))
         for index, example in enumerate(examples):
             key = f"{index:09d}"
+            group = {"group": example["group"]} if "group" in example else {}
             captions.write({"png": example["png"], "txt": example["caption"],
-                            "json": {"objects": example["objects"]}}, key=key)
+                            "json": {"objects": example["objects"], **group}}, key=key)
             groups = chat_groups(example["questions"], questions_per_chat)
             for part, asked in enumerate(groups):
                 chats.write({"png": example["png"], "json": {
-                    "conversations": chat_turns(asked), "questions": asked, "objects": example["objects"]}},
+                    "conversations": chat_turns(asked), "questions": asked, "objects": example["objects"], **group}},
                     key=key if len(groups) == 1 else f"{key}_{part}")
             record = {"key": key, "caption": example["caption"], "objects": example["objects"],
                       "background": example["background"], "questions": example["questions"]}
@@ -422,11 +476,14 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
                     image_size: int = 64, seed: int = 0, maxcount: int = DEFAULT_MAXCOUNT,
                     overwrite: bool = False, workers: int = 1, questions_per_chat: int = 0,
                     rare_colour: tuple[str, float] | None = None,
+                    spurious: tuple[str, str, float] | None = None,
                     report=print) -> dict[str, dict[str, WriteStats]]:
     """All three splits plus out_dir/shapes.json (the settings and vocabulary, for evaluation and reuse)."""
     if rare_colour is not None and (rare_colour[0] not in COLOURS or not 0 <= rare_colour[1] <= 1):
         raise ValueError(f"a rare colour is one of {', '.join(COLOURS)} with a fraction in [0, 1], "
                          f"got {rare_colour[0]}:{rare_colour[1]}")
+    if spurious is not None and rare_colour is not None:
+        raise ValueError("a rare colour and a spurious correlation are two different skews: give one")
     if image_size < 16:
         raise ValueError(f"image size must be at least 16 pixels, got {image_size}")
     if min(train, val, test) < 0:
@@ -434,12 +491,13 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
     out = Path(out_dir)
     stats = {split: generate_split(out, split, count, seed=seed, image_size=image_size, maxcount=maxcount,
                                    overwrite=overwrite, workers=workers, questions_per_chat=questions_per_chat,
-                                   rare_colour=rare_colour, report=report)
+                                   rare_colour=rare_colour, spurious=spurious, report=report)
              for split, count in zip(SPLITS, (train, val, test))}
     settings = {
         "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),
         "questions_per_chat": questions_per_chat,
         "rare_colour": list(rare_colour) if rare_colour else None,
+        "spurious": list(spurious) if spurious else None,
         "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES), "cells": list(CELLS),
         "held_out_pairs": [list(pair) for pair in HELD_OUT_PAIRS], "question_types": list(QUESTION_TYPES),
     }

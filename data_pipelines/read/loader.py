@@ -1,12 +1,14 @@
 """Training batches from a weighted mixture of shard sources: the stages between shards and the model's batch.
 
     shard list -> shuffle shards -> split by node -> split by worker -> tar to samples (shards.py) -> shuffle
-    (compressed bytes) -> parse -> decode images -> encode (processor.py) -> mix sources -> batch (collate or pack)
+    (compressed bytes) -> parse -> [group, resample groups (balance.py), counterfactual (counterfactual.py)]
+    -> decode images -> encode (processor.py) -> mix sources -> batch (collate or pack)
 
 Every stage runs inside one dataloader worker of one rank (a "slot"); rank and world size are explicit
 arguments, never read from the environment here. Failures at any stage go to the one `BadSampleHandler`.
 
-Sources are `{kind, path, weight, single_turn}` (path: see shards.py; single_turn: see `single_turn`). In each
+Sources are `{kind, path, weight, single_turn, objective}` (path: see shards.py; single_turn: see `single_turn`;
+objective: `causal`, or `mlm`, masked by data_pipelines.masking with the stream's RNG). In each
 slot every source is an endless stream: shards cycle pass after pass, or are resampled. Each sample is drawn from
 source i with probability weight_i / sum(weights), by an RNG seeded from (seed, epoch, slot), so runs repeat
 exactly.
@@ -37,14 +39,17 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from data_pipelines.balance import GROUP_KEY, Balance, label_groups, resample_groups
 from data_pipelines.batching import batches, packed_batches
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
+from data_pipelines.chat.tokenizer import vocab_size
 from data_pipelines.images import DEFAULT_MAX_PIXELS
+from data_pipelines.masking import DEFAULT_RATE, check_rate, mask_sample
 from data_pipelines.processor import EncodedSample, Processor
 from data_pipelines.read.bad_samples import SKIPPED_KEY, BadSampleHandler
 from data_pipelines.read.shards import (
@@ -119,6 +124,12 @@ class StreamOptions:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     packing: bool = False
     max_length: int | None = None  # tokens per packed row
+    mlm_rate: float = DEFAULT_RATE  # fraction of text tokens masked in sources with objective mlm
+    balance: Balance | None = None  # groups of a sample field resampled to equal shares (data_pipelines.balance)
+    group_by: str | None = None  # each encoded sample carries its group of this field (reweighting, group DRO)
+    # words swapped, scenes redrawn: a data_pipelines.counterfactual.Counterfactual, whose `rewrite_samples` is the
+    # stage (not imported here: it draws scenes with data_pipelines.convert, which reads shards with this room)
+    counterfactual: Any = None
 
 
 # -- stages: shard list -> shard order -> split by node -> split by worker --
@@ -197,21 +208,38 @@ def single_turn_samples(samples: Iterable[Sample], probability: float, rng: rand
         yield single_turn(sample, rng) if rng.random() < probability else sample
 
 
-def encode_samples(samples: Iterable[Sample], processor: Processor, handler: BadSampleHandler
-                       ) -> Iterator[EncodedSample]:
+def encode_samples(samples: Iterable[Sample], processor: Processor, handler: BadSampleHandler,
+                   masker: Callable[[EncodedSample], EncodedSample] | None = None) -> Iterator[EncodedSample]:
     """Decoded `Sample`s -> `EncodedSample`s (token ids, labels, pixel tensors) by the one Processor.
 
     A text document longer than the processor's max_length becomes several consecutive pieces rather than
-    being cut short, so no text is thrown away; captions and chats give one encoded sample each.
+    being cut short, so no text is thrown away; captions and chats give one encoded sample each. `masker` (the MLM
+    objective) rewrites each encoded piece.
     """
-    for pieces in skip_bad(samples, lambda sample: encode_pieces(sample, processor), handler, sample_name):
+    def encode(sample: Sample) -> list[EncodedSample]:
+        pieces = encode_pieces(sample, processor)
+        return pieces if masker is None else [masker(piece) for piece in pieces]
+
+    for pieces in skip_bad(samples, encode, handler, sample_name):
         yield from pieces
 
 
+def mlm_masker(processor: Processor, rate: float, rng: random.Random) -> Callable[[EncodedSample], EncodedSample]:
+    """The masking stage of an MLM source (data_pipelines.masking), drawing from the stream's RNG."""
+    mask_id = processor.mask_id
+    if mask_id is None:
+        raise ValueError("an MLM source needs a tokenizer with a <mask> token (add_mask_token)")
+    size, special = vocab_size(processor.tokenizer), processor.special_token_ids
+    return lambda sample: mask_sample(sample, rate, mask_id, size, special, rng)
+
+
 def encode_pieces(sample: Sample, processor: Processor) -> list[EncodedSample]:
-    if sample.kind == "text":
-        return processor.encode_text_chunks(sample.text)
-    return [processor.encode_sample(sample)]
+    pieces = processor.encode_text_chunks(sample.text) if sample.kind == "text" else [processor.encode_sample(sample)]
+    group = sample.meta.get(GROUP_KEY)  # labelled by label_groups when the loss or the resampling needs it
+    if group is not None:
+        for piece in pieces:
+            piece.group = group
+    return pieces
 
 
 # -- one source in one slot: the stages chained, pass after pass --
@@ -237,9 +265,9 @@ def pass_shards(source: ShardSet, slot: Slot, options: StreamOptions, epoch: int
 
 def source_pass(source: ShardSet, kind: str, slot: Slot, options: StreamOptions, epoch: int, pass_index: int,
                 handler: BadSampleHandler, processor: Processor | None = None, single_turn: float = 0.0,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, objective: str = "causal") -> Iterator:
     """One pass of one source in one slot, through every stage up to encoding (decoding only without a
-    processor); chats become single-turn with probability `single_turn`."""
+    processor), and masking for objective `mlm`; chats become single-turn with probability `single_turn`."""
     shards, start, step = pass_shards(source, slot, options, epoch, pass_index)
     raws = keep_every(tar_samples(shards, handler), start, step)
     buffer = options.shuffle_buffer if options.shuffle else 0
@@ -248,13 +276,25 @@ def source_pass(source: ShardSet, kind: str, slot: Slot, options: StreamOptions,
     if single_turn > 0 and kind == "chat":
         samples = single_turn_samples(samples, single_turn,
                                       slot_rng(options.seed, epoch, slot, "single turn", pass_index))
+    by = options.group_by or (options.balance.by if options.balance is not None else None)
+    if by is not None:
+        samples = label_groups(samples, by)
+    if options.balance is not None and options.balance.mode == "resample":
+        samples = resample_groups(samples, slot_rng(options.seed, epoch, slot, "balance", pass_index))
+    if options.counterfactual is not None:
+        samples = options.counterfactual.rewrite_samples(
+            samples, slot_rng(options.seed, epoch, slot, "counterfactual", pass_index))
     samples = decode_samples(samples, handler, max_pixels)
-    return samples if processor is None else encode_samples(samples, processor, handler)
+    if processor is None:
+        return samples
+    masker = (mlm_masker(processor, options.mlm_rate, slot_rng(options.seed, epoch, slot, "mlm mask", pass_index))
+              if objective == "mlm" else None)
+    return encode_samples(samples, processor, handler, masker)
 
 
 def source_stream(source: ShardSet, kind: str, slot: Slot, options: StreamOptions, epoch: int,
                   handler: BadSampleHandler, processor: Processor | None = None, single_turn: float = 0.0,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, objective: str = "causal") -> Iterator:
     """An endless stream of one source's samples for one slot: pass after pass, a new shard order each time.
 
     Raises RuntimeError when a whole pass yields no usable sample (every sample bad), instead of spinning.
@@ -262,7 +302,7 @@ def source_stream(source: ShardSet, kind: str, slot: Slot, options: StreamOption
     for pass_index in itertools.count():
         usable = 0
         for item in source_pass(source, kind, slot, options, epoch, pass_index, handler, processor, single_turn,
-                                max_pixels):
+                                max_pixels, objective):
             usable += 1
             yield item
         if usable == 0:
@@ -297,25 +337,28 @@ def _with_skipped(batch: dict, handler: BadSampleHandler) -> dict:
 
 @dataclass(frozen=True)
 class Source:
-    """One stream of the mixture: a kind of shard, where its shards are, its weight, and for chats the probability
-    of presenting a multi-turn conversation as one of its questions asked alone (pipeline.single_turn)."""
+    """One stream of the mixture: a kind of shard, where its shards are, its weight, for chats the probability
+    of presenting a multi-turn conversation as one of its questions asked alone (pipeline.single_turn), and its
+    training objective (`causal`, or `mlm`: masked language modelling, data_pipelines.masking)."""
 
     kind: str
     path: str | list[str]
     weight: float = 1.0
     single_turn: float = 0.0
+    objective: str = "causal"
 
     @classmethod
     def of(cls, spec: "Source | dict[str, Any]") -> "Source":
-        """A Source from a config entry `{kind, path, weight, single_turn}` (weight 1 and single_turn 0 unless
-        given); ValueError saying what is wrong with any other value."""
+        """A Source from a config entry `{kind, path, weight, single_turn, objective}` (weight 1, single_turn 0 and
+        objective causal unless given); ValueError saying what is wrong with any other value."""
         if isinstance(spec, Source):
             source = spec
         else:
-            if not isinstance(spec, dict) or set(spec) - {"kind", "path", "weight", "single_turn"} \
+            if not isinstance(spec, dict) or set(spec) - {"kind", "path", "weight", "single_turn", "objective"} \
                     or "kind" not in spec or "path" not in spec:
-                raise ValueError(f"a source is {{kind, path, weight, single_turn}}; got {spec!r}")
-            source = cls(spec["kind"], spec["path"], _number(spec, "weight", 1.0), _number(spec, "single_turn", 0.0))
+                raise ValueError(f"a source is {{kind, path, weight, single_turn, objective}}; got {spec!r}")
+            source = cls(spec["kind"], spec["path"], _number(spec, "weight", 1.0), _number(spec, "single_turn", 0.0),
+                         spec.get("objective", "causal"))
         if not isinstance(source.kind, str) or source.kind not in KINDS:
             raise ValueError(f"source kind {source.kind!r} is not one of {', '.join(KINDS)}")
         paths = source.path if isinstance(source.path, list) else [source.path]
@@ -327,7 +370,17 @@ class Source:
         if not 0 <= source.single_turn <= 1 or (source.single_turn and source.kind != "chat"):
             raise ValueError(f"single_turn is a probability for chat sources; got {source.single_turn} for "
                              f"{source.kind}")
+        objectives = OBJECTIVES[source.kind]
+        if source.objective not in objectives:
+            raise ValueError(f"source objective {source.objective!r} is not one a {source.kind} source can take "
+                             f"({', '.join(objectives)})")
+        if source.objective == "mlm" and source.single_turn:
+            raise ValueError("single_turn picks a question to answer; an mlm chat source has no answer to generate")
         return source
+
+
+# The objectives each kind of source can be trained with: every kind has the text that masking needs.
+OBJECTIVES: dict[str, tuple[str, ...]] = {kind: ("causal", "mlm") for kind in KINDS}
 
 
 def _number(spec: dict[str, Any], name: str, default: float) -> float:
@@ -366,6 +419,7 @@ class MixtureDataset(IterableDataset):
         """options: the fields of `StreamOptions` (seed, resampled, shuffle, shuffle_buffer, packing, max_length)."""
         super().__init__()
         options = StreamOptions(**options)
+        check_rate(options.mlm_rate)
         self.sources = [source for source in map(Source.of, sources) if source.weight > 0]
         if not self.sources:
             raise ValueError("a mixture needs at least one source with a weight above 0")
@@ -417,7 +471,7 @@ class MixtureDataset(IterableDataset):
         """The endless weighted mixture for one slot; counts each delivered sample in `delivered`."""
         max_pixels = self.processor.max_pixels if self.processor is not None else DEFAULT_MAX_PIXELS
         streams = [source_stream(shard_set, source.kind, slot, self.options, self.epoch, self.handler,
-                                 self.processor, source.single_turn, max_pixels)
+                                 self.processor, source.single_turn, max_pixels, source.objective)
                    for source, shard_set in zip(self.sources, self.shard_sets)]
         cumulative = list(itertools.accumulate(source.weight for source in self.sources))
         rng = slot_rng(self.options.seed, self.epoch, slot, "source choice")

@@ -21,56 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from data_pipelines.counterfactual import parse_swaps, rewrite  # noqa: F401 (the swaps' one spelling, shared with training)
 from data_pipelines.read.eval_samples import VQAQuestion
 from mmllm.evaluation.groups import wilson_interval
 from mmllm.evaluation.vqa_metric import normalize_vqa_answer, vqa_accuracy
 
 CASES = ("should change", "should not change", "unknown")
-
-
-def parse_swaps(text: str) -> dict[str, tuple[str, ...]]:
-    """"red=blue,green;left=right" -> {"red": ("blue", "green"), "left": ("right",)}; ValueError saying why."""
-    swaps: dict[str, tuple[str, ...]] = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        word, equals, alternatives = part.partition("=")
-        word = " ".join(word.split())
-        options = tuple(" ".join(a.split()) for a in alternatives.split(",") if a.strip())
-        if not equals or not word or not options:
-            raise ValueError(f"expected WORD=ALTERNATIVE[,ALTERNATIVE...] (swaps joined by ';'), got {part!r}")
-        if word.lower() in (a.lower() for a in options):
-            raise ValueError(f"{word!r} is swapped for itself")
-        swaps[word] = options
-    if not swaps:
-        raise ValueError("no swap given; expected WORD=ALTERNATIVE[,ALTERNATIVE...]")
-    return swaps
-
-
-def _word_pattern(word: str) -> re.Pattern:
-    # the whole word or phrase only ("red" not in "bored"), with the article before it kept apart so that it can
-    # agree with the alternative ("a red" -> "an orange")
-    return re.compile(r"(?:\b(?P<article>a|an) )?(?<![\w-])(?P<word>" + re.escape(word) + r")(?![\w-])", re.IGNORECASE)
-
-
-def rewrite(text: str, word: str, alternative: str) -> str | None:
-    """text with every occurrence of word replaced by alternative (capitals and a/an kept in agreement), or None
-    when the word does not occur."""
-    pattern = _word_pattern(word)
-    if not pattern.search(text):
-        return None
-
-    def swap(match: re.Match) -> str:
-        new = alternative[:1].upper() + alternative[1:] if match["word"][:1].isupper() else alternative
-        article = match["article"]
-        if article is None:
-            return new
-        agreed = "an" if new[:1].lower() in "aeiou" else "a"
-        return (agreed.capitalize() if article[:1].isupper() else agreed) + " " + new
-
-    return pattern.sub(swap, text)
 
 
 @dataclass

@@ -5,7 +5,8 @@ report loaded back from JSON prints the same. Shape:
     {"task": "vqa" | "caption" | "text", "model": str | None, "data": str | None, "blind": bool,
      "mmllm_version": str, "metrics": {...the scores' to_dict()...}, "samples": [...] (only when given)}
 A VQA report also names its turns mode(s): "turns": ["in-context", "alone"] and "metrics_by_turns":
-{mode: metrics}; "metrics" is then the first mode's.
+{mode: metrics}; "metrics" is then the first mode's. A seq2seq report adds "worst_cases": the 5 samples of lowest
+sentence chrF (format_worst_cases prints them).
 Fractions stay fractions in the dict (accuracy 0.65); the table shows them as percentages. Non-finite
 numbers (the perplexity of a diverged model) become null so the JSON stays strict.
 """
@@ -17,7 +18,7 @@ from typing import Protocol
 
 import mmllm
 
-TASKS = ("vqa", "caption", "text")
+TASKS = ("vqa", "caption", "text", "seq2seq", "fill-mask")
 
 
 class Scores(Protocol):
@@ -88,6 +89,13 @@ def _metric_rows(task: str, metrics: dict) -> list[tuple[str, str, str]]:
             for kind, accuracy in metrics.get("accuracy_per_answer_type", {}).items():
                 rows.append((f"  answer {kind}", _percent(accuracy), str(counts.get(kind, ""))))
         return rows
+    if task == "fill-mask":
+        count = str(metrics["count"])
+        rows = [("top-1 accuracy", _percent(metrics["top1"]), count), ("top-5 accuracy", _percent(metrics["top5"]), count)]
+        for word_class, top1 in metrics.get("top1_per_class", {}).items():
+            rows.append((f"  {word_class} top-1 / top-5", f"{_percent(top1)} / {_percent(metrics['top5_per_class'][word_class])}",
+                         str(metrics["count_per_class"][word_class])))
+        return rows
     if task == "caption":
         count = str(metrics["count"])
         rows = [
@@ -98,6 +106,11 @@ def _metric_rows(task: str, metrics: dict) -> list[tuple[str, str, str]]:
         for n, bleu in enumerate(metrics.get("bleu_1_to_4", [])[:3], start=1):
             rows.append((f"  BLEU-{n}", _number(bleu), count))
         return rows
+    if task == "seq2seq":
+        count = str(metrics["count"])
+        return [("chrF", _number(metrics["chrf"], 2), count), ("BLEU", _number(metrics["bleu"], 2), count),
+                ("ROUGE-L", _number(metrics["rouge_l"]), count),
+                ("exact match", _percent(metrics["exact_match"]), count)]
     count = str(metrics["tokens"])
     return [
         ("loss (nats/token)", _number(metrics["loss"]), count),
@@ -134,6 +147,16 @@ def format_report(report: dict) -> str:
         rows = _metric_rows(report["task"], report["metrics"])
     table = format_table(rows, headers=("metric", "value", "n"))
     return f"{title}\n{table}"
+
+
+def format_worst_cases(report: dict) -> str:
+    """seq2seq: the samples of report["worst_cases"], lowest sentence chrF first, source, reference, prediction."""
+    lines = [f"worst {len(report['worst_cases'])} by sentence chrF"]
+    for case in report["worst_cases"]:
+        lines += [f"- chrF {case['chrf']:.1f}  ROUGE-L {case['rouge_l']:.3f}  ({case['key']})",
+                  f"  source:     {case['source']}", f"  reference:  {case['reference']}",
+                  f"  prediction: {case['prediction']}"]
+    return "\n".join(lines)
 
 
 def format_groups(groups: dict) -> str:

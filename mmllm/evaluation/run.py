@@ -5,6 +5,7 @@ parses and prints; everything it reports is computed here.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from mmllm.evaluation import vqa_scores
 from mmllm.evaluation.counterfactual import counterfactual_questions, counterfactual_report
 from mmllm.evaluation.groups import group_of, group_report
 from mmllm.evaluation.report import build_report
+from mmllm.evaluation.seq2seq_metrics import sample_scores, seq2seq_scores, worst_cases
 from mmllm.evaluation.vqa_answers import answer_questions, default_turns
 from mmllm.evaluation.vqa_metric import answer_type, question_prefix, vqa_accuracy
 from mmllm.explain import explain_answer
@@ -33,7 +35,7 @@ RECORD_FIELDS = ("key", "turn", "turns", "question", "answer", "question_type", 
 class EvalRequest:
     """What `mmllm eval` was asked: the task, the data, and how to ask (see mmllm/cli/evaluate.py for each)."""
 
-    task: str  # vqa | caption | text
+    task: str  # vqa | caption | text | seq2seq
     data: str  # a folder of shards or a brace pattern
     model: str = ""  # where the model came from, for the report
     blind: bool = False
@@ -50,13 +52,16 @@ class EvalRequest:
 def evaluate(vlm, request: EvalRequest, options: dict, handler) -> dict:
     """The report of one evaluation (figures, samples, groups, counterfactuals), before options and timing."""
     start = time.perf_counter()
-    task = {"vqa": evaluate_vqa, "caption": evaluate_captions, "text": evaluate_text}[request.task]
+    task = {"vqa": evaluate_vqa, "caption": evaluate_captions, "text": evaluate_text, "fill-mask": evaluate_fill_mask,
+            "seq2seq": evaluate_seq2seq}[request.task]
     scores, samples, items = task(vlm, request, options, handler)
     seconds = time.perf_counter() - start
     by_turns = scores if isinstance(scores, dict) else None  # vqa: {turns mode: scores}
     main_scores = next(iter(by_turns.values())) if by_turns else scores
     report = build_report(request.task, main_scores, model=request.model, data=request.data, blind=request.blind,
                           samples=samples, by_turns=by_turns)
+    if request.task == "seq2seq":
+        report["worst_cases"] = worst_cases(samples)
     if request.group_by:
         report["groups"] = evaluate_groups(vlm, request, options, samples, items)
     if request.swaps:
@@ -169,6 +174,31 @@ def evaluate_captions(vlm, request: EvalRequest, options: dict, handler):
     return scores, samples, None
 
 
+def evaluate_fill_mask(vlm, request: EvalRequest, options: dict, handler):
+    """Masked-token accuracy, top-1 and top-5, per word class where the samples' JSON types their words
+    (mmllm.evaluation.fill_mask); any kind of shards."""
+    from data_pipelines.read.shards import read_samples, resolve_kind
+    from mmllm.evaluation.fill_mask import mask_items, score_items
+
+    if vlm.processor.mask_id is None:
+        raise UsageError(f"{request.model or 'the model'} has no <mask> token: it was not trained with the MLM "
+                         "objective (objective: mlm in data.sources)")
+    try:
+        kind = resolve_kind(request.data, None)
+    except (ValueError, FileNotFoundError, UnreadableShard) as error:
+        raise UsageError(str(error)) from None
+    samples = _read(lambda path, limit, handler: list(itertools.islice(read_samples(path, kind, handler), limit)),
+                    request, handler, "samples")
+    if request.blind and kind == "text":
+        raise UsageError("--blind replaces images, and text shards have none")
+    items, left_out = mask_items(vlm.processor, samples, vlm.blank_image() if request.blind else None)
+    if not items:
+        raise UsageError(f"no token to mask in {request.data}")
+    scores, records = score_items(vlm, items, request.batch_size, request.progress("fill-mask inputs"))
+    scores.left_out = left_out
+    return scores, records, None
+
+
 def evaluate_text(vlm, request: EvalRequest, options: dict, handler):
 
     documents = _read(text_documents, request, handler, "text documents")
@@ -184,3 +214,19 @@ def evaluate_text(vlm, request: EvalRequest, options: dict, handler):
     if not totals.tokens:
         raise UsageError(f"the documents in {request.data} are empty: no token to score")
     return totals.scores(), samples, None
+
+
+def evaluate_seq2seq(vlm, request: EvalRequest, options: dict, handler):
+    """Each user -> assistant pair of chat shards answered greedily after the gold earlier turns of its
+    conversation (the pair's source), scored against the assistant's turn (its target)."""
+    pairs = _read(vqa_questions, request, handler, "user -> assistant pairs")
+    predictions = answer_questions(vlm, pairs, "in-context", batch_size=request.batch_size,
+                                   progress=request.progress("seq2seq pairs"), **options)
+    references = [pair.answer for pair in pairs]
+    scores = seq2seq_scores(predictions, references)
+    fields = [{k: v for k, v in pair.fields.items() if k != "url"} for pair in pairs]  # the row's own (from-pairs)
+    samples = [{"key": pair.key, "turn": pair.turn, "source": pair.question, "reference": pair.answer,
+                "prediction": prediction, **per_sample, **({"fields": row} if row else {})}
+               for pair, row, prediction, per_sample in zip(pairs, fields, predictions,
+                                                            sample_scores(predictions, references))]
+    return scores, samples, pairs

@@ -86,7 +86,8 @@ class Projector(nn.Module):
 # ---- who attends to whom ----------------------------------------------------------------------------------
 # Rule (True = the query may attend the key): the key is a real token (attention_mask, segment id > 0), query and
 # key are in the same packed segment, and key <= query or both are prefix positions (the PaliGemma-style
-# bidirectional prompt). Every query also sees itself, so a padding row is never fully masked (SDPA would
+# bidirectional prompt). A masked-LM sample (BERT) is bidirectional as a whole: VLM.forward marks all its tokens as
+# prefix positions, in whatever attention mode, so the one rule (and document_mask's) covers it too. Every query also sees itself, so a padding row is never fully masked (SDPA would
 # return NaN there).
 
 def reads_host_for_free(tensor: torch.Tensor) -> bool:
@@ -270,6 +271,7 @@ class VLM(nn.Module):
         labels: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         loss_chunk: int | None = None,
+        bidirectional: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Full-sequence forward (training, evaluation; generation's reference). Shapes:
 
@@ -277,7 +279,9 @@ class VLM(nn.Module):
         (B,) images per sample (checked against the placeholders when given); attention_mask (B, T) 1 on real
         tokens; position_ids (B, T), default from segment_ids or attention_mask; segment_ids (B, T) 1..k per
         packed sample, 0 on padding; prefix_mask (B, T) bidirectional prompt, used only in prefix mode;
-        labels (B, T), -100 where unsupervised, shifted here (logits[:, t] predicts labels[:, t + 1]);
+        labels (B, T), -100 where unsupervised, shifted here (logits[:, t] predicts labels[:, t + 1]; for a
+        masked-LM sample the batch holds its targets one slot to the right, see data_pipelines.batching);
+        bidirectional (B, T): the tokens of masked-LM samples, which attend to their whole sample in any mode;
         image_embeds: see `embed`. loss_chunk (with labels): compute the loss without the (B, T, vocab) logits, see
         `chunked_cross_entropy`; the output then has no logits.
         """
@@ -286,6 +290,8 @@ class VLM(nn.Module):
             position_ids = default_position_ids(input_ids, attention_mask, segment_ids)
         if self.config.attention != "prefix":
             prefix_mask = None  # prefix_mask only matters in prefix mode
+        if bidirectional is not None:  # masked-LM samples: every token is a "prefix" position of its own segment
+            prefix_mask = bidirectional if prefix_mask is None else prefix_mask.bool() | bidirectional
         if self.packed_attention == "flex" and (segment_ids is not None or prefix_mask is not None):
             from mmllm.model.document_mask import document_block_mask
 

@@ -18,8 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from data_pipelines.augment import Augmentation
 from data_pipelines.augment import check_available as check_augment_available
-from data_pipelines.chat.special_tokens import SpecialIds, TokenIds
-from data_pipelines.chat.tokenizer import load_tokenizer, vocab_size
+from data_pipelines.balance import Balance, count_groups, describe_groups, inverse_frequency_weights
+from data_pipelines.counterfactual import Counterfactual
+from data_pipelines.chat.special_tokens import MASK, SpecialIds, TokenIds
+from data_pipelines.chat.tokenizer import add_mask_token, load_tokenizer, vocab_size
 from data_pipelines.read.bad_samples import BadSampleCounter
 from data_pipelines.read.eval_samples import VQAQuestion, vqa_questions
 from data_pipelines.read.loader import Source, make_loader
@@ -73,6 +75,13 @@ class VLMDataModule(L.LightningDataModule):
         augment: augmentation of training images, each part opt-in: `{crop_scale: 0.7, flip: false,
             color_jitter: 0.2}` (data_pipelines.augment; needs torchvision). Only what the labels survive: a flip
             swaps left and right, a jitter can change a colour's name. Validation images are never augmented.
+        balance: every group of a sample field weighs the same: `{by: group, mode: resample | reweight}`; `by` is a
+            key of the sample's JSON, `answer`, or a field of its `questions` entries (data_pipelines.balance).
+            resample: the groups come equally often in each source's stream; reweight: the loss is weighted by
+            inverse group frequency, counted over the first samples of the sources. The fit prints both.
+        counterfactual: counterfactual augmentation of training samples: `{swaps: "red=blue,green", prob: 0.5}`:
+            the words swapped, and where the sample's JSON describes its scene (the shapes set), the image
+            redrawn to match; elsewhere only samples without images (data_pipelines.counterfactual).
     """
 
     def __init__(
@@ -92,6 +101,8 @@ class VLMDataModule(L.LightningDataModule):
         val_vqa_turns: Literal["alone", "in-context"] = "alone",
         chat_template: Optional[str] = None,
         augment: Optional[Augmentation] = None,
+        balance: Optional[Balance] = None,
+        counterfactual: Optional[Counterfactual] = None,
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer
@@ -120,6 +131,11 @@ class VLMDataModule(L.LightningDataModule):
             self.special_ids = SpecialIds(token_ids.image, token_ids.pad, token_ids.eos_ids)
         self.sources = [Source.of(s) for s in sources]
         self.val_sources = [Source.of(s) for s in (val_sources or [])]
+        # Masked-LM sources need `<mask>`: added when missing, like the chat tokens (the model's tokenizer too,
+        # through model_inputs' mask_token)
+        self.mask_token = any(s.objective == "mlm" for s in [*self.sources, *self.val_sources])
+        if self.mask_token and add_mask_token(self.tokenizer):
+            self.added_tokens = [*self.added_tokens, MASK]
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
@@ -138,6 +154,18 @@ class VLMDataModule(L.LightningDataModule):
                 check_augment_available()  # said at startup, not in a loader worker
             except ImportError as error:
                 raise UsageError(str(error)) from None
+        self.balance, self.counterfactual = balance, counterfactual
+        if balance is not None and balance.mode == "reweight" and packing:
+            raise UsageError("data.balance reweight weighs each row's sample: it needs data.packing false")
+        self.group_by: str | None = None  # the field whose group each training sample carries to the loss
+        self.group_counts = self.group_weights = None
+        if balance is not None:
+            self.group_counts = self.count_groups(balance.by, "data.balance.by")
+            if balance.mode == "reweight":
+                self.group_by, self.group_weights = balance.by, inverse_frequency_weights(self.group_counts)
+            shares = "" if balance.mode == "reweight" else f"; resampled to 1/{len(self.group_counts)} each"
+            rank_zero_info(f"data.balance ({balance.mode}) by {balance.by}: "
+                           f"{describe_groups(self.group_counts, self.group_weights)}{shares}")
         self.processor = self.train_processor = None
         self._vqa_questions: list[VQAQuestion] | None = None
 
@@ -152,10 +180,37 @@ class VLMDataModule(L.LightningDataModule):
             "image_size": self.image_size,
             "tokenizer_path": self.tokenizer_path,
             "chat_template": self.chat_template,
+            **({"mask_token": True} if self.mask_token else {}),
         }
+
+    def count_groups(self, by: str, option: str):
+        """Group -> samples over the first samples of each training source; UsageError when none has the field."""
+        from data_pipelines.balance import SCAN_SAMPLES
+        from data_pipelines.read.shards import read_samples
+
+        counts, found = count_groups([read_samples(s.path, s.kind, decode=False) for s in self.sources], by)
+        if not found:
+            raise UsageError(f"{option}: no sample among the first {SCAN_SAMPLES} of each training source has a "
+                             f"field {by!r} (a key of its JSON, `answer`, or a field of its `questions` entries)")
+        return counts
+
+    def use_groups(self, by: str) -> None:
+        """Training samples carry their group of `by` to the loss (model.group_dro); UsageError when no sample has
+        the field, or data.balance reweights by another one."""
+        if self.group_by is not None and self.group_by != by:
+            raise UsageError(f"model.group_dro.by ({by}) and data.balance.by ({self.group_by}) reweight by two "
+                             f"fields: give one")
+        if self.packing:
+            raise UsageError("model.group_dro weighs each row's sample: it needs data.packing false")
+        if self.group_counts is None or self.group_by != by:
+            self.group_counts = self.count_groups(by, "model.group_dro.by")
+        self.group_by = by
 
     def setup(self, stage: str) -> None:
         config = self.trainer.lightning_module.config
+        group_dro = getattr(self.trainer.lightning_module, "group_dro", None)
+        if group_dro is not None and stage == "fit":
+            self.use_groups(group_dro.by)
         self.processor = processor_for(config, self.tokenizer, self.max_length)
         self.train_processor = self.processor
         if self.augment is not None:
@@ -168,7 +223,10 @@ class VLMDataModule(L.LightningDataModule):
                            rank=self.trainer.global_rank, world_size=self.trainer.world_size,
                            seed=self.seed, resampled=self.resampled and train, shuffle=train,
                            shuffle_buffer=self.shuffle_buffer, packing=self.packing and train,
-                           max_length=self.max_length or self.processor.max_length)
+                           max_length=self.max_length or self.processor.max_length,
+                           mlm_rate=self.trainer.lightning_module.mlm_rate,
+                           balance=self.balance if train else None, group_by=self.group_by if train else None,
+                           counterfactual=self.counterfactual if train else None)
 
     def train_dataloader(self):
         loader = self._loader(self.sources, train=True)

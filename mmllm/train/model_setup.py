@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+from torch import nn
+
+from data_pipelines.chat.special_tokens import MASK
 from mmllm.config import VLMConfig
 from mmllm.model import VLM
 from mmllm.model.lora import LoRAConfig
@@ -57,7 +61,7 @@ def check_shape_matches(config: VLMConfig, shape: dict[str, Any], init_from: str
 def build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], attention: Optional[str],
                  model_inputs: dict[str, Any]):
     """The model and its tokenizer: from a model folder, or from a preset shaped by the data's tokenizer."""
-    from data_pipelines.chat.tokenizer import load_tokenizer
+    from data_pipelines.chat.tokenizer import add_mask_token, load_tokenizer
 
     if init_from:
         from mmllm.formats.checkpoint import model_from_checkpoint
@@ -67,6 +71,8 @@ def build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], at
         load = model_from_checkpoint if str(init_from).endswith(".ckpt") else load_model_folder
         model, tokenizer, config = load(init_from)
         model.train()  # folders load in eval mode, for inference
+        if model_inputs.get("mask_token") and add_mask_token(tokenizer):  # an MLM run from a model without <mask>
+            grow_vocabulary(model, tokenizer.token_to_id(MASK) + 1)
         # The data's tokenizer must be the model's: no more tokens than the embedding has rows (a pretrained
         # embedding may have spare rows), and the same image and pad ids.
         vocab = model_inputs.get("vocab_size")
@@ -92,7 +98,31 @@ def build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], at
         eos_token_ids=list(model_inputs["eos_token_ids"]), chat_template=model_inputs.get("chat_template"),
     )
     tokenizer, _ = load_tokenizer(model_inputs["tokenizer_path"])
+    if model_inputs.get("mask_token"):
+        add_mask_token(tokenizer)  # as the data module did to its own copy: the same ids
     return VLM(config), tokenizer
+
+
+def grow_vocabulary(model: VLM, rows: int) -> None:
+    """Give the token embedding (and an untied head) at least `rows` rows, in place: a token added to a trained
+    model's tokenizer (`<mask>`) starts at the mean of the existing embeddings, and its head row at zero."""
+    lm, old = model.lm, model.config.lm.vocab_size
+    if rows <= old:
+        return
+    embed = nn.Embedding(rows, lm.embed_tokens.embedding_dim).to(lm.embed_tokens.weight)
+    with torch.no_grad():
+        embed.weight[:old] = lm.embed_tokens.weight
+        embed.weight[old:] = lm.embed_tokens.weight.mean(dim=0)
+    embed.weight.requires_grad_(lm.embed_tokens.weight.requires_grad)
+    lm.embed_tokens = embed
+    if lm.lm_head is not None:
+        head = nn.Linear(lm.lm_head.in_features, rows, bias=False).to(lm.lm_head.weight)
+        with torch.no_grad():
+            head.weight[:old] = lm.lm_head.weight
+            head.weight[old:] = 0
+        head.weight.requires_grad_(lm.lm_head.weight.requires_grad)
+        lm.lm_head = head
+    model.config.lm.vocab_size = rows
 
 
 @dataclass

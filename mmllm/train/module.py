@@ -15,9 +15,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from data_pipelines.read.shards import KINDS
+from data_pipelines.masking import check_rate
+from data_pipelines.read.shards import KINDS as SOURCE_KINDS
 from mmllm.config import LMConfig, VisionConfig, VLMConfig, shape_options
 from mmllm.train.distill import KDLoss, distillation_loss
+from mmllm.train.group_loss import GroupDRO, group_dro_step, group_indices, group_mean_losses, reweighted_loss
 from mmllm.train.loss_weighting import LossWeighting, weighted_loss
 from mmllm.model.lora import LoRAConfig
 from mmllm.model.vlm import is_right_padded
@@ -26,6 +28,9 @@ from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
 
 PARTS = ("vision", "projector", "lm")
+# The kinds losses are logged by (train/loss_KIND, val/loss_KIND): a causal sample's source kind, or `mlm` for every
+# masked-LM sample (its loss is over hidden tokens, not comparable with next-token losses).
+KINDS = (*SOURCE_KINDS, "mlm")
 Part = Literal["vision", "projector", "lm"]
 
 
@@ -110,6 +115,11 @@ class VLMModule(L.LightningModule):
             alpha / sqrt(rank). Every base weight is frozen; checkpoints hold only what trains and name the base
             (`init_from`), which must be a model folder.
         train_modules: with `lora`, parts trained in full beside the adapters (e.g. `[projector]`).
+        mlm: the masked-LM objective of the sources that name it (`objective: mlm` in data.sources):
+            `{rate: 0.15}`, the fraction of their text tokens masked (data_pipelines.masking).
+        group_dro: group DRO (Sagawa et al. 2020; mmllm.train.group_loss): `{by: group, step_size: 0.01}`: the loss
+            is sum_g q_g loss_g over the groups of a sample field (as data.balance.by), q moving online toward the
+            groups with the highest loss; q is logged as `group_dro/q_GROUP`. One sample per row (no packing).
         model_inputs: vocabulary size, special-token ids and image size, linked from the data module.
     """
 
@@ -153,6 +163,8 @@ class VLMModule(L.LightningModule):
         compile: Literal["none", "blocks"] = "none",
         lora: Optional[LoRAOptions] = None,
         train_modules: Optional[list[Part]] = None,
+        mlm: Optional[dict[str, float]] = None,
+        group_dro: Optional[GroupDRO] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -162,6 +174,11 @@ class VLMModule(L.LightningModule):
         if unknown:
             raise ValueError(f"model.freeze names unknown parts {unknown}; choose from {list(PARTS)}")
         self.freeze = freeze
+        self.group_dro = group_dro
+        unknown = sorted(set(mlm or {}) - {"rate"})
+        if unknown:
+            raise ValueError(f"model.mlm takes {{rate}}; got {unknown}")
+        self.mlm_rate = check_rate((mlm or {}).get("rate", 0.15))
         self.learning_rates = {
             "vision": lr if lr_vision is None else lr_vision,
             "projector": lr if lr_projector is None else lr_projector,
@@ -199,6 +216,7 @@ class VLMModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- steps
     def on_fit_start(self) -> None:
+        self._start_group_losses()
         if self.teacher is not None:  # bf16 halves a GPU teacher's memory and time; the CPU keeps fp32
             self.teacher.to(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         if self.lora is not None and self.trainer.is_global_zero:
@@ -244,6 +262,8 @@ class VLMModule(L.LightningModule):
         if self.hparams.loss_weighting != "token":
             output.loss = weighted_loss(output.token_losses, batch["labels"], batch.get("segment_ids"),
                                         self.hparams.loss_weighting)
+        if self._group_names is not None:
+            output.loss = self._group_loss(output.token_losses, batch)
         loss = output.loss
         if self.teacher is not None:
             loss = self._with_distillation(output, batch)
@@ -422,6 +442,8 @@ class VLMModule(L.LightningModule):
         # The config and tokenizer travel inside the checkpoint, so `mmllm export` needs nothing else.
         checkpoint["mmllm_config"] = self.config.to_dict()
         checkpoint["mmllm_tokenizer"] = self.tokenizer.to_str()
+        if getattr(self, "group_q", None) is not None:  # group DRO's weights, for a resumed run to go on with
+            checkpoint["mmllm_group_dro"] = {"names": list(self._group_names.items()), "q": self.group_q.tolist()}
         if self.lora is not None:  # what trains, and where the frozen rest is (mmllm.formats.checkpoint reads it)
             trained = {f"model.{name}" for name in self.lora.trained}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
@@ -431,7 +453,62 @@ class VLMModule(L.LightningModule):
             for logger in self.loggers:  # what the checkpoint's weights and optimiser state weigh
                 logger.log_metrics({"lora/checkpoint_mib": size}, step=self.global_step)
 
+    # ------------------------------------------------------------------------ losses by group
+    _group_names: Optional[dict[str, int]] = None  # group -> index, when the loss weighs groups
+
+    def _start_group_losses(self) -> None:
+        """Reweighting (data.balance reweight) or group DRO: the groups the data module counted, and DRO's q."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._group_weights = getattr(datamodule, "group_weights", None)
+        if self.group_dro is None and self._group_weights is None:
+            return
+        if self.group_dro is not None and self._group_weights is not None:
+            from mmllm.errors import UsageError
+
+            raise UsageError("data.balance reweight and model.group_dro both weigh the loss: give one")
+        if self.hparams.loss_weighting != "token":
+            from mmllm.errors import UsageError
+
+            raise UsageError("data.balance reweight and model.group_dro weigh whole samples: model.loss_weighting "
+                             "must stay token")
+        counts = datamodule.group_counts
+        self._group_names = {group: index for index, (group, _) in enumerate(counts.most_common())}
+        if self.group_dro is None:
+            return
+        restored = getattr(self, "_restored_group_q", None)
+        if restored is not None:
+            self._group_names, q = dict(restored["names"]), torch.tensor(restored["q"])
+        else:
+            q = torch.full((len(self._group_names),), 1 / len(self._group_names))
+        self.group_q = q.to(self.device)
+        if self.trainer.is_global_zero:
+            print(f"model.group_dro by {self.group_dro.by} (step size {self.group_dro.step_size:g}): "
+                  + ", ".join(f"{g} q={float(w):.3f}" for g, w in zip(self._group_names, self.group_q)),
+                  file=sys.stderr)
+
+    def _group_loss(self, token_losses: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        from data_pipelines.balance import NO_GROUP
+
+        groups = [NO_GROUP if g is None else g for g in batch.get("groups") or [NO_GROUP] * len(batch["kinds"])]
+        if self.group_dro is None:  # inverse frequency; a group the count never met weighs as the rarest one
+            rarest = max(self._group_weights.values())
+            weights = torch.tensor([self._group_weights.get(g, rarest) for g in groups], device=token_losses.device)
+            return reweighted_loss(token_losses, batch["labels"], weights)
+        rows = group_indices(groups, self._group_names, token_losses.device)
+        if len(self._group_names) > len(self.group_q):  # a group the count never met joins at the mean weight
+            extra = len(self._group_names) - len(self.group_q)
+            q = torch.cat([self.group_q, self.group_q.mean().expand(extra)])
+            self.group_q = q / q.sum()
+        losses = group_mean_losses(token_losses.float(), batch["labels"], rows, len(self._group_names))
+        q, loss = group_dro_step(self.group_q, losses, self.group_dro.step_size)
+        self.group_q = q.detach()
+        for group, index in self._group_names.items():
+            self.log(f"group_dro/q_{'_'.join(group.split())}", self.group_q[index], on_step=True, on_epoch=False)
+        return loss
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "mmllm_group_dro" in checkpoint:
+            self._restored_group_q = checkpoint["mmllm_group_dro"]
         if self.lora is None:
             return
         missing = sorted(f"model.{name}" for name in self.lora.trained if f"model.{name}" not in checkpoint["state_dict"])
@@ -451,7 +528,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 FORWARD_KEYS = ("input_ids", "pixel_values", "image_counts", "attention_mask", "position_ids", "segment_ids",
-                "prefix_mask", "labels")
+                "prefix_mask", "labels", "bidirectional")
 
 
 def forward_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rare-colour", metavar="COLOUR:FRACTION", type=_rare_colour,
                         help="skew the train split: objects of COLOUR drawn FRACTION times as often as the others "
                              "(e.g. purple:0.1; val and test stay balanced), to see a bias report find the gap")
+    parser.add_argument("--spurious", metavar="SHAPE:COLOUR:FRACTION", type=_spurious,
+                        help="plant a bias in the train split: objects of SHAPE have COLOUR FRACTION of the time "
+                             "(e.g. circle:red:0.95; val and test stay balanced); every split's samples name their "
+                             "scene's group (`group`: red circle, other circle) and questions about SHAPE carry "
+                             "`spurious`, for data.balance, model.group_dro and eval --group-by")
     add_output_arguments(parser, "caption and chat")
 
 
@@ -45,13 +50,22 @@ def _rare_colour(text: str) -> tuple[str, float]:
     return colour, value
 
 
+def _spurious(text: str) -> tuple[str, str, float]:
+    from data_pipelines.convert.shapes import parse_spurious
+
+    try:
+        return parse_spurious(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run(args) -> int:
     start = time.perf_counter()
     with converting():
         generate_shapes(args.out, train=args.train, val=args.val, test=args.test, image_size=args.image_size,
                         seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
                         workers=args.workers, questions_per_chat=args.questions_per_chat,
-                        rare_colour=args.rare_colour)
+                        rare_colour=args.rare_colour, spurious=args.spurious)
     scenes = args.train + args.val + args.test
     print(f"generated {scenes} scenes in {time.perf_counter() - start:.1f} s")
     return 0

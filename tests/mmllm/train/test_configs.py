@@ -30,7 +30,7 @@ def test_config_parses_and_prints(config, shapes_data, capsys):
     printed = print_config(["--config", str(config), "--data.tokenizer", tokenizer], capsys)
     written = yaml.safe_load(config.read_text())
     assert printed["data"]["tokenizer"] == tokenizer
-    assert printed["data"]["sources"] == [{"weight": 1.0, "single_turn": 0.0, **source}
+    assert printed["data"]["sources"] == [{"weight": 1.0, "single_turn": 0.0, "objective": "causal", **source}
                                           for source in written["data"]["sources"]]
     assert printed["trainer"]["max_steps"] == written["trainer"]["max_steps"]
     assert printed["export"]["out"] == written["export"]["out"]

@@ -1,0 +1,32 @@
+"""The bias-mitigation table of docs/privacy-and-bias.md gives the figures of its committed JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from commands import REPO
+
+RESULTS = REPO / "bench" / "results" / "2026-12-07-bias-mitigation.json"
+ROWS = {"demo recipe (baseline)": "baseline", "`data.balance` resample by group": "balance-resample",
+        "`data.balance` reweight by group": "balance-reweight", "`model.group_dro` by group": "group-dro",
+        "`data.counterfactual` red=blue,green": "counterfactual"}
+
+
+def test_the_mitigation_table_is_the_jsons():
+    runs = {run["run"]: run for run in json.loads(RESULTS.read_text())["runs"]}
+    text = (REPO / "docs" / "privacy-and-bias.md").read_text()
+    table = text[text.index("| run | val accuracy | red circles"):].split("\n\n")[0].splitlines()[2:]
+    assert len(table) == len(ROWS)
+    for line in table:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        run = runs[ROWS[cells[0]]]
+        numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", " ".join(cells[1:]).replace("%-", "% "))]
+        circle, cases = run["circle_colour"], run["counterfactual"]
+        expected = [100 * run["val_accuracy"],
+                    100 * circle["red"]["accuracy"], *(100 * x for x in circle["red"]["ci95"]),
+                    100 * circle["non_red"]["accuracy"], *(100 * x for x in circle["non_red"]["ci95"]),
+                    100 * circle["gap"], *(100 * x for x in circle["gap_ci95"]), run["gap_vs_baseline"],
+                    100 * cases["should change"]["changed"], 100 * cases["should change"]["accuracy"],
+                    100 * cases["should not change"]["changed"]]
+        assert numbers == [round(x, 2 if i == 10 else 1) for i, x in enumerate(expected)], cells
