@@ -21,23 +21,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from data_pipelines.read.shards import UnreadableShard
 from mmllm.errors import UsageError
 from mmllm.train import guards
-from mmllm.train.config_errors import OneLineArgumentParser
+from mmllm.train.config_errors import OneLineArgumentParser, one_line
 from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, OverfitWarning, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
-
-
-def instantiation_error(error: Exception) -> str:
-    """One line for an error raised while the config's classes are built. A typed option's own check (a dataclass's
-    __post_init__, `data.balance.mode`) comes wrapped by jsonargparse in "Does not validate against any of the Union
-    subtypes ... Errors: - THE CHECK - Expected a NoneType ...": the check is the line said."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and "Errors:" in lines:
-        checks = [line[2:] for line in lines[lines.index("Errors:") + 1:] if line.startswith("- ")]
-        checks = [check for check in checks if not check.startswith("Expected a <class 'NoneType'>")]
-        if checks:
-            return checks[0]
-    return " ".join(lines)
 
 
 class MMLLMCLI(LightningCLI):
@@ -49,7 +36,7 @@ class MMLLMCLI(LightningCLI):
             check_time_budget(self.model, self.trainer)
             check_packed_attention(self.model, self.trainer)
         except (ValueError, FileNotFoundError, UsageError) as error:
-            print(f"mmllm {self.subcommand}: error: {instantiation_error(error)}", file=sys.stderr)
+            print(f"mmllm {self.subcommand}: error: {one_line(str(error))}", file=sys.stderr)
             raise SystemExit(2) from None
 
     def _parse_ckpt_path(self) -> None:

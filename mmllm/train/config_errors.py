@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 UNRECOGNISED = re.compile(r"unrecognized arguments: --?([\w.]+)")
 NOT_ACCEPTED = re.compile(r"does not accept (?:nested )?(?:option|key)s? '([\w.]+)'")
 PARENT_KEY = re.compile(r'Parser key "([\w.]+)"')
+CLASS_PATH_PROBLEM = re.compile(r"^Problem with given class_path '[\w.]+': ")
 UNEXPECTED = re.compile(r"Unexpected keys?: \{'([\w.]+)'")
 
 
@@ -40,10 +41,37 @@ def describe(message: str, parser: Any) -> str:
     own lines joined."""
     key, valid = unknown_key(message, parser)
     if key is None:
-        return " ".join(message.split())[:400]
+        text, parent = one_line(message), PARENT_KEY.search(message)
+        if parent and parent.group(1) not in text:  # the check alone would not say which key it is about
+            text = f"{parent.group(1)}: {text}"
+        return text[:400]
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else f" (see {parser.prog.replace(' [options]', '')} --help)"
     return f"unknown config key {key}{hint}"
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's message in one line. A typed option's own check (a dataclass's __post_init__,
+    `data.balance.mode`) comes wrapped in "Does not validate against any of the Union subtypes ... Errors:
+    - THE CHECK (and its indented lines) - Expected a NoneType ...": the check is what is said."""
+    raw = [line for line in message.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(raw) if line.strip() == "Errors:"), None)
+    if start is not None:
+        items: list[list[str]] = []  # each "- " item with the lines indented below it
+        indent = None
+        for line in raw[start + 1:]:
+            depth = len(line) - len(line.lstrip())
+            if line.lstrip().startswith("- ") and (indent is None or depth == indent):
+                indent = depth
+                items.append([line.strip()[2:]])
+            elif indent is not None and depth > indent:
+                items[-1].append(line.strip())
+            else:
+                break
+        checks = [" ".join(item) for item in items if not item[0].startswith("Expected a <class 'NoneType'>")]
+        if checks:
+            return CLASS_PATH_PROBLEM.sub("", checks[0])
+    return " ".join(line.strip() for line in raw)
 
 
 def unknown_key(message: str, parser: Any) -> tuple[str | None, list[str]]:
