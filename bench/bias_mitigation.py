@@ -1,8 +1,8 @@
 """Bias mitigation on a planted bias (issue 40, part 3): the demo recipe on a shapes train split whose circles are red
 95% of the time, then each mitigation alone at the same steps; prints and writes JSON.
 
-    flock /tmp/mmllm-bench.lock python bench/bias_mitigation.py --steps 250 \
-        --out bench/results/2026-12-07-bias-mitigation.json
+    flock /tmp/mmllm-bench.lock python bench/bias_mitigation.py --steps 600 --seeds 0 1 \
+        --out bench/results/2026-12-07-bias-mitigation-600.json
 
 Every step is an `mmllm` command (printed in the JSON):
 1. `mmllm data shapes --spurious circle:red:0.95` (val and test balanced), `mmllm tokenizer train`;
@@ -129,6 +129,31 @@ def summarise(name: str, probe: dict, general: dict, run_dir: Path, fit_s: float
     }
 
 
+def compare(r: dict, baseline: dict) -> None:
+    """The target (issue 40): the gap at most half the baseline's, with val accuracy at most 2 points lower."""
+    gap = baseline["circle_colour"]["gap"]
+    r["gap_vs_baseline"] = abs(r["circle_colour"]["gap"] / gap) if gap else None  # either sign
+    r["val_accuracy_change_points"] = round(100 * (r["val_accuracy"] - baseline["val_accuracy"]), 2)
+    r["target_met"] = (r["run"] != "baseline" and r["gap_vs_baseline"] is not None
+                       and r["gap_vs_baseline"] <= 0.5 and r["val_accuracy_change_points"] >= -2)
+
+
+def mean_over_seeds(results: list[dict]) -> list[dict]:
+    """Per mitigation: the mean over seeds of the gap, its ratio to the baseline's and the accuracy change."""
+    rows = []
+    for name in dict.fromkeys(r["run"] for r in results):
+        runs = [r for r in results if r["run"] == name]
+        row = {"run": name, "seeds": [r["seed"] for r in runs],
+               "val_accuracy": sum(r["val_accuracy"] for r in runs) / len(runs),
+               "gap": sum(r["circle_colour"]["gap"] for r in runs) / len(runs)}
+        if all(r.get("gap_vs_baseline") is not None for r in runs):
+            row["gap_vs_baseline"] = sum(r["gap_vs_baseline"] for r in runs) / len(runs)
+            row["val_accuracy_change_points"] = round(sum(r["val_accuracy_change_points"] for r in runs) / len(runs), 2)
+            row["target_met_every_seed"] = all(r["target_met"] for r in runs)
+        rows.append(row)
+    return rows
+
+
 def machine() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -149,6 +174,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=500, help="val questions for overall accuracy and the "
                                                                    "counterfactuals (default 500)")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seed_everything of each run; every run is repeated per seed (default 0)")
     parser.add_argument("--work", default="/tmp/bias-mitigation")
     parser.add_argument("--out", default="bench/results/2026-12-07-bias-mitigation.json")
     args = parser.parse_args()
@@ -163,8 +190,8 @@ def main() -> None:
     probe_counts = write_probe(data / "val" / "chat", work / "probe")
     commands.append(f"# the probe: 'What colour is the circle?' about each val scene with one circle: {probe_counts}")
     results = []
-    for name in args.runs:
-        run_dir = work / name
+    for seed, name in [(seed, name) for seed in args.seeds for name in args.runs]:
+        run_dir = work / (name if seed == 0 else f"{name}-seed{seed}")
         run_dir.mkdir(exist_ok=True)
         fit_s = run(mmllm(
             "fit", "--config", "configs/shapes-tiny.yaml",
@@ -178,7 +205,8 @@ def main() -> None:
             "--trainer.logger", json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
                                              "init_args": {"save_dir": str(run_dir), "name": "logs"}}]),
             "--checkpoint.dirpath", str(run_dir / "checkpoints"), "--checkpoint.overwrite", "true",
-            "--export.out", str(run_dir / "model"), *RUNS[name]), run_dir / "fit.log", commands)
+            "--export.out", str(run_dir / "model"), "--seed_everything", str(seed), *RUNS[name]),
+            run_dir / "fit.log", commands)
         start = time.perf_counter()
         run(mmllm("eval", "--model", str(run_dir / "model"), "--data", str(work / "probe"), "--task", "vqa",
                   "--turns", "alone", "--group-by", "spurious", "--out", str(run_dir / "probe.json")),
@@ -189,24 +217,22 @@ def main() -> None:
         eval_s = round(time.perf_counter() - start, 1)
         probe = json.loads((run_dir / "probe.json").read_text())
         general = json.loads((run_dir / "general.json").read_text())
-        results.append(summarise(name, probe, general, run_dir, fit_s, eval_s))
-        print(json.dumps({k: results[-1][k] for k in ("run", "val_accuracy")} | {
+        results.append({"seed": seed} | summarise(name, probe, general, run_dir, fit_s, eval_s))
+        print(json.dumps({k: results[-1][k] for k in ("run", "seed", "val_accuracy")} | {
             "gap": results[-1]["circle_colour"]["gap"]}), file=sys.stderr, flush=True)
-    baseline = next((r for r in results if r["run"] == "baseline"), None)
-    if baseline is not None:
-        for r in results:
-            r["gap_vs_baseline"] = abs(r["circle_colour"]["gap"] / baseline["circle_colour"]["gap"]) \
-                if baseline["circle_colour"]["gap"] else None  # 0.5 or less: the gap halved (either sign)
-            r["val_accuracy_change_points"] = 100 * (r["val_accuracy"] - baseline["val_accuracy"])
-            r["target_met"] = (r["run"] != "baseline" and r["gap_vs_baseline"] is not None
-                               and r["gap_vs_baseline"] <= 0.5 and abs(r["val_accuracy_change_points"]) <= 2)
+    for r in results:  # each run against its own seed's baseline
+        baseline = next((b for b in results if b["run"] == "baseline" and b["seed"] == r["seed"]), None)
+        if baseline is not None:
+            compare(r, baseline)
+    mean = mean_over_seeds(results)
     report = {
         "what": "issue 40 part 3: bias mitigation on a planted bias (train circles red 95%); the demo recipe "
                 f"(configs/shapes-tiny.yaml) for {args.steps} steps per run, each mitigation alone",
         "date": time.strftime("%Y-%m-%d", time.gmtime(started)), "machine": machine(),
         "torch": __import__("torch").__version__, "steps": args.steps, "train_scenes": args.train,
         "val_scenes": args.val, "probe": probe_counts, "general_questions": args.questions,
-        "timings_s": timings, "wall_s": round(time.time() - started, 1), "commands": commands, "runs": results,
+        "seeds": args.seeds, "timings_s": timings, "wall_s": round(time.time() - started, 1), "commands": commands,
+        "mean_over_seeds": mean, "runs": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_base(lora.get("base_identity"), lora["base"], f"checkpoint {args.checkpoint} (a LoRA run)", args.force)
     if lora is not None and not args.merge_lora:
+        refuse_grown_vocabulary(Path(args.checkpoint), lora)
         if args.lora == "peft":
             return export_peft(Path(args.checkpoint), Path(args.out), lora, args.overwrite)
         if args.format != "mmllm" or args.quantize:
@@ -100,6 +101,19 @@ def lora_run(source: Path) -> dict | None:
     from mmllm.formats.checkpoint import lora_of_checkpoint
 
     return lora_of_checkpoint(source)
+
+
+def refuse_grown_vocabulary(source: Path, lora: dict) -> None:
+    """An adapter applies to its base as it is: a run that added tokens to the base's vocabulary (an MLM run's
+    `<mask>`) exports merged only."""
+    from mmllm.formats.checkpoint import read_checkpoint
+    from mmllm.formats.model_folder import read_model_config
+
+    rows = read_checkpoint(source, mmap=True)["mmllm_config"]["lm"]["vocab_size"]
+    base_rows = read_model_config(lora["base"]).lm.vocab_size
+    if rows > base_rows:
+        raise UsageError(f"{source}: this LoRA run added {rows - base_rows} token(s) (e.g. <mask>) to its base's "
+                         f"{base_rows}, which an adapter on {lora['base']} cannot carry; export it with --merge-lora")
 
 
 def export_adapter(source: Path, out: Path, lora: dict, overwrite: bool) -> int:

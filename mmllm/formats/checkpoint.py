@@ -47,7 +47,7 @@ def model_from_checkpoint(path: str | Path, merge_lora: bool = True, force: bool
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if "mmllm_lora" in checkpoint:
-        model = _lora_model(checkpoint["mmllm_lora"], state, Path(path), merge_lora, force)
+        model = _lora_model(checkpoint["mmllm_lora"], state, Path(path), merge_lora, force, config.lm.vocab_size)
     else:
         model = VLM(config)
         model.load_state_dict(state, strict=True)
@@ -60,11 +60,14 @@ def lora_of_checkpoint(path: str | Path) -> dict[str, Any] | None:
     return read_checkpoint(path, mmap=True).get("mmllm_lora")
 
 
-def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path, merge: bool, force: bool):
-    """The base model folder with the checkpoint's adapters (and fully trained parts) on it."""
+def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path, merge: bool, force: bool,
+                vocab_size: int):
+    """The base model folder with the checkpoint's adapters (and fully trained parts) on it, its vocabulary grown
+    as the run grew it (an MLM run's `<mask>`: rows the checkpoint does not hold, rebuilt from the base)."""
     from mmllm.formats.lora_adapters import check_base
     from mmllm.formats.model_folder import load_model_folder
     from mmllm.model.lora import LoRAConfig, add_lora, merge_lora
+    from mmllm.model.vocabulary import grow_vocabulary
 
     base = Path(lora["base"])
     if not base.is_dir():
@@ -73,6 +76,7 @@ def _lora_model(lora: dict[str, Any], state: dict[str, torch.Tensor], path: Path
     check_base(lora.get("base_identity"), base, f"checkpoint {path} (a LoRA run)", force)
     model, _, _ = load_model_folder(base)
     model.float()
+    grow_vocabulary(model, vocab_size)
     add_lora(model, LoRAConfig(**lora["config"]))
     expected = set(lora["trained"])
     if set(state) != expected:

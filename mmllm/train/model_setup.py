@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-from torch import nn
-
 from data_pipelines.chat.special_tokens import MASK
 from mmllm.config import VLMConfig
 from mmllm.model import VLM
 from mmllm.model.lora import LoRAConfig
+from mmllm.model.vocabulary import grow_vocabulary
 
 TEACHER_MATCHES = ("image_token_id", "pad_token_id", "tokens_per_image", "image_mean", "image_std", "resize",
                    "longest_edge", "image_markup", "image_splitting", "chat_template")
@@ -101,28 +99,6 @@ def build_model(preset: str, shape: dict[str, Any], init_from: Optional[str], at
     if model_inputs.get("mask_token"):
         add_mask_token(tokenizer)  # as the data module did to its own copy: the same ids
     return VLM(config), tokenizer
-
-
-def grow_vocabulary(model: VLM, rows: int) -> None:
-    """Give the token embedding (and an untied head) at least `rows` rows, in place: a token added to a trained
-    model's tokenizer (`<mask>`) starts at the mean of the existing embeddings, and its head row at zero."""
-    lm, old = model.lm, model.config.lm.vocab_size
-    if rows <= old:
-        return
-    embed = nn.Embedding(rows, lm.embed_tokens.embedding_dim).to(lm.embed_tokens.weight)
-    with torch.no_grad():
-        embed.weight[:old] = lm.embed_tokens.weight
-        embed.weight[old:] = lm.embed_tokens.weight.mean(dim=0)
-    embed.weight.requires_grad_(lm.embed_tokens.weight.requires_grad)
-    lm.embed_tokens = embed
-    if lm.lm_head is not None:
-        head = nn.Linear(lm.lm_head.in_features, rows, bias=False).to(lm.lm_head.weight)
-        with torch.no_grad():
-            head.weight[:old] = lm.lm_head.weight
-            head.weight[old:] = 0
-        head.weight.requires_grad_(lm.lm_head.weight.requires_grad)
-        lm.lm_head = head
-    model.config.lm.vocab_size = rows
 
 
 @dataclass

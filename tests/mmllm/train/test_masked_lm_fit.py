@@ -72,6 +72,34 @@ def test_a_mixed_fit_fills_masks_and_still_answers(shapes_data, tmp_path, capsys
     assert main(["generate", "--model", model, "a red", "--max-new-tokens", "3"]) == 0
 
 
+def test_lora_on_a_model_folder_learns_mlm_with_a_mask_token_it_lacked(model_without_mask, shapes_data, tmp_path,
+                                                                        capsys):
+    """init_from a folder whose tokenizer has no <mask>, with LoRA: the run adds <mask> and trains adapters only; the
+    exported model fills masks."""
+    from mmllm.formats.checkpoint import model_from_checkpoint
+
+    config = fit_config(shapes_data, tmp_path / "run", trainer={"max_steps": 2, "val_check_interval": 2},
+                        data={"val_vqa_questions": 0, "sources": [
+                            {"kind": "caption", "path": str(shapes_data / "train" / "captions"), "objective": "mlm"}]},
+                        model={"init_from": str(model_without_mask), "lr": 1e-2, "warmup_steps": 1,
+                               "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}, "mlm": {"rate": 0.3}})
+    del config["model"]["lm"], config["model"]["vision"]
+    assert main(["fit", "--config", str(write_config(config, tmp_path / "fit.yaml"))]) == 0
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["state_dict"] and all(".lora_" in name for name in checkpoint["state_dict"])
+    assert "<mask>" in checkpoint["mmllm_tokenizer"]
+    tuned, _, _ = model_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", merge_lora=False)
+    assert any(layer.abs().sum() > 0 for name, layer in tuned.named_parameters() if ".lora_B." in name)
+    capsys.readouterr()
+    assert main(["fill-mask", "--model", str(tmp_path / "run" / "model"), "a red <mask> at the top left.",
+                 "--json"]) == 0
+    fills = json.loads(capsys.readouterr().out.splitlines()[-1])["fills"]
+    assert fills and all("<mask>" not in fill["sequence"] for fill in fills)
+    # the grown <mask> row is not in the adapters: an adapter-only export is refused, a merged one is the model's
+    assert main(["export", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "a")]) == 2
+    assert "--merge-lora" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("args", "phrase"), [
     (["fill-mask", "--model", "{model}", "a red circle"], "no <mask>"),
     (["fill-mask", "--model", "{model}", "a <mask>", "--top-k", "0"], "--top-k must be at least 1"),
