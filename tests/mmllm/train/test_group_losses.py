@@ -33,15 +33,23 @@ def test_group_dro_moves_weight_to_the_worst_group_as_sagawa_et_al():
     assert float(robust) == pytest.approx(expected[0] * 2 + expected[1] * 8)
 
 
-def test_a_group_dro_fit_logs_weights_that_sum_to_one(shapes_data, tmp_path):
+def test_a_group_dro_fit_logs_weights_that_sum_to_one_and_resumes_with_them(shapes_data, tmp_path, capsys):
     config = fit_config(shapes_data, tmp_path, trainer={"max_steps": 2, "val_check_interval": 2},
                         model={"group_dro": {"by": "shape", "step_size": 0.5}})
-    assert main(["fit", "--config", str(write_config(config, tmp_path / "config.yaml"))]) == 0
+    path = write_config(config, tmp_path / "config.yaml")
+    assert main(["fit", "--config", str(path)]) == 0
     rows = [row for row in read_metrics(tmp_path) if row.get("train/loss")]
     weights = [{k: float(v) for k, v in row.items() if k.startswith("group_dro/q_") and v} for row in rows]
     assert len(weights) == 2 and len(weights[0]) > 2  # circle, square, ... and their combinations
     assert all(sum(w.values()) == pytest.approx(1, abs=1e-5) for w in weights)
     assert weights[0] != weights[1]  # moved online
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["mmllm_group_dro"]
+    assert dict(zip(dict(saved["names"]), saved["q"])) == pytest.approx(
+        {k.removeprefix("group_dro/q_").replace("_", " "): v for k, v in weights[1].items()}, abs=1e-6)
+    capsys.readouterr()
+    assert main(["fit", "--config", str(path), "--ckpt_path", "last", "--trainer.max_steps", "3"]) == 0
+    said = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("model.group_dro by"))
+    assert said.endswith(", ".join(f"{group} q={q:.3f}" for (group, _), q in zip(saved["names"], saved["q"])))
 
 
 @pytest.mark.parametrize("option, value, said", [
