@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from tiny_models import images, prompt, tiny_model
+import os
+import tempfile
+
+# What mmllm measures or compiles for the machine (quantisation choices, torch.compile's kernels) goes to a folder
+# of this session, never the user's ~/.cache; set before mmllm is imported, which points Inductor there.
+os.environ.setdefault("MMLLM_CACHE_DIR", tempfile.mkdtemp(prefix="mmllm-test-cache-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tiny_models import images, prompt, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

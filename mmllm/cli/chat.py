@@ -81,6 +81,10 @@ class ChatSession:
 def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     vlm = load_model(args)
+    if args.decode == "auto":
+        from mmllm.model.generation import default_decode
+
+        vlm.decode = default_decode(vlm.device, session=True, model=vlm.model)  # compiled when on disk already
     session = ChatSession(vlm, sampling(args))
     if args.image:
         session.attach(args.image)  # a bad first image ends the command (exit 2) before any chat

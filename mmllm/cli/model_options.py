@@ -39,8 +39,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "torchao-int4-weight-only, torchao-int8-dynamic-int4")
     parser.add_argument("--decode", default="auto", choices=("auto", "eager", "static", "compiled"),
                         help="how tokens are decoded: compiled (a static KV cache through torch.compile, CUDA "
-                             "graphs on a GPU; compiles once per shape bucket), static, eager (rows leave the "
-                             "batch as they finish); auto (the default): compiled on cuda, eager on cpu")
+                             "graphs on a GPU; compiled once per model and length bucket, kept in ~/.cache/mmllm), "
+                             "static, eager (rows leave the batch as they finish); auto (the default): compiled on "
+                             "cuda, and in chat on a model compiled before; eager otherwise")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | str = 64,

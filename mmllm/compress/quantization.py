@@ -294,8 +294,9 @@ def answer_seconds(model: nn.Module, new_tokens: int = 8, repeats: int = 2, warm
 
 
 def cache_path() -> Path:
-    root = os.environ.get("MMLLM_CACHE_DIR") or Path.home() / ".cache" / "mmllm"
-    return Path(root) / "quantize-choices.json"
+    from mmllm.cache_folder import cache_folder
+
+    return cache_folder() / "quantize-choices.json"
 
 
 def cpu_flags(cpuinfo: str) -> tuple[str, list[str]]:

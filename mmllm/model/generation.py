@@ -12,8 +12,10 @@ Images are encoded once, in prefill. Decoding comes in three kinds (`decode=`):
   up to a multiple of STATIC_BUCKET), batches are padded to a power of two, a step writes each row's keys at
   that row's slot (a tensor, not a Python int) and attends to the whole cache through a mask; finished rows stay
   (their tokens are dropped). It is what compilation needs:
-- `compiled`: the static step through torch.compile, once per (batch bucket, length bucket, dtype); on CUDA with
-  CUDA graphs (mode "reduce-overhead"), which removes the per-kernel launch cost that bounds batch-1 decoding.
+- `compiled`: the static step through torch.compile, once per (batch bucket, length bucket, dtype), kept on disk
+  (mmllm.model.compiled_decode); its length buckets are powers of two (128, 256, ...), so a handful of graphs
+  serve every length; on CUDA with CUDA graphs (mode "reduce-overhead"), which removes the
+  per-kernel launch cost that bounds batch-1 decoding.
 Greedy tokens are the same in all three (tests/mmllm/model/test_static_decode.py). In prefix mode prefill attends
 bidirectionally over the prefix (the processor's prefix_mask: the turns before the first answer, the whole prompt
 for a first question) and decoded tokens are causal, which is exactly what full recomputation with that prefix_mask
@@ -70,6 +72,7 @@ class KVCache:
 
 
 STATIC_BUCKET = 64  # positions: a static cache's length is a multiple of this, so most lengths share a graph
+COMPILED_MIN_LENGTH = 128  # a compiled step's shortest cache; longer ones double
 DECODES = ("eager", "static", "compiled")
 
 
@@ -84,13 +87,13 @@ class StaticKVCache:
         self.storage = torch.zeros((2, config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim),
                                    dtype=dtype, device=device)
         self.keys, self.values = list(self.storage[0].unbind(0)), list(self.storage[1].unbind(0))
-        if compiled:
-            self.mark_static()
         self.max_len = max_len
         self.slot = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,): where each row writes next
         self.rows = torch.arange(batch_size, device=device)
         self.positions = torch.arange(max_len, device=device)  # (L,)
         self.prefilled = False
+        if compiled:
+            self.mark_static()
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefill (the prompt's b rows and T positions) writes from position 0 and attends to the prompt only;
@@ -120,11 +123,16 @@ class StaticKVCache:
             torch._dynamo.mark_static_address(tensor, guard=False)
 
 
-def static_shapes(batch_size: int, length: int, max_seq_len: int) -> tuple[int, int]:
+def static_shapes(batch_size: int, length: int, max_seq_len: int, compiled: bool = False) -> tuple[int, int]:
     """(rows, positions) of the static cache: the batch rounded up to a power of two, the length to a multiple
-    of STATIC_BUCKET (never past what the model can attend to, nor under `length`)."""
+    of STATIC_BUCKET, or for a compiled step to a power of two from COMPILED_MIN_LENGTH (each length bucket is a
+    graph to compile; a cache length marked dynamic instead measured slower per token and missed the disk cache
+    in torch 2.14: bench/compiled_decode.py). Never past what the model can attend to, nor under `length`."""
     rows = 1 << (batch_size - 1).bit_length()
-    bucketed = -(-length // STATIC_BUCKET) * STATIC_BUCKET
+    if compiled:
+        bucketed = max(COMPILED_MIN_LENGTH, 1 << (length - 1).bit_length())
+    else:
+        bucketed = -(-length // STATIC_BUCKET) * STATIC_BUCKET
     return rows, max(length, min(bucketed, max_seq_len))
 
 
@@ -139,22 +147,26 @@ def static_decode_step(model: VLM, tokens: torch.Tensor, positions: torch.Tensor
     return model.lm.logits(hidden[:, -1])
 
 
-_COMPILED_STEPS: dict = {}  # (device type, mode) -> the compiled step (torch.compile caches graphs by shape)
-
-
 def compiled_decode_step(device: torch.device):
-    """static_decode_step through torch.compile: CUDA graphs on CUDA, Inductor's fused kernels elsewhere."""
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    key = (device.type, mode)
-    if key not in _COMPILED_STEPS:
-        _COMPILED_STEPS[key] = torch.compile(static_decode_step, mode=mode, dynamic=False)
-    return _COMPILED_STEPS[key]
+    """static_decode_step through torch.compile (mmllm.model.compiled_decode: one graph for every cache length,
+    kept on disk, announced once, uncompiled when compiling fails)."""
+    from mmllm.model.compiled_decode import compiled_decode_step as compiled
+
+    return compiled(device)
 
 
-def default_decode(device: torch.device | str) -> str:
-    """`compiled` on CUDA (launch-bound otherwise); `eager` on CPUs, where compiling costs more than a
-    generation of a few dozen tokens saves (bench/generate.py measures both)."""
-    return "compiled" if torch.device(device).type == "cuda" else "eager"
+def default_decode(device: torch.device | str, session: bool = False, model: VLM | None = None) -> str:
+    """`compiled` on CUDA (launch-bound otherwise). On CPUs, for a session of many answers (`mmllm chat`) on a model
+    whose step was compiled before (`--decode compiled` once: kept on disk, so a process only traces it again, in
+    seconds, which a chat's answers repay); otherwise `eager`: a first compile takes minutes on a CPU, and saves a
+    few milliseconds a token (bench/compiled_decode.py measures both)."""
+    if torch.device(device).type == "cuda":
+        return "compiled"
+    if session and model is not None:
+        from mmllm.model.compiled_decode import compiled_before
+
+        return "compiled" if compiled_before(model, device) else "eager"
+    return "eager"
 
 
 def sample_next_token(
@@ -267,7 +279,7 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
     config = model.config
     B, T = attention_mask.shape
     device = embeds.device
-    rows_bucket, length = static_shapes(B, T + max_new_tokens, config.lm.max_seq_len)
+    rows_bucket, length = static_shapes(B, T + max_new_tokens, config.lm.max_seq_len, compiled=decode == "compiled")
     cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device, compiled=decode == "compiled")
     logits = prefill(model, embeds, attention_mask, cache, prefix_mask)  # (B, V): the real rows only
     key_is_real = torch.ones(rows_bucket, length, dtype=torch.bool, device=device)

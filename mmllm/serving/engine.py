@@ -273,7 +273,7 @@ class StaticEngine(Engine):
         """A cache of at least `length` positions, keeping what the rows already hold."""
         from mmllm.model.generation import StaticKVCache, static_shapes
 
-        _, length = static_shapes(1, length, self.config.lm.max_seq_len)
+        _, length = static_shapes(1, length, self.config.lm.max_seq_len, compiled=self.compiled)
         old = self.static
         if old is not None and old.max_len >= length:
             return

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from mmllm.model.generation import STATIC_BUCKET, generate, static_shapes, stream
+from mmllm.model.generation import COMPILED_MIN_LENGTH, STATIC_BUCKET, generate, static_shapes, stream
 from test_generation import greedy_by_recomputation, left_pad
 
 
@@ -19,6 +19,11 @@ def test_static_shapes_bucket_rows_to_powers_of_two_and_positions_to_the_bucket(
     assert static_shapes(5, STATIC_BUCKET + 1, 512) == (8, 2 * STATIC_BUCKET)
     assert static_shapes(2, 500, 512) == (2, 512)  # never past max_seq_len ...
     assert static_shapes(2, 511, 511) == (2, 511)  # ... nor under the length asked for
+    # a compiled step's buckets double from COMPILED_MIN_LENGTH: few graphs for every length
+    assert static_shapes(1, 10, 2048, compiled=True) == (1, COMPILED_MIN_LENGTH)
+    assert static_shapes(1, 129, 2048, compiled=True) == (1, 256)
+    assert static_shapes(1, 700, 2048, compiled=True) == (1, 1024)
+    assert static_shapes(1, 700, 800, compiled=True) == (1, 800)
 
 
 @pytest.mark.parametrize("attention", ["causal", "prefix"])
@@ -72,7 +77,7 @@ def test_the_compiled_step_gives_eager_greedy_tokens_and_compiles_once_per_bucke
     assert generate(model, **inputs, **options, decode="compiled") == eager
     compiled_once = counters["stats"]["unique_graphs"]
     assert compiled_once >= 1
-    # another batch of the same buckets (3 rows -> 4, length -> 64): no new graph
+    # another batch of the same buckets (3 rows -> 4, length -> 128): no new graph
     shorter = dict(options, max_new_tokens=12)
     assert generate(model, **inputs, **shorter, decode="compiled") == generate(model, **inputs, **shorter)
     assert counters["stats"]["unique_graphs"] == compiled_once
