@@ -280,7 +280,7 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
     B, T = attention_mask.shape
     device = embeds.device
     rows_bucket, length = static_shapes(B, T + max_new_tokens, config.lm.max_seq_len, compiled=decode == "compiled")
-    cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device, compiled=decode == "compiled")
+    cache = StaticKVCache(config.lm, rows_bucket, length, embeds.dtype, device)  # marked before the first step
     logits = prefill(model, embeds, attention_mask, cache, prefix_mask)  # (B, V): the real rows only
     key_is_real = torch.ones(rows_bucket, length, dtype=torch.bool, device=device)
     key_is_real[:, :T] = False  # padded rows see only their own decode slots
@@ -302,6 +302,8 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
             return
         tokens[:B] = chosen
         cache.slot.fill_(T + step)
+        if step == 0 and decode == "compiled":
+            cache.mark_static()  # after the first token: marking imports Dynamo, which takes seconds
         logits = step_fn(model, tokens, next_position, cache, key_is_real)
         next_position += 1
 
