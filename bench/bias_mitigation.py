@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seed_everything of each run; every run is repeated per seed (default 0)")
     parser.add_argument("--work", default="/tmp/bias-mitigation")
+    parser.add_argument("--reuse", action="store_true",
+                        help="a run whose reports are already in --work is read, not trained again (fit_s null)")
     parser.add_argument("--out", default="bench/results/2026-12-07-bias-mitigation.json")
     args = parser.parse_args()
     work = Path(args.work).resolve()
@@ -193,7 +195,7 @@ def main() -> None:
     for seed, name in [(seed, name) for seed in args.seeds for name in args.runs]:
         run_dir = work / (name if seed == 0 else f"{name}-seed{seed}")
         run_dir.mkdir(exist_ok=True)
-        fit_s = run(mmllm(
+        fit_command = mmllm(
             "fit", "--config", "configs/shapes-tiny.yaml",
             "--data.tokenizer", str(data / "tokenizer.json"),
             "--data.sources", json.dumps([{"kind": "caption", "path": str(data / "train/captions"), "weight": 1.0},
@@ -205,8 +207,16 @@ def main() -> None:
             "--trainer.logger", json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
                                              "init_args": {"save_dir": str(run_dir), "name": "logs"}}]),
             "--checkpoint.dirpath", str(run_dir / "checkpoints"), "--checkpoint.overwrite", "true",
-            "--export.out", str(run_dir / "model"), "--seed_everything", str(seed), *RUNS[name]),
-            run_dir / "fit.log", commands)
+            "--export.out", str(run_dir / "model"), "--seed_everything", str(seed), *RUNS[name])
+        if args.reuse and all((run_dir / f).is_file() for f in ("probe.json", "general.json", "fit.log")):
+            probe = json.loads((run_dir / "probe.json").read_text())
+            general = json.loads((run_dir / "general.json").read_text())
+            import shlex
+
+            commands.append(shlex.join(["mmllm", *fit_command[3:]]) + "  # reused: trained by an earlier run")
+            results.append({"seed": seed, "reused": True} | summarise(name, probe, general, run_dir, None, None))
+            continue
+        fit_s = run(fit_command, run_dir / "fit.log", commands)
         start = time.perf_counter()
         run(mmllm("eval", "--model", str(run_dir / "model"), "--data", str(work / "probe"), "--task", "vqa",
                   "--turns", "alone", "--group-by", "spurious", "--out", str(run_dir / "probe.json")),

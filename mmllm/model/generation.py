@@ -288,7 +288,7 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
     next_position = torch.zeros(rows_bucket, dtype=torch.long, device=device)
     next_position[:B] = attention_mask.long().sum(-1)
     tokens = torch.zeros(rows_bucket, dtype=torch.long, device=device)
-    step_fn = compiled_decode_step(device) if decode == "compiled" else static_decode_step
+    step_fn = static_decode_step
     alive = list(range(B))
     for step in range(max_new_tokens):
         logits = logits[:B].clone()  # a compiled CUDA-graph step reuses its output buffer
@@ -302,8 +302,9 @@ def _stream_static(model: VLM, embeds: torch.Tensor, attention_mask: torch.Tenso
             return
         tokens[:B] = chosen
         cache.slot.fill_(T + step)
-        if step == 0 and decode == "compiled":
-            cache.mark_static()  # after the first token: marking imports Dynamo, which takes seconds
+        if step == 0 and decode == "compiled":  # after the first token: torch.compile's import takes seconds
+            cache.mark_static()
+            step_fn = compiled_decode_step(device)
         logits = step_fn(model, tokens, next_position, cache, key_is_real)
         next_position += 1
 
