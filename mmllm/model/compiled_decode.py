@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 RECORD = "decode-steps.json"
-SECONDS_PER_LAYER = {"cpu": 4.0, "cuda": 1.5}  # a cold compile's rough cost, for the announcement only
+SECONDS_PER_LAYER = {"cpu": 1.5, "cuda": 1.5}  # a cold compile's rough cost (bench/compiled_decode.py), for the announcement
 
 
 def record_file() -> Path:
