@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,11 +62,6 @@ def model_key(model: torch.nn.Module, device: torch.device) -> str:
     text = json.dumps([vars(model.config.lm), kinds, dtypes, device.type, torch.__version__, machine_flags()],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def step_key(model: torch.nn.Module, device: torch.device, rows: int, length: int) -> str:
-    """One graph: the model's key, and the cache's rows and positions."""
-    return f"{model_key(model, device)}:{rows}x{length}"
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -107,11 +103,14 @@ class CompiledDecodeStep:
         self.compiled = torch.compile(static_decode_step, mode=self.mode, options=options)
         self.failed: str | None = None
         self.seen: set[str] = set()  # keys compiled (or loaded from disk) in this process
+        self.model_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> model_key, once
 
     def __call__(self, model, tokens: torch.Tensor, positions: torch.Tensor, cache, key_is_real: torch.Tensor):
         if self.failed is not None:
             return self.eager(model, tokens, positions, cache, key_is_real)
-        key = step_key(model, self.device, tokens.size(0), cache.max_len)
+        if model not in self.model_keys:  # hashing the architecture each token would cost a millisecond
+            self.model_keys[model] = model_key(model, self.device)
+        key = f"{self.model_keys[model]}:{tokens.size(0)}x{cache.max_len}"  # one graph: rows x positions
         if key in self.seen:
             return self.compiled(model, tokens, positions, cache, key_is_real)
         return self._first_call(key, model, tokens, positions, cache, key_is_real)
@@ -122,7 +121,7 @@ class CompiledDecodeStep:
         if known is None:
             layers = model.config.lm.n_layers
             estimate = SECONDS_PER_LAYER.get(self.device.type, 3.0) * layers
-            rows, length = key.rsplit(":", 1)[1].split("x")
+            length = key.rsplit("x", 1)[1]
             print(f"mmllm: compiling the decode step for this model and {length} positions once (about "
                   f"{estimate:.0f} s for {layers} layers; kept in {record_path.parent}, later runs skip it)",
                   file=sys.stderr, flush=True)
