@@ -73,3 +73,18 @@ def test_the_seq2seq_tables_give_the_jsons_scores():
                 assert int(cell["training steps"]) == run["steps"], row
             checked += 1
     assert checked == 7
+
+
+def test_the_tiny_models_ten_minute_table_gives_its_jsons_scores():
+    runs = json.loads((REPO / "bench" / "results" / "2026-12-07-seq2seq-tiny.json").read_text())
+    runs = runs["tasks"]["translation"]["tiny_from_scratch"]
+    header, rows = table_rows((REPO / "docs" / "seq2seq.md").read_text(), "| tiny model, 10 minutes | chrF")
+    column = {name: index for index, name in enumerate(header)}
+    assert [row[0] for row in rows] == ["causal", "prefix"]
+    for row in rows:
+        run, cell = runs[row[0]], {name: row[index].strip("*") for name, index in column.items()}
+        assert float(cell["chrF"]) == round(run["chrf"], 1) and float(cell["BLEU"]) == round(run["bleu"], 1), row
+        assert float(cell["ROUGE-L"]) == round(run["rouge_l"], 3), row
+        assert float(cell["exact"].rstrip("%")) == round(100 * run["exact_match"], 1), row
+        assert int(cell["training steps"]) == run["steps"], row
+        assert float(cell["last train loss"]) == round(run["learning_curve"][-1][1], 3), row
