@@ -55,6 +55,7 @@ from torch import nn
 
 from mmllm.compress.packed import int4_group_size
 from mmllm.errors import UsageError
+from mmllm.machine import cpu_flags
 
 BITS = {"int8": 8, "int4": 4}
 FLOAT32 = "float32"  # the reference timed beside the methods; never chosen: `--quantize int4` means int4
@@ -297,19 +298,6 @@ def cache_path() -> Path:
     from mmllm.cache_folder import cache_folder
 
     return cache_folder() / "quantize-choices.json"
-
-
-def cpu_flags(cpuinfo: str) -> tuple[str, list[str]]:
-    """(the CPU's model name, its sorted feature flags) from /proc/cpuinfo's text: "model name" and "flags" on x86,
-    "CPU part" and "Features" on ARM; the first processor's lines."""
-    name, flags = "", []
-    for line in cpuinfo.splitlines():
-        field, _, value = (part.strip() for part in line.partition(":"))
-        if field in ("model name", "CPU part") and not name:
-            name = value
-        elif field in ("flags", "Features") and not flags:
-            flags = sorted(value.split())
-    return name, flags
 
 
 def machine_key(model: nn.Module, bits: int) -> str:

@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import torch
 
+from mmllm.machine import this_cpu
+
 RECORD = "decode-steps.json"
 SECONDS_PER_LAYER = {"cpu": 1.5, "cuda": 1.5}  # a cold compile's rough cost (bench/compiled_decode.py), for the announcement
 
@@ -45,21 +47,12 @@ def record_file() -> Path:
     return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir()) / RECORD
 
 
-def machine_flags() -> list[str]:
-    try:
-        from mmllm.compress.quantization import cpu_flags
-
-        return cpu_flags(Path("/proc/cpuinfo").read_text())[1]
-    except OSError:
-        return []
-
-
 def model_key(model: torch.nn.Module, device: torch.device) -> str:
     """What a model's compiled graphs are specific to: the architecture, the weights' dtypes and kinds (quantised
     layers are other modules), the device kind, torch's version and the CPU's flags."""
     kinds = sorted({type(m).__name__ for m in model.lm.modules()})
     dtypes = sorted({str(p.dtype) for p in model.lm.parameters()})
-    text = json.dumps([vars(model.config.lm), kinds, dtypes, device.type, torch.__version__, machine_flags()],
+    text = json.dumps([vars(model.config.lm), kinds, dtypes, device.type, torch.__version__, this_cpu()[1]],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -93,14 +86,12 @@ class CompiledDecodeStep:
     """static_decode_step through torch.compile, announced on its first compile and falling back to the uncompiled
     step, with one line, when compiling fails."""
 
-    def __init__(self, device: torch.device) -> None:
-        from mmllm.model.generation import static_decode_step
-
+    def __init__(self, device: torch.device, step: Callable) -> None:
         self.device = device
-        self.eager = static_decode_step
+        self.eager = step  # mmllm.model.generation.static_decode_step
         self.mode = "reduce-overhead" if device.type == "cuda" else None
         options = None if self.mode else compiler_options(device)
-        self.compiled = torch.compile(static_decode_step, mode=self.mode, options=options)
+        self.compiled = torch.compile(step, mode=self.mode, options=options)
         self.failed: str | None = None
         self.seen: set[str] = set()  # keys compiled (or loaded from disk) in this process
         self.model_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> model_key, once
@@ -145,11 +136,12 @@ class CompiledDecodeStep:
 _STEPS: dict[str, CompiledDecodeStep] = {}
 
 
-def compiled_decode_step(device: torch.device | str) -> Callable:
-    """The process's compiled step for a device kind (torch.compile keeps its graphs per shape and guards)."""
+def compiled_decode_step(device: torch.device | str, step: Callable) -> Callable:
+    """The process's compiled `step` (generation's static_decode_step) for a device kind (torch.compile keeps its
+    graphs per shape and guards)."""
     device = torch.device(device)
     if device.type not in _STEPS:
-        _STEPS[device.type] = CompiledDecodeStep(device)
+        _STEPS[device.type] = CompiledDecodeStep(device, step)
     return _STEPS[device.type]
 
 

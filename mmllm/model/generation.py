@@ -152,7 +152,7 @@ def compiled_decode_step(device: torch.device):
     kept on disk, announced once, uncompiled when compiling fails)."""
     from mmllm.model.compiled_decode import compiled_decode_step as compiled
 
-    return compiled(device)
+    return compiled(device, static_decode_step)
 
 
 def default_decode(device: torch.device | str, session: bool = False, model: VLM | None = None) -> str:
