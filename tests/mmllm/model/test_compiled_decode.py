@@ -72,3 +72,15 @@ def test_mmllm_keeps_inductors_caches_in_its_cache_folder_unless_the_user_chose_
 
     assert folder(MMLLM_CACHE_DIR=str(tmp_path)) == str(tmp_path / "inductor")
     assert folder(MMLLM_CACHE_DIR=str(tmp_path), TORCHINDUCTOR_CACHE_DIR="/elsewhere") == "/elsewhere"
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_a_line_not_the_generation(make_model, make_prompt, make_images,
+                                                                                monkeypatch, tmp_path, capsys):
+    _steps(monkeypatch, tmp_path, compile_as=lambda function: function)
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a file"))  # a folder that can never be made
+    model = make_model()
+    inputs, options = _batch(model, make_prompt, make_images)
+    assert generate(model, **inputs, **options, decode="compiled") == generate(model, **inputs, **options)
+    said = [line for line in capsys.readouterr().err.splitlines() if "could not record" in line]
+    assert len(said) == 1 and "the next run compiles it again" in said[0]
