@@ -4,6 +4,9 @@
                                                        # eager and torch.compile
     python bench/train_step.py --preset tiny --precision fp32 --compile off --steps 20
     python bench/train_step.py --preset small --device cuda --batch-size 16 --text-tokens 512 --sdpa flash
+    python bench/train_step.py --demo --fit --nanovlm ../nanoVLM --out bench/results/DATE-train-step-demo.json
+                                                       # the shapes demo's own step, lever by lever
+                                                       # (bench/demo_step.py), beside nanoVLM's modules
 
 One step = zero_grad, forward with labels (autocast for bf16-mixed), backward, gradient clipping at 1.0 (as the
 demo config), AdamW step: what the Lightning Trainer does per batch, without its loop. Every configuration
@@ -205,12 +208,28 @@ def main() -> None:
                              "flops_per_step still counts the head on every token")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
     parser.add_argument("--profile", type=int, help="print the top-N ops of one profiled step to stderr")
+    parser.add_argument("--demo", action="store_true",
+                        help="the shapes demo's own step from configs/shapes-tiny.yaml, lever by lever (bench/demo_step.py)")
+    parser.add_argument("--data", type=Path, default=Path("data/shapes"),
+                        help="--demo: the shapes data (made with the demo's commands when missing)")
+    parser.add_argument("--nanovlm", type=Path, help="--demo: a nanoVLM checkout whose modules run at the same shapes")
+    parser.add_argument("--fit", action="store_true", help="--demo: also time whole `mmllm fit` runs, before and after")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child mode: one configuration
     args = parser.parse_args()
 
     if args.one:
         args.preset, args.precision, args.compile = args.preset[0], args.precision[0], args.compile[0]
         print(json.dumps(run_one(args)))
+        return
+    if args.demo:
+        import demo_step
+
+        data = demo_step.ensure_data(args.data.resolve())
+        report = {"bench": "train_step --demo", "config": "configs/shapes-tiny.yaml",
+                  "machine": common.machine(torch.device("cpu")),
+                  "rows": demo_step.demo_rows(data, args.nanovlm, args.fit)}
+        common.write_report(report, args.out)
         return
     rows = []
     for preset in args.preset:

@@ -3,6 +3,7 @@ decode steps): the CPU's model name and feature flags."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 
@@ -25,3 +26,11 @@ def this_cpu() -> tuple[str, list[str]]:
         return cpu_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
         return "", []
+
+
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """True when the CPU has bf16 matrix instructions (Intel AMX, AVX512-BF16): where bf16 matmuls run several
+    times float32's rate instead of through slow reference kernels."""
+    flags = this_cpu()[1]
+    return "amx_bf16" in flags or "avx512_bf16" in flags

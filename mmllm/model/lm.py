@@ -16,6 +16,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from mmllm.config import LMConfig
+from mmllm.model.sdpa import scaled_dot_product_attention
 
 
 class KVCache(Protocol):
@@ -48,12 +49,12 @@ def attend(
 
         return flex_attend(q, k, v, attn_mask)
     if q.size(1) == k.size(1):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
     if _SDPA_HAS_GQA:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=True)
+        return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=True)
     group = q.size(1) // k.size(1)
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
 class RMSNorm(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmllm.config import VisionConfig
+from mmllm.model.sdpa import scaled_dot_product_attention
 
 
 def sincos_grid(grid_size: int, dim: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ class VisionAttention(nn.Module):
             proj(x).view(N, L, self.n_heads, self.head_dim).transpose(1, 2)  # (N, nh, L, hd)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        y = F.scaled_dot_product_attention(q, k, v)  # no mask: every patch sees every patch
+        y = scaled_dot_product_attention(q, k, v)  # no mask: every patch sees every patch
         return self.out_proj(y.transpose(1, 2).reshape(N, L, D))
 
 

@@ -323,6 +323,12 @@ class VLM(nn.Module):
         """torch.compile every block in place (regional compilation): blocks of one kind run the same code on
         their own parameters, so they share one compiled graph and compiling costs one block, not the model.
         Parameter names and state dicts do not change."""
+        import logging
+
+        # Inductor's CPU build imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on any
+        # machine with a CUDA_HOME and no GPU: nothing a CPU run can act on.
+        if not torch.cuda.is_available():
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         for block in self.blocks():
             block.compile(**options)
 

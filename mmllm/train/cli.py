@@ -25,6 +25,7 @@ from mmllm.train.config_errors import OneLineArgumentParser, one_line
 from mmllm.train.callbacks import Checkpoint, ExportModel, FlopsSummary, LearningRates, OverfitWarning, Preemption
 from mmllm.train.datamodule import VLMDataModule
 from mmllm.train.module import VLMModule
+from mmllm.train.precision import Trainer
 
 
 class MMLLMCLI(LightningCLI):
@@ -207,6 +208,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         MMLLMCLI(
             VLMModule,
             VLMDataModule,
+            trainer_class=Trainer,  # Lightning's, with trainer.precision auto (mmllm.train.precision)
             parser_class=OneLineArgumentParser,
             trainer_defaults={
                 "callbacks": [LearningRates(logging_interval="step")],

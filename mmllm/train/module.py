@@ -208,6 +208,8 @@ class VLMModule(L.LightningModule):
         self.model.packed_attention = packed_attention
         if compile == "blocks":
             self.model.compile_blocks()
+            print("model.compile blocks: the first steps compile each block kind (tens of seconds on a CPU the first "
+                  "time; later runs read the compiled code from the cache)", file=sys.stderr)
         for part in self.freeze:
             if getattr(self.model, part) is not None:  # a language model alone has no vision or projector
                 getattr(self.model, part).requires_grad_(False)
@@ -388,11 +390,23 @@ class VLMModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        from mmllm.train.fsdp import is_sharded, unwrapped_name
+        from mmllm.train.fsdp import is_sharded
 
         if self.hparams.optimizer == "muon" and is_sharded(self.trainer.strategy):
             raise ValueError("model.optimizer muon orthogonalises whole weight matrices, and FSDP gives the optimiser "
                              "flat shards of them: use model.optimizer adamw with an FSDP strategy, or DDP")
+        optimizer = self.make_optimizer()
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        time_fraction = self._time_fraction() if self.hparams.schedule_by_time else None
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio, time_fraction)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of every part that trains, at its peak rates (configure_optimizers adds the schedule)."""
+        from mmllm.train.fsdp import unwrapped_name
+
         groups = []
         for part in PARTS:
             if part not in self.freeze and getattr(self.model, part) is not None:
@@ -402,15 +416,8 @@ class VLMModule(L.LightningModule):
                                        algorithm=self.hparams.optimizer, name=part)
         if not groups:
             raise ValueError(f"model.freeze={self.freeze} leaves nothing to train")
-        optimizer = build_optimizer(groups, self.hparams.optimizer, tuple(self.hparams.betas),
-                                    self.hparams.muon_momentum, fused=self.device.type == "cuda",
-                                    muon_ns_dtype=self.hparams.muon_ns_dtype)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        time_fraction = self._time_fraction() if self.hparams.schedule_by_time else None
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio, time_fraction)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return build_optimizer(groups, self.hparams.optimizer, tuple(self.hparams.betas), self.hparams.muon_momentum,
+                               fused=self.device.type == "cuda", muon_ns_dtype=self.hparams.muon_ns_dtype)
 
     def _time_fraction(self):
         """A function giving the fraction of trainer.max_time spent training (resumed runs included: Lightning's

@@ -8,28 +8,22 @@ back to slow reference kernels: on a 2-core AVX2 EPYC one iteration on a 192 x 5
 against 0.95 ms in float32, and the shapes demo's optimiser step took 5.3 of its 6.1 seconds. `ns_dtype="auto"`
 picks bf16 where the hardware has it and float32 elsewhere; the state dict is torch.optim.Muon's, so checkpoints
 move between the two.
+
+Matrices of one shape are orthogonalised together, as one batch of matrix products per iteration: a small model's
+step is otherwise hundreds of small matmuls whose call overhead outweighs their arithmetic (the shapes demo's
+Muon step, 4 + 2 blocks, went from 47 to ... ms; bench/train_step.py --demo).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
 import torch
 
+from mmllm.machine import cpu_has_bf16_matmul
+
 NSDtype = Literal["auto", "bfloat16", "float32"]
-
-
-@functools.cache
-def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has bf16 matrix instructions (Intel AMX, AVX512-BF16), read from /proc/cpuinfo's flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def newton_schulz_dtype(choice: NSDtype, device: torch.device) -> torch.dtype:
@@ -59,6 +53,39 @@ def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float]
         polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
         x = torch.addmm(x, polynomial, x, beta=a)
     return x.T if tall else x
+
+
+def orthogonalise_batch(updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """(N, A, B) wide matrices (A <= B) -> each one's orthogonalise, as batched products: the same iteration,
+    each matrix scaled by its own Frobenius norm."""
+    a, b, c = coefficients
+    x = updates.to(dtype)
+    x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = torch.bmm(x, x.transpose(1, 2))  # (N, A, A)
+        polynomial = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, polynomial, x, beta=a)
+    return x
+
+
+def orthogonalise_all(updates: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int, eps: float,
+                      dtype: torch.dtype) -> list[torch.Tensor]:
+    """Each (A, B) update orthogonalised; the ones of one shape (tall ones transposed to wide) in one batch, a
+    shape met once alone (exactly torch.optim.Muon's products)."""
+    wide = [u.T if u.size(0) > u.size(1) else u for u in updates]
+    by_shape: dict[tuple, list[int]] = {}
+    for index, update in enumerate(wide):
+        by_shape.setdefault((tuple(update.shape), update.device, update.dtype), []).append(index)
+    done: list[torch.Tensor | None] = [None] * len(updates)
+    for indices in by_shape.values():
+        if len(indices) == 1:
+            done[indices[0]] = orthogonalise(updates[indices[0]], coefficients, steps, eps, dtype)
+            continue
+        results = orthogonalise_batch(torch.stack([wide[i] for i in indices]), coefficients, steps, eps, dtype)
+        for i, result in zip(indices, results):
+            done[i] = result.T if updates[i].size(0) > updates[i].size(1) else result
+    return done
 
 
 def adjusted_lr(lr: float, rule: str | None, shape: torch.Size) -> float:
@@ -104,6 +131,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum = float(group["lr"]), group["momentum"]
+            params, updates = [], []
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -113,9 +141,13 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
                 buffer = state["momentum_buffer"]
                 buffer.lerp_(grad, 1 - momentum)  # B = mu B + (1 - mu) g
-                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                dtype = newton_schulz_dtype(self.ns_dtype, param.device)
-                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                params.append(param)
+                updates.append(grad.lerp(buffer, momentum) if group["nesterov"] else buffer)
+            if not params:
+                continue
+            dtype = newton_schulz_dtype(self.ns_dtype, params[0].device)
+            updates = orthogonalise_all(updates, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+            for param, update in zip(params, updates):
                 param.mul_(1 - lr * group["weight_decay"])
                 param.add_(update.to(param.dtype), alpha=-adjusted_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss

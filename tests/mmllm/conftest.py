@@ -34,6 +34,7 @@ def trained(tmp_path_factory) -> TrainedRun:
     args = (
         "fit", "--config", REPO / "configs" / "shapes-tiny.yaml",
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+        "--model.compile", "none",  # the config's compiled blocks pay over thousands of steps, not three
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--data.tokenizer", data / "tokenizer.json", "--data.batch_size", "8", "--data.num_workers", "0",
         "--data.val_vqa_questions", "4",

@@ -66,3 +66,38 @@ def test_dtype_choice_and_refusals():
         Muon(matrices(0), ns_dtype="half")
     with pytest.raises(ValueError, match="2-D"):
         Muon([torch.nn.Parameter(torch.zeros(3))])
+
+
+def test_matrices_of_one_shape_orthogonalised_together_equal_one_at_a_time():
+    from mmllm.train.muon import orthogonalise_all
+
+    generator = torch.Generator().manual_seed(2)
+    shapes = [(24, 40), (24, 40), (40, 24), (16, 16), (16, 16)]  # two wide of a shape, one tall of it, two square
+    updates = [torch.randn(*shape, generator=generator) for shape in shapes]
+    together = orthogonalise_all(updates, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
+    for update, result in zip(updates, together):
+        alone = orthogonalise(update, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
+        assert result.shape == update.shape
+        torch.testing.assert_close(result, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_step_over_same_shape_matrices_agrees_with_torch_muon():
+    params = [torch.nn.Parameter(p.detach().clone()) for p in matrices(0) for _ in range(2)]  # each shape twice
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = Muon(params, lr=0.02, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw", ns_dtype="float32")
+    theirs = Muon(reference, lr=0.02, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw",
+                  ns_dtype="float32")
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        for a, b in zip(params, reference):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        ours.step()
+        for b in reference:  # the reference: one matrix per step call, so no two share a batch
+            for group in theirs.param_groups:
+                group["params"], kept = [b], group["params"]
+            theirs.step()
+            for group in theirs.param_groups:
+                group["params"] = kept
+    for a, b in zip(params, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
