@@ -7,6 +7,7 @@ The stage after the processor and before the model: reader -> processor (encode)
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Iterable, Iterator, Literal, Sequence
 
 import torch
@@ -18,7 +19,8 @@ from data_pipelines.processor import EncodedSample
 # (B, T); pixel_values (N, 3, S, S) in reading order, only when the batch has an image; image_counts (B,); kinds (B,) each row's
 # sample kind ("mlm" for a masked-LM sample, whatever its source's kind); and with packing segment_ids (B, T) plus
 # segment_kinds; and, only when the batch holds a masked-LM sample, bidirectional (B, T), True on its tokens; and
-# (collate only) groups (B,), each row's group, where the loss weighs groups (data_pipelines.balance).
+# (collate only) groups (B,), each row's group, where the loss weighs groups (data_pipelines.balance); and, for
+# preference pairs, pairs: P, the batch's 2P rows being the P chosen answers and then the P rejected ones.
 # labels[:, t + 1] is what position t is trained to predict. For a causal sample that is the next token: a sample's
 # first token is never a target (nothing before it predicts it), so its label is set to -100, otherwise the
 # padding or the previous packed sample would be trained to predict it. For a masked-LM sample it is the hidden
@@ -64,6 +66,14 @@ def collate(
         raise ValueError("cannot collate an empty list of samples")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    pairs = sum(s.rejected is not None for s in samples)
+    if pairs:
+        if pairs != len(samples):
+            raise ValueError("a batch of preference pairs holds pairs only (a preference source is trained alone)")
+        # The chosen answers in the first rows, the rejected ones in the same order after them: one forward pass
+        # scores both (mmllm.train.preference).
+        rows = [*(replace(s, rejected=None) for s in samples), *(s.rejected for s in samples)]
+        return {**collate(rows, pad_id, padding_side), "pairs": pairs}
     batch_size, length = len(samples), max(len(s) for s in samples)
     input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
     labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
@@ -135,6 +145,9 @@ def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> dict
     prefix_mask marks each segment's own prompt; pixel_values follow the packed reading order (row by row,
     segment by segment). kinds gives a row's kind, or "mixed"; segment_kinds[b][k - 1] is segment k's kind.
     """
+    if any(s.rejected is not None for s in samples):
+        raise ValueError("preference pairs are not packed (their two answers must stay in rows of their own): "
+                         "set data.packing false")
     if not samples:
         raise ValueError("cannot pack an empty list of samples")
     rows = pack_rows([len(s) for s in samples], max_length)

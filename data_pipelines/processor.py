@@ -51,6 +51,9 @@ class EncodedSample:
     # bidirectional over the whole sample; data_pipelines.masking)
     objective: str = "causal"
     group: str | None = None  # its group of data.balance / model.group_dro's field (data_pipelines.balance)
+    # A preference pair: this sample is the prompt + chosen answer, `rejected` the prompt + rejected answer
+    # (batched as two rows of one batch, data_pipelines.batching)
+    rejected: "EncodedSample | None" = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -189,7 +192,19 @@ class Processor:
         """A shards.Sample (kind, conversation, text, images) -> EncodedSample; text is truncated."""
         if sample.kind == "text":
             return self.encode_text(sample.text)
+        if sample.kind == "preference":
+            return self.encode_preference(sample.conversation, sample.meta["chosen"], sample.meta["rejected"],
+                                          sample.images)
         return self.encode_conversation(sample.conversation, sample.images, kind=sample.kind)
+
+    def encode_preference(self, prompt: Conversation, chosen: str, rejected: str,
+                          images: Sequence[ImageSource] = ()) -> EncodedSample:
+        """The prompt with its chosen answer (supervised: the answer only), carrying the prompt with its rejected
+        answer as `.rejected`."""
+        pair = [self.encode_conversation([*prompt, {"role": "assistant", "content": answer}], images,
+                                         kind="preference") for answer in (chosen, rejected)]
+        pair[0].rejected = pair[1]
+        return pair[0]
 
     # --- masked language modelling (data_pipelines.masking) -----------------------------------------------------
 

@@ -88,3 +88,32 @@ def test_the_tiny_models_ten_minute_table_gives_its_jsons_scores():
         assert float(cell["exact"].rstrip("%")) == round(100 * run["exact_match"], 1), row
         assert int(cell["training steps"]) == run["steps"], row
         assert float(cell["last train loss"]) == round(run["learning_curve"][-1][1], 3), row
+
+
+TRAIN_STEP_RESULTS = REPO / "bench" / "results" / "2026-12-08-train-step-demo.json"
+TRAIN_STEP_ROWS = {  # the first cell of docs/training.md's lever table -> the JSON row's name
+    "before: fp32, eager": "before: fp32, eager",
+    "+ Muon batched by shape": "+ Muon batched by shape",
+    "+ compiled blocks (fp32)": "+ compiled blocks (fp32)",
+    "bf16-mixed with torch's bf16 attention (eager)": "bf16-mixed, torch's bf16 attention",
+    "bf16-mixed with float32 attention (eager)": "bf16-mixed, float32 attention",
+    "after: bf16-mixed, float32 attention, compiled blocks (the demo's config)":
+        "after: bf16-mixed, float32 attention, compiled blocks",
+    "nanoVLM's modules (4e0c096) at the same shapes, fp32, eager, AdamW": "nanoVLM modules, 32-true, eager, AdamW",
+    "nanoVLM's modules at the same shapes, bf16-mixed, eager, AdamW": "nanoVLM modules, bf16-mixed, eager, AdamW",
+    "whole `mmllm fit`, before (32-true, no compile), steps 100-250": "mmllm fit, before: 32-true, no compile",
+    "whole `mmllm fit`, the demo's config, steps 100-250": "mmllm fit, the shipped config",
+}
+
+
+def test_the_training_step_table_gives_the_jsons_step_times():
+    rows = {row["name"]: row for row in json.loads(TRAIN_STEP_RESULTS.read_text())["rows"]}
+    _, table = table_rows((REPO / "docs" / "training.md").read_text(), "| step | s per step")
+    checked = 0
+    for cells in table:
+        row = rows[TRAIN_STEP_ROWS[cells[0].strip("*")]]
+        seconds = row.get("median_s", row.get("s_per_step"))
+        assert float(cells[1].strip("*")) == round(seconds, 3), cells
+        assert cells[2].strip("*") == f"{row['speedup_vs_before']:.2f}x", cells
+        checked += 1
+    assert checked == len(TRAIN_STEP_ROWS)

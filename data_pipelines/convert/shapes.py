@@ -428,6 +428,36 @@ def make_example(seed: int, split: str, index: int, image_size: int,
     return example
 
 
+def wrong_answer(qa: dict, objects: list[dict], rng: random.Random) -> str:
+    """A plausible wrong answer to one question, for preference pairs: yes and no swapped, a count off by one, the
+    colour or shape of another object in the scene (any other where the scene has none), another object for
+    "what is at"."""
+    answer, kind = qa["answer"], qa["type"]
+    if answer in ("yes", "no"):
+        return "no" if answer == "yes" else "yes"
+    if kind == "count":
+        count = int(answer)
+        return str(count + 1 if count == 0 or rng.random() < 0.5 else count - 1)
+    if kind in ("colour", "shape"):
+        field, every = ("colour", tuple(COLOURS)) if kind == "colour" else ("shape", SHAPES)
+        seen = sorted({o[field] for o in objects} - {answer}, key=every.index)
+        return rng.choice(seen or [value for value in every if value != answer])
+    present = sorted({f"{o['colour']} {o['shape']}" for o in objects} - {answer})  # kind "what"
+    if answer == "nothing" or not present:
+        present = present or [f"{c} {s}" for c, s in ALL_PAIRS if f"{c} {s}" != answer]
+        return rng.choice(present)
+    return rng.choice(present + ["nothing"])
+
+
+def preference_rows(example: dict, seed: int, split: str, index: int) -> list[dict]:
+    """Each question of a scene as a preference pair: its true answer chosen, a wrong one (wrong_answer) rejected;
+    the prompt is the question alone after the image, as `mmllm eval` asks it."""
+    rng = random.Random(f"{seed}/{split}/{index}/preference")
+    return [{"prompt": [{"role": "user", "content": f"<image>\n{qa['question']}"}], "chosen": qa["answer"],
+             "rejected": wrong_answer(qa, example["objects"], rng), "question_type": qa["type"]}
+            for qa in example["questions"]]
+
+
 def chat_groups(asked: list[dict], per_chat: int) -> list[list[dict]]:
     """The questions of one scene cut into conversations of at most per_chat questions (0: all in one)."""
     if per_chat <= 0 or per_chat >= len(asked):
@@ -438,8 +468,10 @@ def chat_groups(asked: list[dict], per_chat: int) -> list[list[dict]]:
 def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: int = 0, image_size: int = 64,
                    maxcount: int = DEFAULT_MAXCOUNT, overwrite: bool = False, workers: int = 1,
                    questions_per_chat: int = 0, rare_colour: tuple[str, float] | None = None,
-                   spurious: tuple[str, str, float] | None = None, report=print) -> dict[str, WriteStats]:
-    """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl.
+                   spurious: tuple[str, str, float] | None = None, preferences: bool = False,
+                   report=print) -> dict[str, WriteStats]:
+    """Write `count` scenes of `split` to out_dir/split/{captions,chat}/ shards and scenes.jsonl (and, with
+    preferences, each question as a preference pair in out_dir/split/preference/, preference_rows).
 
     The same key names a scene in both kinds of shards and in scenes.jsonl. With questions_per_chat > 0 a
     scene's questions are split over several chat samples, keyed KEY_0, KEY_1, ... (1: every question asked
@@ -451,10 +483,12 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
     split_dir = Path(out_dir) / split
     captions = ShardWriter(split_dir / "captions", maxcount=maxcount, overwrite=overwrite, report=report)
     chats = ShardWriter(split_dir / "chat", maxcount=maxcount, overwrite=overwrite, report=report)
+    pairs = (ShardWriter(split_dir / "preference", maxcount=maxcount, overwrite=overwrite, report=report)
+             if preferences else nullcontext())
     draw = partial(make_example, seed, split, image_size=image_size, rare_colour=rare_colour, spurious=spurious)
     parallel = workers > 1 and count > 1
     pool = multiprocessing.get_context("fork").Pool(workers) if parallel else nullcontext()
-    with pool, captions, chats, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
+    with pool, captions, chats, pairs, open(split_dir / "scenes.jsonl", "w", encoding="utf-8") as scenes:
         examples = pool.imap(draw, range(count), chunksize=64) if parallel else map(draw, range(count))
         for index, example in enumerate(examples):
             key = f"{index:09d}"
@@ -466,17 +500,20 @@ def generate_split(out_dir: str | os.PathLike, split: str, count: int, *, seed: 
                 chats.write({"png": example["png"], "json": {
                     "conversations": chat_turns(asked), "questions": asked, "objects": example["objects"], **group}},
                     key=key if len(groups) == 1 else f"{key}_{part}")
+            if preferences:
+                for part, row in enumerate(preference_rows(example, seed, split, index)):
+                    pairs.write_preference({**row, **group}, image=example["png"], key=f"{key}_{part}")
             record = {"key": key, "caption": example["caption"], "objects": example["objects"],
                       "background": example["background"], "questions": example["questions"]}
             scenes.write(json.dumps(record) + "\n")
-    return {"captions": captions.stats, "chat": chats.stats}
+    return {"captions": captions.stats, "chat": chats.stats, **({"preference": pairs.stats} if preferences else {})}
 
 
 def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int = 500, test: int = 500,
                     image_size: int = 64, seed: int = 0, maxcount: int = DEFAULT_MAXCOUNT,
                     overwrite: bool = False, workers: int = 1, questions_per_chat: int = 0,
                     rare_colour: tuple[str, float] | None = None,
-                    spurious: tuple[str, str, float] | None = None,
+                    spurious: tuple[str, str, float] | None = None, preferences: bool = False,
                     report=print) -> dict[str, dict[str, WriteStats]]:
     """All three splits plus out_dir/shapes.json (the settings and vocabulary, for evaluation and reuse)."""
     if rare_colour is not None and (rare_colour[0] not in COLOURS or not 0 <= rare_colour[1] <= 1):
@@ -491,7 +528,8 @@ def generate_shapes(out_dir: str | os.PathLike, *, train: int = 8000, val: int =
     out = Path(out_dir)
     stats = {split: generate_split(out, split, count, seed=seed, image_size=image_size, maxcount=maxcount,
                                    overwrite=overwrite, workers=workers, questions_per_chat=questions_per_chat,
-                                   rare_colour=rare_colour, spurious=spurious, report=report)
+                                   rare_colour=rare_colour, spurious=spurious, preferences=preferences,
+                                   report=report)
              for split, count in zip(SPLITS, (train, val, test))}
     settings = {
         "seed": seed, "image_size": image_size, "counts": dict(zip(SPLITS, (train, val, test))),

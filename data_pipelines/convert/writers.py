@@ -172,6 +172,15 @@ class ShardWriter:
             members[extension] = image_bytes
         return self.write(members, key=key)
 
+    def write_preference(self, content: dict, *, image: bytes | Image.Image | None = None,
+                         key: str | None = None) -> str:
+        """KEY.json {"prompt": [turns], "chosen", "rejected", **meta} (+ KEY.{jpg,png,webp} as a chat's)."""
+        members: dict[str, Any] = {"json": content}
+        if image is not None:
+            extension, image_bytes = encode_image(self._blurred(image))
+            members[extension] = image_bytes
+        return self.write(members, key=key)
+
     def write_text(self, text: str, *, key: str | None = None) -> str:
         """KEY.txt."""
         return self.write({"txt": text}, key=key)

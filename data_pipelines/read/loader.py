@@ -379,8 +379,10 @@ class Source:
         return source
 
 
-# The objectives each kind of source can be trained with: every kind has the text that masking needs.
+# The objectives each kind of source can be trained with: every kind but preference pairs has the text that
+# masking needs.
 OBJECTIVES: dict[str, tuple[str, ...]] = {kind: ("causal", "mlm") for kind in KINDS}
+OBJECTIVES["preference"] = ("causal",)  # a preference pair is scored by its answers' likelihoods
 
 
 def _number(spec: dict[str, Any], name: str, default: float) -> float:

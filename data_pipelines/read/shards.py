@@ -234,7 +234,7 @@ def sample_name(sample: Sample) -> str:
 
 # -- sample dicts -> Samples: the shard layout of each kind (docs/formats.md) ---------------------------
 
-KINDS: tuple[str, ...] = ("caption", "chat", "text")
+KINDS: tuple[str, ...] = ("caption", "chat", "text", "preference")
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 
 # Reasons a shard sample is rejected here (the bad-sample handler counts by these strings).
@@ -244,6 +244,7 @@ EMPTY_TEXT = "empty text"
 MISSING_TEXT = "missing text"
 MISSING_IMAGE = "missing image"
 MISSING_CONVERSATION = "missing conversation"
+MISSING_ANSWER = "missing chosen or rejected answer"
 DUPLICATE_KEY = "duplicate key"
 
 
@@ -261,7 +262,8 @@ class Sample:
     """One training sample as read from a shard, before decoding and tokenizing.
 
     caption and chat samples carry a `conversation` (role/content turns, `<image>` marking each image);
-    text samples carry `text`. `images` are compressed bytes in the order their markers appear.
+    text samples carry `text`; preference samples carry the prompt's turns as `conversation` and the two answers
+    as meta["chosen"] and meta["rejected"]. `images` are compressed bytes in the order their markers appear.
     """
 
     key: str
@@ -346,6 +348,55 @@ def parse_chat(raw: dict[str, Any]) -> Sample:
     return Sample(key=raw["__key__"], kind="chat", conversation=conversation, images=images, meta=meta)
 
 
+def parse_preference(raw: dict[str, Any]) -> Sample:
+    """KEY.json with `prompt` (chat turns, or one user message as a string), `chosen` and `rejected` (the two
+    answers: strings, or TRL's one assistant turn in a list) (+ an optional KEY.jpg|png|webp, marked in the prompt
+    as a chat marks it)."""
+    if "json" not in raw:
+        raise BadSample(MISSING_CONVERSATION, _where(raw))
+    info = _json(raw)
+    if not isinstance(info, dict):
+        raise BadSample(INVALID_JSON, f"{_where(raw)}: preference sample is not an object")
+    prompt = info.get("prompt")
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise BadSample(MISSING_CONVERSATION, f"{_where(raw)}: no 'prompt' (chat turns or a string)")
+    try:
+        conversation = normalise_conversation(prompt)
+    except (ValueError, TypeError, KeyError) as exn:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {exn}") from exn
+    if conversation[-1]["role"] != "user":
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: the prompt must end with a user turn")
+    answers = {}
+    for name in ("chosen", "rejected"):
+        answer = info.get(name)
+        if isinstance(answer, list):  # TRL's conversational form: [{"role": "assistant", "content": ...}]
+            try:
+                turns = normalise_conversation(answer)
+            except (ValueError, TypeError, KeyError) as exn:
+                raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {name}: {exn}") from exn
+            answer = turns[0]["content"] if len(turns) == 1 and turns[0]["role"] == "assistant" else None
+        if not isinstance(answer, str) or not answer.strip():
+            raise BadSample(MISSING_ANSWER, f"{_where(raw)}: '{name}' is not a non-empty answer")
+        answers[name] = answer.strip()
+    image = _image_bytes(raw)
+    markers = count_image_markers(conversation)
+    if markers and image is None:
+        raise BadSample(MISSING_IMAGE, f"{_where(raw)}: prompt has {markers} <image> but no image file")
+    if image is not None and markers == 0:
+        conversation[0] = {**conversation[0], "content": f"{IMAGE_MARKER}\n{conversation[0]['content']}"}
+        if conversation[0]["role"] != "user":
+            raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: an image but no <image> in the prompt")
+    elif image is not None and markers > 1:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {markers} <image> markers but one image file")
+    meta = _base_meta(raw)
+    meta.update({k: v for k, v in info.items() if k not in ("prompt", "chosen", "rejected", "images")})
+    meta.update(answers)
+    return Sample(key=raw["__key__"], kind="preference", conversation=conversation,
+                  images=[image] if image is not None else [], meta=meta)
+
+
 def parse_text(raw: dict[str, Any]) -> Sample:
     """KEY.txt only: a plain text document."""
     if "txt" not in raw:
@@ -356,7 +407,7 @@ def parse_text(raw: dict[str, Any]) -> Sample:
     return Sample(key=raw["__key__"], kind="text", text=text, meta=_base_meta(raw))
 
 
-_PARSERS = {"caption": parse_caption, "chat": parse_chat, "text": parse_text}
+_PARSERS = {"caption": parse_caption, "chat": parse_chat, "text": parse_text, "preference": parse_preference}
 
 
 def _image_bytes(raw: dict[str, Any]) -> bytes | None:
@@ -444,6 +495,15 @@ def record_texts(raw: dict[str, Any]) -> list[str]:
         if not isinstance(data, dict):
             raise BadSample(INVALID_JSON, f"{_where(raw)}: the json member is not an object")
         rows = data.get("conversations", data.get("messages"))
+        if "chosen" in data and isinstance(data.get("prompt"), (str, list)):  # a preference pair
+            prompt = data["prompt"]
+            rows = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            for answer in (data.get("chosen"), data.get("rejected")):
+                if isinstance(answer, str):
+                    texts.append(answer)
+                elif isinstance(answer, list):  # TRL's conversational answers
+                    with contextlib.suppress(ValueError):
+                        texts.extend(turn["content"] for turn in normalise_conversation(answer))
         if rows:
             try:
                 texts.extend(turn["content"] for turn in normalise_conversation(rows))
@@ -487,6 +547,8 @@ def kind_of_raw(raw: dict[str, Any]) -> str | None:
             info = _json(raw)
     if isinstance(info, dict) and ("conversations" in info or "messages" in info):
         return "chat"
+    if isinstance(info, dict) and "prompt" in info and "chosen" in info and "rejected" in info:
+        return "preference"
     if _image_bytes(raw) is not None:
         return "caption" if "txt" in raw or (isinstance(info, dict) and "captions" in info) else None
     return "text" if "txt" in raw else None

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "from-folder": "data.from_folder",
         "from-text": "data.from_text",
         "from-pairs": "data.from_pairs",
+        "from-preferences": "data.from_preferences",
         "canaries": "data.canaries",
         "dedup": "data.dedup",
         "scan": "data.scan",

@@ -85,6 +85,7 @@ class LoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as nn.Linear and PEFT initialise A
         nn.init.zeros_(self.lora_B.weight)  # a fresh adapter changes nothing
+        self.adapter_enabled = True  # False: the base layer alone (preference tuning's reference, adapters_off)
 
     def base_weight(self) -> torch.Tensor:
         """The base weight (out, in) as a float tensor: dequantised for int8 and NF4."""
@@ -107,6 +108,8 @@ class LoRALinear(nn.Module):
                 base = base + self.bias
         else:  # int8: dequantised here, for this matmul only (autograd keeps no float copy beyond it)
             base = F.linear(x, self.base_weight().to(x.dtype), self.bias)
+        if not self.adapter_enabled:
+            return base
         return base + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
 
     def merged(self) -> nn.Linear:

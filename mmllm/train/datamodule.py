@@ -206,8 +206,23 @@ class VLMDataModule(L.LightningDataModule):
             self.group_counts = self.count_groups(by, "model.group_dro.by")
         self.group_by = by
 
+    def check_preference(self, preference: Any) -> None:
+        """Preference pairs train only under model.preference, alone (each batch is pairs), one per row; UsageError
+        in one line otherwise."""
+        kinds = {source.kind for source in self.sources}
+        if preference is None and "preference" in kinds:
+            raise UsageError("data.sources holds preference pairs: train them with model.preference "
+                             "({loss: dpo, beta: 0.1})")
+        if preference is not None and kinds != {"preference"}:
+            raise UsageError(f"model.preference trains on preference sources alone; data.sources holds "
+                             f"{', '.join(sorted(kinds - {'preference'}))} too")
+        if preference is not None and self.packing:
+            raise UsageError("model.preference keeps each answer in a row of its own: it needs data.packing false")
+
     def setup(self, stage: str) -> None:
         config = self.trainer.lightning_module.config
+        if stage == "fit":
+            self.check_preference(getattr(self.trainer.lightning_module, "preference", None))
         group_dro = getattr(self.trainer.lightning_module, "group_dro", None)
         if group_dro is not None and stage == "fit":
             self.use_groups(group_dro.by)

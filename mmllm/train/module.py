@@ -26,6 +26,7 @@ from mmllm.model.vlm import is_right_padded
 from mmllm.train.model_setup import build_model, check_shape_matches, load_teacher, setup_lora
 from mmllm.train.muon import NSDtype
 from mmllm.train.optim import Algorithm, build_optimizer, param_groups
+from mmllm.train.preference import PreferenceOptions
 
 PARTS = ("vision", "projector", "lm")
 # The kinds losses are logged by (train/loss_KIND, val/loss_KIND): a causal sample's source kind, or `mlm` for every
@@ -117,6 +118,10 @@ class VLMModule(L.LightningModule):
         train_modules: with `lora`, parts trained in full beside the adapters (e.g. `[projector]`).
         mlm: the masked-LM objective of the sources that name it (`objective: mlm` in data.sources):
             `{rate: 0.15}`, the fraction of their text tokens masked (data_pipelines.masking).
+        preference: preference tuning on `kind: preference` sources (mmllm.train.preference): `{loss: dpo | ipo,
+            beta: 0.1, reference: frozen | adapters_off}`. The reference is a frozen copy of the starting model
+            (`init_from`, which it needs), or under `lora` the same model with its adapters switched off (no second
+            copy in memory). Logged: train/rewards_chosen, rewards_rejected, rewards_margin, preference_accuracy.
         group_dro: group DRO (Sagawa et al. 2020; mmllm.train.group_loss): `{by: group, step_size: 0.01}`: the loss
             is sum_g q_g loss_g over the groups of a sample field (as data.balance.by), q moving online toward the
             groups with the highest loss; q is logged as `group_dro/q_GROUP`. One sample per row (no packing).
@@ -165,6 +170,7 @@ class VLMModule(L.LightningModule):
         train_modules: Optional[list[Part]] = None,
         mlm: Optional[dict[str, float]] = None,
         group_dro: Optional[GroupDRO] = None,
+        preference: Optional[PreferenceOptions] = None,
         model_inputs: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -193,6 +199,7 @@ class VLMModule(L.LightningModule):
         self.config: VLMConfig = self.model.config
         if init_from:  # the config file of the run that made the model may be reused, if it describes this model
             check_shape_matches(self.config, shape, init_from)
+        self.preference = self._start_preference(preference, init_from, lora, train_modules, teacher, group_dro)
         both = sorted(set(freeze) & set(train_modules or []))
         if both:
             raise ValueError(f"model.freeze and model.train_modules both name {both}")
@@ -221,6 +228,8 @@ class VLMModule(L.LightningModule):
         self._start_group_losses()
         if self.teacher is not None:  # bf16 halves a GPU teacher's memory and time; the CPU keeps fp32
             self.teacher.to(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        if self.reference is not None:
+            self.reference.to(self.device)
         if self.lora is not None and self.trainer.is_global_zero:
             from mmllm.model.lora import parameter_counts
 
@@ -260,6 +269,11 @@ class VLMModule(L.LightningModule):
         return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.preference is not None:
+            loss = self._preference_step("train", batch)
+            self._check_finite(loss.detach(), batch, batch_idx)
+            self._log_skipped(batch)
+            return loss
         output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
         if self.hparams.loss_weighting != "token":
             output.loss = weighted_loss(output.token_losses, batch["labels"], batch.get("segment_ids"),
@@ -294,6 +308,9 @@ class VLMModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _evaluation_step(self, stage: str, batch: dict[str, Any]) -> None:
+        if self.preference is not None and "pairs" in batch:
+            self._preference_step(stage, batch)
+            return
         output = self.model(**forward_inputs(batch), loss_chunk=self.hparams.loss_chunk)
         self.log(f"{stage}/loss", output.loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0],
                  sync_dist=True)
@@ -377,6 +394,58 @@ class VLMModule(L.LightningModule):
         counter = getattr(datamodule, "bad_samples", None)  # filled by the data module from each batch
         if counter is not None:
             self.log("train/skipped_samples", float(counter.total), on_step=True, on_epoch=False)
+
+    # --------------------------------------------------------------------------- preference tuning
+    reference = None  # the frozen reference model of model.preference (reference: frozen)
+
+    def _start_preference(self, options, init_from, lora, train_modules, teacher, group_dro):
+        """model.preference's options, and its frozen reference: a copy of the model as it starts, kept out of the
+        module's children (not trained, not in checkpoints: a resumed run copies init_from again)."""
+        if options is None:
+            return None
+        from mmllm.train.preference import frozen_copy, preference_options
+
+        options = preference_options(options)
+        if not init_from:
+            raise ValueError("model.preference tunes a trained model (and measures it against its start): give "
+                             "model.init_from")
+        if teacher or group_dro:
+            raise ValueError("model.preference has its own loss: leave model.teacher and model.group_dro unset")
+        if options["reference"] == "adapters_off":
+            if lora is None:
+                raise ValueError("model.preference.reference adapters_off is the model without its LoRA adapters: "
+                                 "give model.lora, or use reference frozen")
+            if train_modules:
+                raise ValueError(f"model.preference.reference adapters_off: model.train_modules {train_modules} "
+                                 "train in full and would not be switched off; use reference frozen")
+        else:
+            self.__dict__["reference"] = frozen_copy(self.model)
+        return options
+
+    def _preference_step(self, stage: str, batch: dict[str, Any]) -> torch.Tensor:
+        """The DPO / IPO loss of a batch of pairs, logged with TRL's reward metrics as STAGE/..."""
+        from mmllm.errors import UsageError
+        from mmllm.train.preference import adapters_off, preference_loss, sequence_logps
+
+        pairs = batch.get("pairs")
+        if pairs is None:
+            raise UsageError("model.preference trains on preference pairs: give data.sources of kind preference")
+        inputs = forward_inputs(batch)
+        policy, tokens = sequence_logps(self.model(**inputs).token_losses, batch["labels"])
+        with torch.no_grad():
+            if self.reference is not None:
+                reference_output = self.reference(**inputs)
+            else:
+                with adapters_off(self.model):
+                    reference_output = self.model(**inputs)
+        reference, _ = sequence_logps(reference_output.token_losses, batch["labels"])
+        loss, metrics = preference_loss(policy, reference, tokens, self.preference["loss"], self.preference["beta"])
+        evaluating = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=pairs, sync_dist=evaluating)
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "preference_accuracy", batch_size=pairs,
+                     sync_dist=evaluating)
+        return loss
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

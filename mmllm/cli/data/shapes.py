@@ -1,7 +1,7 @@
 """Generate the shapes dataset: captioned scenes of coloured shapes and questions about them, in shards.
 
 Writes OUT/{train,val,test_compositional}/captions/ and .../chat/ shards (plus scenes.jsonl per split and
-OUT/shapes.json). test_compositional scenes each hold a colour-shape pair that train never shows.
+OUT/shapes.json; with --preferences, .../preference/ shards of (question, true answer, wrong answer) pairs). test_compositional scenes each hold a colour-shape pair that train never shows.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ def add_arguments(parser) -> None:
                              "(e.g. circle:red:0.95; val and test stay balanced); every split's samples name their "
                              "scene's group (`group`: red circle, other circle) and questions about SHAPE carry "
                              "`spurious`, for data.balance, model.group_dro and eval --group-by")
+    parser.add_argument("--preferences", action="store_true",
+                        help="also write each question as a preference pair (its true answer chosen, a plausible "
+                             "wrong one rejected: yes and no swapped, another object's colour, a count off by one) "
+                             "in SPLIT/preference/, for model.preference")
     add_output_arguments(parser, "caption and chat")
 
 
@@ -65,7 +69,7 @@ def run(args) -> int:
         generate_shapes(args.out, train=args.train, val=args.val, test=args.test, image_size=args.image_size,
                         seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
                         workers=args.workers, questions_per_chat=args.questions_per_chat,
-                        rare_colour=args.rare_colour, spurious=args.spurious)
+                        rare_colour=args.rare_colour, spurious=args.spurious, preferences=args.preferences)
     scenes = args.train + args.val + args.test
     print(f"generated {scenes} scenes in {time.perf_counter() - start:.1f} s")
     return 0
