@@ -72,6 +72,7 @@ def data_overrides(data: Path, kind: str) -> list[str]:
 
 
 def fit(work: Path, data: Path, name: str, extra: list[str]) -> tuple[Path, float]:
+    """`mmllm fit` of the demo config with `extra`, into WORK/NAME; (the exported model, seconds)."""
     start = time.perf_counter()
     mmllm("fit", "--config", CONFIG, "--data.tokenizer", data / "tokenizer.json", "--checkpoint.overwrite", "true",
           "--trainer.default_root_dir", work / name, "--export.out", work / f"model-{name}", *extra, cwd=work)
@@ -101,7 +102,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--loss", default="dpo", choices=["dpo", "ipo"])
+    parser.add_argument("--sft-weight", type=float, default=0.0, help="model.preference.sft_weight (TRL's sft term)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step (two rows each)")
+    parser.add_argument("--runs", nargs="+", default=["dpo", "sft"], choices=["dpo", "sft"],
+                        help="which tunings to run from the base (sft: the control)")
+    parser.add_argument("--tag", default="", help="appended to the run names (a second setting in the same --work)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -120,13 +125,14 @@ def main() -> None:
     tuning = ["--model.init_from", base, "--model.lr", str(args.lr), "--model.warmup_steps", "20",
               "--model.schedule_by_time", "false", "--trainer.max_time", "null", "--trainer.max_steps", str(args.steps),
               "--trainer.val_check_interval", str(max(1, args.steps // 4))]
+    preference = f"{{loss: {args.loss}, beta: {args.beta}, reference: frozen, sft_weight: {args.sft_weight}}}"
     runs = {
-        "dpo": data_overrides(data, "preference") + [
-            "--model.preference", f"{{loss: {args.loss}, beta: {args.beta}, reference: frozen}}",
-            "--data.batch_size", str(args.batch_size)],  # pairs: two rows each, the demo's 32 rows
+        "dpo": data_overrides(data, "preference") + ["--model.preference", preference,
+                                                     "--data.batch_size", str(args.batch_size)],  # 2 rows a pair
         "sft": data_overrides(data, "demo"),
     }
-    for name, extra in runs.items():
+    for run, extra in ((run, runs[run]) for run in args.runs):
+        name = run + args.tag
         model, seconds = fit(work, data, name, tuning + extra)
         report["models"][name] = {"fit_s": seconds, "curve": curve(work, name), **evaluate(model, data, work, name)}
         common.write_report(report, args.out)  # after each model: a cut run keeps what it measured

@@ -119,7 +119,8 @@ class VLMModule(L.LightningModule):
         mlm: the masked-LM objective of the sources that name it (`objective: mlm` in data.sources):
             `{rate: 0.15}`, the fraction of their text tokens masked (data_pipelines.masking).
         preference: preference tuning on `kind: preference` sources (mmllm.train.preference): `{loss: dpo | ipo,
-            beta: 0.1, reference: frozen | adapters_off}`. The reference is a frozen copy of the starting model
+            beta: 0.1, reference: frozen | adapters_off, sft_weight: 0.0}` (sft_weight: the chosen answers' NLL
+            added, TRL's [sigmoid, sft]). The reference is a frozen copy of the starting model
             (`init_from`, which it needs), or under `lora` the same model with its adapters switched off (no second
             copy in memory). Logged: train/rewards_chosen, rewards_rejected, rewards_margin, preference_accuracy.
         group_dro: group DRO (Sagawa et al. 2020; mmllm.train.group_loss): `{by: group, step_size: 0.01}`: the loss
@@ -348,7 +349,10 @@ class VLMModule(L.LightningModule):
         vlm = VisionLanguageModel(self.model, self.tokenizer)
         vlm.decode = "eager"  # a compiled decoder would compile (and on a GPU capture graphs) inside training
         was_training = self.model.training
-        answers = answer_questions(vlm, questions, datamodule.val_vqa_turns, max_new_tokens=8)
+        # Compiled blocks (model.compile) are compiled for training shapes: decoding through them would compile
+        # again for every cache length and layer until torch's recompile limit, so generation here runs eager.
+        with torch.compiler.set_stance("force_eager"):
+            answers = answer_questions(vlm, questions, datamodule.val_vqa_turns, max_new_tokens=8)
         self.model.train(was_training)
         scores = [vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)]
         self.log("val/vqa_accuracy", sum(scores) / len(scores), prog_bar=True, sync_dist=True)
@@ -439,7 +443,9 @@ class VLMModule(L.LightningModule):
                 with adapters_off(self.model):
                     reference_output = self.model(**inputs)
         reference, _ = sequence_logps(reference_output.token_losses, batch["labels"])
-        loss, metrics = preference_loss(policy, reference, tokens, self.preference["loss"], self.preference["beta"])
+        options = self.preference
+        loss, metrics = preference_loss(policy, reference, tokens, options["loss"], options["beta"],
+                                        options["sft_weight"])
         evaluating = stage != "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=pairs, sync_dist=evaluating)
         for name, value in metrics.items():

@@ -27,14 +27,15 @@ Reference = Literal["frozen", "adapters_off"]
 
 
 class PreferenceOptions(TypedDict, total=False):
-    """model.preference: {loss: dpo | ipo, beta: 0.1, reference: frozen | adapters_off}."""
+    """model.preference: {loss: dpo | ipo, beta: 0.1, reference: frozen | adapters_off, sft_weight: 0.0}."""
 
     loss: PreferenceLoss
     beta: float
     reference: Reference
+    sft_weight: float
 
 
-DEFAULTS: PreferenceOptions = {"loss": "dpo", "beta": 0.1, "reference": "frozen"}
+DEFAULTS: PreferenceOptions = {"loss": "dpo", "beta": 0.1, "reference": "frozen", "sft_weight": 0.0}
 
 
 def preference_options(given: Optional[dict]) -> PreferenceOptions:
@@ -42,14 +43,16 @@ def preference_options(given: Optional[dict]) -> PreferenceOptions:
     options = {**DEFAULTS, **(given or {})}
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"model.preference takes loss, beta and reference; got {unknown}")
+        raise ValueError(f"model.preference takes loss, beta, reference and sft_weight; got {unknown}")
     if options["loss"] not in ("dpo", "ipo"):
         raise ValueError(f"model.preference.loss is dpo or ipo, not {options['loss']!r}")
     if options["reference"] not in ("frozen", "adapters_off"):
         raise ValueError(f"model.preference.reference is frozen or adapters_off, not {options['reference']!r}")
     if not float(options["beta"]) > 0:
         raise ValueError(f"model.preference.beta must be positive, got {options['beta']}")
-    options["beta"] = float(options["beta"])
+    if not float(options["sft_weight"]) >= 0:
+        raise ValueError(f"model.preference.sft_weight must be 0 or more, got {options['sft_weight']}")
+    options["beta"], options["sft_weight"] = float(options["beta"]), float(options["sft_weight"])
     return options
 
 
@@ -64,10 +67,12 @@ def sequence_logps(token_losses: torch.Tensor, labels: torch.Tensor) -> tuple[to
 
 
 def preference_loss(policy: torch.Tensor, reference: torch.Tensor, tokens: torch.Tensor, loss: PreferenceLoss,
-                    beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    beta: float, sft_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mean loss over pairs, metrics) from (2P,) sequence log-probs: the P chosen answers first, then the P rejected.
 
-    tokens: (2P,) each answer's supervised token count (IPO's per-token normalisation)."""
+    tokens: (2P,) each answer's supervised token count (IPO's per-token normalisation). sft_weight adds that much of
+    the chosen answers' negative log-likelihood per token (TRL's loss_type [sigmoid, sft]; RPO), which keeps DPO
+    from lowering the chosen answers' own likelihood while it widens the margin."""
     chosen, rejected = policy.chunk(2)
     reference_chosen, reference_rejected = reference.chunk(2)
     chosen_ratio, rejected_ratio = chosen - reference_chosen, rejected - reference_rejected
@@ -76,6 +81,9 @@ def preference_loss(policy: torch.Tensor, reference: torch.Tensor, tokens: torch
     else:
         chosen_tokens, rejected_tokens = tokens.float().clamp(min=1).chunk(2)
         losses = (chosen_ratio / chosen_tokens - rejected_ratio / rejected_tokens - 1 / (2 * beta)) ** 2
+    total = losses.mean()
+    if sft_weight:
+        total = total + sft_weight * -chosen.sum() / tokens.chunk(2)[0].sum().clamp(min=1)
     chosen_reward, rejected_reward = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
     metrics = {
         "rewards_chosen": chosen_reward.mean(),
@@ -85,7 +93,7 @@ def preference_loss(policy: torch.Tensor, reference: torch.Tensor, tokens: torch
         "logps_chosen": chosen.detach().mean(),
         "logps_rejected": rejected.detach().mean(),
     }
-    return losses.mean(), metrics
+    return total, metrics
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

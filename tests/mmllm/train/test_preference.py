@@ -25,13 +25,13 @@ def fixed_logps(seed: int = 0):
     return logps.requires_grad_(), mask, reference
 
 
-def ours(logps, mask, reference, loss: str, beta: float):
+def ours(logps, mask, reference, loss: str, beta: float, sft_weight: float = 0.0):
     """Our loss from the same log-probs, through the token losses VLM.forward returns."""
     token_losses = -(logps * mask)  # cross-entropy of each target, 0 where unsupervised
     labels = torch.full((2 * PAIRS, LENGTH), -100)
     labels[:, 1:][mask] = 1
     policy, tokens = sequence_logps(token_losses, labels)
-    return preference_loss(policy, reference, tokens, loss, beta)
+    return preference_loss(policy, reference, tokens, loss, beta, sft_weight)
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])
@@ -62,15 +62,16 @@ def test_the_losses_equal_the_papers_formulas_with_their_gradients(loss):
     assert math.isclose(float(metrics["preference_accuracy"]), float((chosen_reward > rejected_reward).double().mean()), abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("loss, trl_loss", [("dpo", "sigmoid"), ("ipo", "ipo")])
-def test_the_losses_equal_trl_dpo_trainer_on_fixed_log_probs(loss, trl_loss):
+@pytest.mark.parametrize("loss, trl_loss, sft_weight", [("dpo", "sigmoid", 0.0), ("ipo", "ipo", 0.0),
+                                                     ("dpo", "sigmoid", 0.7)])
+def test_the_losses_equal_trl_dpo_trainer_on_fixed_log_probs(loss, trl_loss, sft_weight):
     """TRL's own DPOTrainer._compute_loss, given a stand-in model that returns these log-probs (TRL's fused head
     output) and the reference log-probs precomputed, as TRL's `precompute_ref_log_probs` feeds them."""
     from trl.trainer.dpo_trainer import DPOTrainer
 
     beta = 0.2
     logps, mask, reference = fixed_logps(1)
-    value, metrics = ours(logps, mask, reference, loss, beta)
+    value, metrics = ours(logps, mask, reference, loss, beta, sft_weight)
     value.backward()
     ours_grad, logps.grad = logps.grad.clone(), None
 
@@ -80,7 +81,8 @@ def test_the_losses_equal_trl_dpo_trainer_on_fixed_log_probs(loss, trl_loss):
                                          is_top1=zeros.bool())
     model.training = True
     trainer = SimpleNamespace(
-        model=model, beta=beta, loss_types=[trl_loss], loss_weights=[1.0], f_divergence_type="reverse_kl",
+        model=model, beta=beta, loss_types=[trl_loss, "sft"] if sft_weight else [trl_loss],
+        loss_weights=[1.0, sft_weight] if sft_weight else [1.0], f_divergence_type="reverse_kl",
         ld_alpha=None, precompute_ref_logps=True, aux_loss_enabled=False, use_weighting=False, label_smoothing=0.0,
         accelerator=SimpleNamespace(device=torch.device("cpu"), gather=lambda t: t, gather_for_metrics=lambda t: t),
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
@@ -98,10 +100,11 @@ def test_the_losses_equal_trl_dpo_trainer_on_fixed_log_probs(loss, trl_loss):
 
 
 def test_options_are_checked_in_one_line():
-    assert preference_options(None) == {"loss": "dpo", "beta": 0.1, "reference": "frozen"}
+    assert preference_options(None) == {"loss": "dpo", "beta": 0.1, "reference": "frozen", "sft_weight": 0.0}
     assert preference_options({"loss": "ipo", "beta": 1})["beta"] == 1.0
     for wrong, said in (({"loss": "kto"}, "dpo or ipo"), ({"beta": 0}, "positive"), ({"betta": 1}, "takes"),
-                        ({"reference": "copy"}, "frozen or adapters_off")):
+                        ({"reference": "copy"}, "frozen or adapters_off"),
+                        ({"sft_weight": -1}, "0 or more")):
         with pytest.raises(ValueError, match=said):
             preference_options(wrong)
 
