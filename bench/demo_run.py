@@ -60,6 +60,7 @@ def main() -> None:
     if args.cold_compile:
         env["MMLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmllm-cache-")
     env.pop("VIRTUAL_ENV", None)
+    env["PYTHONUNBUFFERED"] = "1"  # each progress line as it happens: the stage times below are read from them
 
     marks: dict[str, float] = {}
     steps: list[int] = []
@@ -73,7 +74,7 @@ def main() -> None:
             now = time.perf_counter() - start
             if line.startswith("$ mmllm "):  # the demo echoes each command it runs
                 marks.setdefault(line.split()[2], now)
-            match = re.match(r"step (\d+)/", line)
+            match = re.match(r"step (\d+)/", line) or re.match(r"exported weights at step (\d+)", line)
             if match:
                 steps.append(int(match.group(1)))
                 marks.setdefault("first_step", now)

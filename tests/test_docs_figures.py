@@ -117,3 +117,22 @@ def test_the_training_step_table_gives_the_jsons_step_times():
         assert cells[2].strip("*") == f"{row['speedup_vs_before']:.2f}x", cells
         checked += 1
     assert checked == len(TRAIN_STEP_ROWS)
+
+
+PREFERENCE_RESULTS = REPO / "bench" / "results" / "2026-12-08-preference-shapes.json"
+PREFERENCE_ROWS = {"base (half the demo's budget)": "base", "+ DPO, 300 steps": "dpo",
+                   "+ fine-tuning, 300 steps (control)": "sft"}
+
+
+def test_the_preference_table_gives_the_jsons_accuracies_and_yes_rates():
+    models = json.loads(PREFERENCE_RESULTS.read_text())["models"]
+    header, table = table_rows((REPO / "docs" / "preference.md").read_text(), "| model | val | blind")
+    for cells in table:
+        model = models[PREFERENCE_ROWS[cells[0]]]
+        seen, blind = model["seen"], model["blind"]
+        expected = {"val": seen["accuracy"], "blind": blind["accuracy"],
+                    "yes to absent objects": seen["yes_to_absent_objects"],
+                    "yes to any no": seen["yes_to_every_no_question"], **seen["per_question_type"]}
+        for name, cell in zip(header[1:], cells[1:]):
+            assert cell == f"{100 * expected[name]:.1f}%", (cells[0], name, cell)
+    assert len(table) == len(PREFERENCE_ROWS)

@@ -112,3 +112,17 @@ def test_shapes_preferences_reject_a_plausible_wrong_answer():
             if qa["type"] == "count":
                 assert abs(int(row["rejected"]) - int(row["chosen"])) == 1
     assert preference_rows(example, 0, "train", 19) == preference_rows(example, 0, "train", 19)  # seeded
+
+
+def test_the_command_writes_shards_and_says_a_missing_file_in_one_line(shards, tmp_path, capsys):
+    from mmllm.cli.main import main
+
+    folder, _ = shards
+    root = folder.parent
+    assert main(["data", "from-preferences", str(root / "pairs.jsonl"), "--images", str(root / "images"),
+                 "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 3 samples" in said and "chosen equals rejected" in said
+    assert main(["data", "from-preferences", str(tmp_path / "nothing.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
