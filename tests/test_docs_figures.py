@@ -120,12 +120,14 @@ def test_the_training_step_table_gives_the_jsons_step_times():
 
 
 PREFERENCE_RESULTS = REPO / "bench" / "results" / "2026-12-08-preference-shapes.json"
+PREFERENCE_SFT_WEIGHT = REPO / "bench" / "results" / "2026-12-08-preference-shapes-sft-weight.json"
 PREFERENCE_ROWS = {"base (half the demo's budget)": "base", "+ DPO, 300 steps": "dpo",
-                   "+ fine-tuning, 300 steps (control)": "sft"}
+                   "+ DPO with sft_weight 1.0, 300 steps": "dpo-sft1", "+ fine-tuning, 300 steps (control)": "sft"}
 
 
 def test_the_preference_table_gives_the_jsons_accuracies_and_yes_rates():
-    models = json.loads(PREFERENCE_RESULTS.read_text())["models"]
+    models = {**json.loads(PREFERENCE_RESULTS.read_text())["models"],
+              "dpo-sft1": json.loads(PREFERENCE_SFT_WEIGHT.read_text())["models"]["dpo-sft1"]}
     header, table = table_rows((REPO / "docs" / "preference.md").read_text(), "| model | val | blind")
     for cells in table:
         model = models[PREFERENCE_ROWS[cells[0]]]
@@ -136,3 +138,21 @@ def test_the_preference_table_gives_the_jsons_accuracies_and_yes_rates():
         for name, cell in zip(header[1:], cells[1:]):
             assert cell == f"{100 * expected[name]:.1f}%", (cells[0], name, cell)
     assert len(table) == len(PREFERENCE_ROWS)
+
+
+DEMO_RUN = REPO / "bench" / "results" / "2026-12-08-demo-clean-clone.json"
+
+
+def test_the_readme_demo_table_gives_the_clean_clone_runs_accuracies():
+    vqa = json.loads(DEMO_RUN.read_text())["vqa"]
+    readme = (REPO / "README.md").read_text()
+    _, table = table_rows(readme, "| split (2000 questions each) | VQA alone")
+    for cells in table:
+        split = cells[0].split()[0]
+        expected = [vqa[split]["alone"]["accuracy"], vqa[split]["in-context"]["accuracy"],
+                    vqa[f"{split}-blind"]["alone"]["accuracy"]]
+        assert [cell.strip("*") for cell in cells[1:4]] == [f"{100 * value:.1f}%" for value in expected], cells
+    per_type = vqa["val"]["alone"]["per_question_type"]
+    blind = vqa["val-blind"]["alone"]["per_question_type"]
+    for name, value in per_type.items():
+        assert re.search(rf"{name}\s+{100 * value:.1f}%\*?\*?\s+\({100 * blind[name]:.1f}%\)", readme), name

@@ -104,7 +104,8 @@ def test_a_model_folders_config_json_reads_as_a_valid_config_or_a_usage_error(tm
     assert isinstance(config, VLMConfig)
     # Whatever was read is a config a model can be built from: the same checks pass again on its dict.
     assert VLMConfig.from_dict(config.to_dict()) == config
-    for value in (config.lm.rope_theta, config.lm.norm_eps, config.vision.norm_eps):
+    vision = () if config.vision is None else (config.vision.norm_eps,)  # None: a language model alone
+    for value in (config.lm.rope_theta, config.lm.norm_eps, *vision):
         assert isinstance(value, float) and math.isfinite(value) and value > 0
 
 
