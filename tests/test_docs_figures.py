@@ -156,3 +156,20 @@ def test_the_readme_demo_table_gives_the_clean_clone_runs_accuracies():
     blind = vqa["val-blind"]["alone"]["per_question_type"]
     for name, value in per_type.items():
         assert re.search(rf"{name}\s+{100 * value:.1f}%\*?\*?\s+\({100 * blind[name]:.1f}%\)", readme), name
+
+
+PREFERENCE_TEXT = {"+ DPO, lr 5e-4": REPO / "bench" / "results" / "2026-12-08-preference-text.json",
+                   "+ DPO with sft_weight 1.0, lr 1e-4": REPO / "bench" / "results" / "2026-12-08-preference-text-sft.json"}
+
+
+def test_the_text_rule_table_gives_the_jsons_success_rates():
+    _, table = table_rows((REPO / "docs" / "preference.md").read_text(), "| model | rule followed")
+    for cells in table:
+        if cells[0] == "SmolLM2-135M-Instruct":
+            runs = [json.loads(path.read_text())["before"] for path in PREFERENCE_TEXT.values()]
+            assert all(run == runs[0] | {"eval_seconds": run["eval_seconds"]} for run in runs)  # one base model
+            run = runs[0]
+        else:
+            run = json.loads(PREFERENCE_TEXT[cells[0]].read_text())["after"]
+        assert cells[1:] == [f"{100 * run['rule_success']:.1f}%", f"{100 * run['rule_with_an_answer']:.1f}%"], cells
+    assert len(table) == 3
