@@ -36,6 +36,7 @@ from data_pipelines.chat.template import ChatTemplate
 from data_pipelines.chat.tokenizer import load_tokenizer, prepared
 from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, ResizePolicy, load_image
 from data_pipelines.moved import name_getter
+from data_pipelines.video import VideoOptions
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Processor:
         self.max_pixels = max_pixels
         # PIL image -> PIL image before the resize (data_pipelines.augment), on training processors only
         self.augment: Callable[[Image.Image], Image.Image] | None = None
+        self.video = VideoOptions()  # how a clip becomes frames (data.video), applied where samples are decoded
 
     @classmethod
     def from_file(cls, tokenizer_path: str | Path, **fields: Any) -> "Processor":

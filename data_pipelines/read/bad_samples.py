@@ -42,6 +42,8 @@ INVALID_CONVERSATION = "invalid conversation"
 
 REASON_BY_EXCEPTION = {
     "BadImage": CORRUPT_IMAGE,  # images.load_image
+    "BadVideo": "corrupt video",  # video.decode_frames
+    "VideoTooLong": "video too long",
     "UnidentifiedImageError": CORRUPT_IMAGE,  # Pillow
     "ImageTooLarge": IMAGE_TOO_LARGE,  # images.load_image's pixel guard
     "DecompressionBombError": IMAGE_TOO_LARGE,  # Pillow's own pixel guard

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from data_pipelines.balance import GROUP_KEY, Balance, label_groups, resample_groups
 from data_pipelines.batching import batches, packed_batches
+from data_pipelines.video import VideoOptions
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
 from data_pipelines.chat.tokenizer import vocab_size
 from data_pipelines.images import DEFAULT_MAX_PIXELS
@@ -284,7 +285,7 @@ def source_pass(source: ShardSet, kind: str, slot: Slot, options: StreamOptions,
     if options.counterfactual is not None:
         samples = options.counterfactual.rewrite_samples(
             samples, slot_rng(options.seed, epoch, slot, "counterfactual", pass_index))
-    samples = decode_samples(samples, handler, max_pixels)
+    samples = decode_samples(samples, handler, max_pixels, processor.video if processor is not None else VideoOptions())
     if processor is None:
         return samples
     masker = (mlm_masker(processor, options.mlm_rate, slot_rng(options.seed, epoch, slot, "mlm mask", pass_index))

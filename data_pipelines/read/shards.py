@@ -35,6 +35,7 @@ from data_pipelines.chat.conversation import caption_conversation, count_image_m
 from data_pipelines.chat.special_tokens import IMAGE_MARKER
 from data_pipelines.images import DEFAULT_MAX_PIXELS, load_image
 from data_pipelines.read.bad_samples import INVALID_CONVERSATION, INVALID_JSON, NON_UTF8_TEXT, BadSampleHandler
+from data_pipelines.video import VIDEO_EXTENSIONS, VIDEO_MARKER, VideoOptions, decode_frames, frames_text
 
 SIZES_FILE = "sizes.json"
 
@@ -272,6 +273,7 @@ class Sample:
     text: str | None = None
     images: list[bytes] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    video: bytes | None = None  # a chat's clip, compressed; decoding turns it into frames in `images`
 
 
 def parse_sample(kind: str, raw: dict[str, Any]) -> Sample:
@@ -329,8 +331,10 @@ def parse_chat(raw: dict[str, Any]) -> Sample:
         conversation = normalise_conversation(rows)
     except (ValueError, TypeError, KeyError) as exn:
         raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {exn}") from exn
-    image = _image_bytes(raw)
+    image, video = _image_bytes(raw), _video_bytes(raw)
     markers = count_image_markers(conversation)
+    if video is not None:
+        return _video_chat(raw, info, conversation, video, image, markers)
     if markers and image is None:
         raise BadSample(MISSING_IMAGE, f"{_where(raw)}: conversation has {markers} <image> but no image file")
     if image is not None and markers == 0:
@@ -346,6 +350,26 @@ def parse_chat(raw: dict[str, Any]) -> Sample:
     meta.update({k: v for k, v in info.items() if k not in ("conversations", "messages")})
     images = [image] if image is not None else []
     return Sample(key=raw["__key__"], kind="chat", conversation=conversation, images=images, meta=meta)
+
+
+def _video_chat(raw: dict[str, Any], info: dict, conversation: list[dict], video: bytes, image: bytes | None,
+                markers: int) -> Sample:
+    """A chat about a clip (KEY.mp4 / .webm / .gif): `<video>` marks it, in front of the first user turn when no turn
+    does; its frames are drawn when the sample is decoded (decode_sample)."""
+    videos = sum(turn["content"].count(VIDEO_MARKER) for turn in conversation)
+    if image is not None or markers:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: a video and an image: one medium per sample")
+    if videos > 1:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {videos} <video> markers but one clip")
+    if videos == 0:
+        first_user = next((i for i, turn in enumerate(conversation) if turn["role"] == "user"), None)
+        if first_user is None:
+            raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: a clip but no user turn to show it in")
+        turn = conversation[first_user]
+        conversation[first_user] = {**turn, "content": f"{VIDEO_MARKER}\n{turn['content']}"}
+    meta = _base_meta(raw)
+    meta.update({k: v for k, v in info.items() if k not in ("conversations", "messages")})
+    return Sample(key=raw["__key__"], kind="chat", conversation=conversation, meta=meta, video=video)
 
 
 def parse_preference(raw: dict[str, Any]) -> Sample:
@@ -417,6 +441,10 @@ def _image_bytes(raw: dict[str, Any]) -> bytes | None:
     return None
 
 
+def _video_bytes(raw: dict[str, Any]) -> bytes | None:
+    return next((raw[ext] for ext in VIDEO_EXTENSIONS if ext in raw), None)
+
+
 def _text(raw: dict[str, Any], ext: str) -> str:
     try:
         return raw[ext].decode("utf-8")
@@ -455,16 +483,26 @@ def parse_samples(raws: Iterable[dict], kind: str, handler: BadSampleHandler) ->
     return skip_bad(raws, lambda raw: parse_sample(kind, raw), handler)
 
 
-def decode_sample(sample: Sample, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Sample:
-    """A `Sample` whose images are decoded RGB PIL images (BadImage / ImageTooLarge for bad ones)."""
+def decode_sample(sample: Sample, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  video: VideoOptions = VideoOptions()) -> Sample:
+    """A `Sample` whose images are decoded RGB PIL images (BadImage / ImageTooLarge for bad ones); a clip becomes
+    its sampled frames, and its `<video>` marker the frames' timestamped lines (data_pipelines.video; BadVideo,
+    VideoTooLong)."""
+    if sample.video is not None:
+        frames, duration = decode_frames(sample.video, video)
+        text = frames_text([time for time, _ in frames], duration)
+        turns = [{**turn, "content": turn["content"].replace(VIDEO_MARKER, text)} for turn in sample.conversation]
+        images = [load_image(frame, max_pixels=max_pixels) for _, frame in frames]
+        return replace(sample, conversation=turns, images=images, video=None,
+                       meta={**sample.meta, "frame_times": [time for time, _ in frames], "clip_seconds": duration})
     if not sample.images:
         return sample
     return replace(sample, images=[load_image(image, max_pixels=max_pixels) for image in sample.images])
 
 
 def decode_samples(samples: Iterable[Sample], handler: BadSampleHandler,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Sample]:
-    return skip_bad(samples, lambda sample: decode_sample(sample, max_pixels), handler, sample_name)
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, video: VideoOptions = VideoOptions()) -> Iterator[Sample]:
+    return skip_bad(samples, lambda sample: decode_sample(sample, max_pixels, video), handler, sample_name)
 
 
 # -- the text of any shard, for the tokenizer trainer ------------------------------------------------------------
@@ -512,7 +550,7 @@ def record_texts(raw: dict[str, Any]) -> list[str]:
         captions = data.get("captions")
         if isinstance(captions, list):
             texts.extend(c for c in captions if isinstance(c, str) and c not in texts)
-    cleaned = (text.replace(IMAGE_MARKER, "").strip() for text in texts)
+    cleaned = (text.replace(IMAGE_MARKER, "").replace(VIDEO_MARKER, "").strip() for text in texts)
     return [text for text in cleaned if text]
 
 

@@ -72,6 +72,10 @@ class VLMDataModule(L.LightningDataModule):
         chat_template: for a model built from a preset, lay turns out with a Jinja chat template instead of
             mmllm's own: `smolvlm` (SmolVLM's layout; the tokenizer trained with `--tokens smolvlm`), or the path
             of a Jinja file. The model keeps it, and exports to transformers and llama.cpp with it.
+        video: how a chat's clip (KEY.mp4 / .webm / .gif beside KEY.json) becomes frames: `{frames: 8, fps: null,
+            max_seconds: null}`: `frames` images from the middles of equal spans (with fps, one every 1/fps s, at
+            most `frames`), each placed in the chat with its timestamp (data_pipelines.video; needs `pip install
+            'mmllm[video]'`). A clip that cannot be decoded is skipped and counted.
         augment: augmentation of training images, each part opt-in: `{crop_scale: 0.7, flip: false,
             color_jitter: 0.2}` (data_pipelines.augment; needs torchvision). Only what the labels survive: a flip
             swaps left and right, a jitter can change a colour's name. Validation images are never augmented.
@@ -101,6 +105,7 @@ class VLMDataModule(L.LightningDataModule):
         val_vqa_turns: Literal["alone", "in-context"] = "alone",
         chat_template: Optional[str] = None,
         augment: Optional[Augmentation] = None,
+        video: Optional[dict[str, Any]] = None,
         balance: Optional[Balance] = None,
         counterfactual: Optional[Counterfactual] = None,
     ) -> None:
@@ -149,6 +154,12 @@ class VLMDataModule(L.LightningDataModule):
         self.bad_samples = BadSampleCounter()  # training batches' skipped samples, kept across resumes
         self.val_bad_samples = BadSampleCounter()
         self.augment = augment if augment is not None and augment.active else None
+        from data_pipelines.video import VideoOptions
+
+        try:
+            self.video = VideoOptions(**(video or {}))
+        except TypeError as error:  # an unknown key
+            raise UsageError(f"data.video takes frames, fps and max_seconds: {error}") from None
         if self.augment is not None:
             try:
                 check_augment_available()  # said at startup, not in a loader worker
@@ -227,6 +238,7 @@ class VLMDataModule(L.LightningDataModule):
         if group_dro is not None and stage == "fit":
             self.use_groups(group_dro.by)
         self.processor = processor_for(config, self.tokenizer, self.max_length)
+        self.processor.video = self.video
         self.train_processor = self.processor
         if self.augment is not None:
             self.train_processor = copy.copy(self.processor)
