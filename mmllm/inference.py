@@ -166,6 +166,29 @@ class VisionLanguageModel:
         batch = collate([self._encode_text_prompt(prompt)], pad_id=self.config.pad_token_id, padding_side="left")
         yield from self._stream_text(batch, SamplingOptions(**sampling), strip=False)
 
+    def video_question(self, clip: str | Path | bytes, question: str, video=None) -> tuple[list[dict], list]:
+        """(the one-turn conversation, its frames) of a question about a clip: the frames drawn as training draws
+        them (data_pipelines.video; `video` a VideoOptions, default 8 frames), their timestamped lines before the
+        question. UsageError in one line for a clip that cannot be decoded, is too long, or without PyAV."""
+        from data_pipelines.video import BadVideo, VideoOptions, VideoTooLong, decode_frames, frames_text
+
+        try:
+            data = clip if isinstance(clip, bytes) else Path(clip).read_bytes()
+            frames, duration = decode_frames(data, video or VideoOptions())
+        except ModuleNotFoundError:
+            raise UsageError("reading clips needs PyAV: pip install 'mmllm[video]'") from None
+        except FileNotFoundError:
+            raise UsageError(f"no such clip: {clip}") from None
+        except (BadVideo, VideoTooLong) as error:
+            raise UsageError(f"unusable clip {clip if not isinstance(clip, bytes) else ''}: {error}") from None
+        text = frames_text([time for time, _ in frames], duration)
+        return [{"role": "user", "content": f"{text}\n{question}"}], [image for _, image in frames]
+
+    def ask_video(self, clip: str | Path | bytes, question: str, video=None, **sampling) -> str:
+        """The answer to a question about a clip (video_question's frames and prompt)."""
+        messages, frames = self.video_question(clip, question, video)
+        return self.chat(messages, frames, **sampling)
+
     def stream_ask(self, image: ImageLike | None, question: str, **sampling) -> Iterator[str]:
         """`ask` for one image as text pieces; their concatenation equals `ask(image, question)`."""
         conversation = question_conversation(question, with_image=image is not None)
