@@ -29,6 +29,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "from-text": "data.from_text",
         "from-pairs": "data.from_pairs",
         "from-preferences": "data.from_preferences",
+        "from-videos": "data.from_videos",
         "canaries": "data.canaries",
         "dedup": "data.dedup",
         "scan": "data.scan",

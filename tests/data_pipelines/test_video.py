@@ -93,3 +93,34 @@ def test_a_corrupt_or_too_long_clip_is_skipped_and_counted(tmp_path):
     kept = list(decode_samples(parse_samples(tar_samples(expand_shards(folder), limited), "chat", limited), limited,
                                video=VideoOptions(max_seconds=3)))
     assert [s.key for s in kept] == ["good"] and limited.counts["video too long"] == 1
+
+
+def test_from_videos_writes_clips_beside_their_chats_and_counts_bad_rows(tmp_path, capsys):
+    import json
+
+    from mmllm.cli.main import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.mp4").write_bytes(clip())
+    (clips / "b.gif").write_bytes(clip("gif"))
+    (clips / "broken.webm").write_bytes(b"not a video")
+    (clips / "c.avi").write_bytes(b"x")
+    rows = [
+        {"video": "a.mp4", "conversations": [{"from": "human", "value": "<video>\nWhich colour comes last?"},
+                                             {"from": "gpt", "value": "red"}], "id": "a"},
+        {"video": "b.gif", "question": "Does it get redder?", "answer": "yes"},
+        {"video": "gone.mp4", "question": "q", "answer": "a"},
+        {"video": "broken.webm", "question": "q", "answer": "a"},
+        {"video": "c.avi", "question": "q", "answer": "a"},
+        {"video": "a.mp4", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+    ]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    assert main(["data", "from-videos", str(tmp_path / "rows.jsonl"), "--videos", str(clips),
+                 "--out", str(tmp_path / "shards")]) == 0
+    said = capsys.readouterr().out
+    for reason in ("missing video", "corrupt video", "video format not mp4, webm or gif", "image marker"):
+        assert reason in said, said
+    samples = list(read_samples(tmp_path / "shards", "chat"))
+    assert [len(s.images) for s in samples] == [8, 8] and samples[0].meta["id"] == "a"
+    assert samples[1].conversation[0]["content"].startswith("8 frames from a 2.0 s clip:\nFrame at 0.1 s: <image>")
