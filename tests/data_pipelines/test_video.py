@@ -124,3 +124,31 @@ def test_from_videos_writes_clips_beside_their_chats_and_counts_bad_rows(tmp_pat
     samples = list(read_samples(tmp_path / "shards", "chat"))
     assert [len(s.images) for s in samples] == [8, 8] and samples[0].meta["id"] == "a"
     assert samples[1].conversation[0]["content"].startswith("8 frames from a 2.0 s clip:\nFrame at 0.1 s: <image>")
+
+
+def test_shapes_video_clips_show_the_motion_their_questions_ask_about(tmp_path):
+    from data_pipelines.convert.shapes import COLOURS
+    from data_pipelines.convert.shapes_video import generate_video_split
+
+    generate_video_split(tmp_path, "train", 12, image_size=48, report=lambda *_: None)
+    samples = list(read_samples(tmp_path / "train" / "video", "chat"))
+    assert len(samples) == 12 and all(len(s.images) == 8 for s in samples)
+    types = {q["type"] for s in samples for q in s.meta["questions"]}
+    assert {"direction", "meet"} <= types
+    for sample in samples:
+        (asked,) = [q for q in sample.meta["questions"] if q["type"] == "direction"]
+        mover = next(o for o in sample.meta["objects"] if asked["question"].endswith(f"{o['colour']} {o['shape']} move?"))
+        first, last = (_centroid(sample.images[i], COLOURS[mover["colour"]]) for i in (0, -1))
+        if first is None or last is None:
+            continue  # appears late or drawn over: the other frames still carry it
+        dx, dy = last[0] - first[0], last[1] - first[1]
+        seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert seen == asked["answer"], (sample.key, first, last)
+
+
+def _centroid(image, colour, tolerance: int = 40):
+    pixels = [(x, y) for x in range(image.width) for y in range(image.height)
+              if all(abs(a - b) <= tolerance for a, b in zip(image.getpixel((x, y)), colour))]
+    if len(pixels) < 4:
+        return None
+    return sum(x for x, _ in pixels) / len(pixels), sum(y for _, y in pixels) / len(pixels)

@@ -12,6 +12,7 @@ import time
 
 from data_pipelines.convert.shapes import generate_shapes
 from mmllm.cli.data.options import add_output_arguments, converting
+from mmllm.errors import UsageError
 
 
 def add_arguments(parser) -> None:
@@ -37,6 +38,10 @@ def add_arguments(parser) -> None:
                         help="also write each question as a preference pair (its true answer chosen, a plausible "
                              "wrong one rejected: yes and no swapped, another object's colour, a count off by one) "
                              "in SPLIT/preference/, for model.preference")
+    parser.add_argument("--video", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                        help="also write TRAIN and VAL clips of moving shapes (2 s GIFs) with questions one frame "
+                             "cannot answer (which way an object moves, which appears first, whether two meet) in "
+                             "SPLIT/video/ (data_pipelines.convert.shapes_video)")
     add_output_arguments(parser, "caption and chat")
 
 
@@ -70,6 +75,14 @@ def run(args) -> int:
                         seed=args.seed, maxcount=args.shard_size, overwrite=args.overwrite,
                         workers=args.workers, questions_per_chat=args.questions_per_chat,
                         rare_colour=args.rare_colour, spurious=args.spurious, preferences=args.preferences)
+    if args.video:
+        from data_pipelines.convert.shapes_video import generate_video_split
+
+        if min(args.video) < 0:
+            raise UsageError("--video takes two clip counts of 0 or more")
+        for split, count in zip(("train", "val"), args.video):
+            generate_video_split(args.out, split, count, seed=args.seed, image_size=args.image_size,
+                                 maxcount=args.shard_size, overwrite=args.overwrite)
     scenes = args.train + args.val + args.test
     print(f"generated {scenes} scenes in {time.perf_counter() - start:.1f} s")
     return 0
