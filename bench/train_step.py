@@ -4,6 +4,7 @@
                                                        # eager and torch.compile
     python bench/train_step.py --preset tiny --precision fp32 --compile off --steps 20
     python bench/train_step.py --preset small --device cuda --batch-size 16 --text-tokens 512 --sdpa flash
+    python bench/train_step.py --preset tiny --precision fp32 --compile off --images-per-sample 8   # a clip's step
     python bench/train_step.py --demo --fit --nanovlm ../nanoVLM --out bench/results/DATE-train-step-demo.json
                                                        # the shapes demo's own step, lever by lever
                                                        # (bench/demo_step.py), beside nanoVLM's modules
@@ -43,15 +44,17 @@ DEFAULT_SHAPES = {
 }
 
 
-def synthetic_batch(config: VLMConfig, batch_size: int, text_tokens: int, device: torch.device, seed: int = 0):
-    """One image per sample, its tokens_per_image placeholders first, then random text, all text supervised."""
+def synthetic_batch(config: VLMConfig, batch_size: int, text_tokens: int, device: torch.device, seed: int = 0,
+                    images_per_sample: int = 1):
+    """`images_per_sample` images per sample (a clip's frames: 8), their tokens_per_image placeholders each first,
+    then random text, all text supervised."""
     g = torch.Generator().manual_seed(seed)
-    tpi = config.tokens_per_image
+    tpi = config.tokens_per_image * images_per_sample
     special = {config.image_token_id, config.pad_token_id, *config.eos_token_ids}
     low = max(special) + 1
     text = torch.randint(low, config.lm.vocab_size, (batch_size, text_tokens), generator=g)
     images = torch.full((batch_size, tpi), config.image_token_id)
-    input_ids = torch.cat([images, text], dim=1)  # (B, tpi + text)
+    input_ids = torch.cat([images, text], dim=1)  # (B, images x tokens per image + text)
     labels = input_ids.clone()
     labels[:, :tpi] = -100
     size = config.vision.image_size
@@ -59,8 +62,8 @@ def synthetic_batch(config: VLMConfig, batch_size: int, text_tokens: int, device
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "labels": labels,
-        "pixel_values": torch.randn(batch_size, 3, size, size, generator=g),
-        "image_counts": torch.ones(batch_size, dtype=torch.long),
+        "pixel_values": torch.randn(batch_size * images_per_sample, 3, size, size, generator=g),
+        "image_counts": torch.full((batch_size,), images_per_sample, dtype=torch.long),
     }
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -95,7 +98,8 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     config = build_config(args.preset, shape["vocab_size"])
     model = VLM(config).to(device).train()
-    batch = synthetic_batch(config, shape["batch_size"], shape["text_tokens"], device)
+    batch = synthetic_batch(config, shape["batch_size"], shape["text_tokens"], device,
+                            images_per_sample=args.images_per_sample)
     B, T = batch["input_ids"].shape
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05,
                                   fused=args.adamw == "fused", foreach=args.adamw == "foreach")
@@ -139,7 +143,7 @@ def run_one(args: argparse.Namespace) -> dict:
         print(prof.key_averages().table(sort_by=key, row_limit=args.profile), file=sys.stderr)
 
     peak = common.peak_matmul_flops(device, torch.bfloat16 if mixed else torch.float32)
-    step_flops = common.train_flops(config, B, T, n_images=B)
+    step_flops = common.train_flops(config, B, T, n_images=B * args.images_per_sample)
     best, median = times["best_s"], times["median_s"]
     if device.type == "cuda":
         memory = {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "memory_kind": "cuda max allocated"}
@@ -150,7 +154,8 @@ def run_one(args: argparse.Namespace) -> dict:
         "preset": args.preset, "precision": args.precision, "compile": args.compile, "sdpa": args.sdpa,
         "activation_checkpointing": args.activation_checkpointing,
         "adamw": args.adamw, "loss_chunk": args.loss_chunk, "batch_size": B, "seq_len": T,
-        "image_tokens_per_sample": config.tokens_per_image,
+        "images_per_sample": args.images_per_sample,
+        "image_tokens_per_sample": config.tokens_per_image * args.images_per_sample,
         "vocab_size": config.lm.vocab_size, "params": model.num_parameters()["total"],
         "steps_per_s": 1 / median, "steps_per_s_best": 1 / best,
         "tokens_per_s": B * T / median, "samples_per_s": B / median,
@@ -162,11 +167,11 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
-def run_child(args: argparse.Namespace, preset: str, precision: str, compile_: str) -> dict:
+def run_child(args: argparse.Namespace, preset: str, precision: str, compile_: str, images: int = 1) -> dict:
     """run_one in a fresh process; a crash or timeout becomes {"error": ...}."""
     command = [sys.executable, __file__, "--one", "--preset", preset, "--precision", precision, "--compile", compile_,
                "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--sdpa", args.sdpa, "--adamw", args.adamw]
+               "--sdpa", args.sdpa, "--adamw", args.adamw, "--images-per-sample", str(images)]
     for key in ("batch_size", "text_tokens", "vocab_size", "profile", "threads", "loss_chunk"):
         value = getattr(args, key)
         if value is not None:
@@ -197,6 +202,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, help="default: per preset (tiny 32, small 1)")
     parser.add_argument("--text-tokens", type=int, help="text tokens per sample after its image (default: 80 / 64)")
+    parser.add_argument("--images-per-sample", type=int, nargs="+", default=[1],
+                        help="images per sample, one row each: 8 is a clip's frames at data.video's default")
     parser.add_argument("--vocab-size", type=int, help="default: tiny 512 (the demo tokenizer), else the preset's")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
@@ -220,6 +227,7 @@ def main() -> None:
 
     if args.one:
         args.preset, args.precision, args.compile = args.preset[0], args.precision[0], args.compile[0]
+        args.images_per_sample = args.images_per_sample[0]
         print(json.dumps(run_one(args)))
         return
     if args.demo:
@@ -235,10 +243,11 @@ def main() -> None:
     for preset in args.preset:
         for precision in args.precision:
             for compile_ in args.compile:
-                rows.append(run_child(args, preset, precision, compile_))
+                for images in args.images_per_sample:
+                    rows.append(run_child(args, preset, precision, compile_, images))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress
-    print(json.dumps({"bench": "train_step", "machine": common.machine(torch.device(args.device)), "rows": rows},
-                     indent=1))
+    common.write_report({"bench": "train_step", "machine": common.machine(torch.device(args.device)), "rows": rows},
+                        args.out)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,14 @@ def test_the_text_rule_table_gives_the_jsons_success_rates():
             run = json.loads(PREFERENCE_TEXT[cells[0]].read_text())["after"]
         assert cells[1:] == [f"{100 * run['rule_success']:.1f}%", f"{100 * run['rule_with_an_answer']:.1f}%"], cells
     assert len(table) == 3
+
+
+def test_the_video_step_table_gives_the_jsons_times_and_memory():
+    rows = {row["images_per_sample"]: row for row in json.loads(
+        (REPO / "bench" / "results" / "2026-12-08-train-step-video.json").read_text())["rows"]}
+    _, table = table_rows((REPO / "docs" / "training.md").read_text(), "| images per sample | tokens per row")
+    for cells in table:
+        row = rows[int(cells[0].split()[0])]
+        assert cells[1:] == [str(row["seq_len"]), f"{row['step_time']['median_s']:.3f}",
+                             str(round(row["peak_memory_bytes"] / 2**20))], cells
+    assert len(table) == 2
