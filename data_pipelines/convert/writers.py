@@ -166,16 +166,15 @@ class ShardWriter:
     def write_chat(self, conversations: list[dict], *, image: bytes | Image.Image | None = None,
                    key: str | None = None, meta: dict | None = None) -> str:
         """KEY.json {"conversations": [...], **meta} (+ KEY.{jpg,png,webp}; none means a text-only chat)."""
-        members: dict[str, Any] = {"json": {"conversations": conversations, **(meta or {})}}
-        if image is not None:
-            extension, image_bytes = encode_image(self._blurred(image))
-            members[extension] = image_bytes
-        return self.write(members, key=key)
+        return self._write_with_image({"json": {"conversations": conversations, **(meta or {})}}, image, key)
 
     def write_preference(self, content: dict, *, image: bytes | Image.Image | None = None,
                          key: str | None = None) -> str:
         """KEY.json {"prompt": [turns], "chosen", "rejected", **meta} (+ KEY.{jpg,png,webp} as a chat's)."""
-        members: dict[str, Any] = {"json": content}
+        return self._write_with_image({"json": content}, image, key)
+
+    def _write_with_image(self, members: dict[str, Any], image: bytes | Image.Image | None, key: str | None) -> str:
+        """The sample's members plus its image, if any (faces blurred when asked), under the image's extension."""
         if image is not None:
             extension, image_bytes = encode_image(self._blurred(image))
             members[extension] = image_bytes

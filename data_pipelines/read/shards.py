@@ -332,41 +332,46 @@ def parse_chat(raw: dict[str, Any]) -> Sample:
     except (ValueError, TypeError, KeyError) as exn:
         raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {exn}") from exn
     image, video = _image_bytes(raw), _video_bytes(raw)
-    markers = count_image_markers(conversation)
     if video is not None:
-        return _video_chat(raw, info, conversation, video, image, markers)
-    if markers and image is None:
-        raise BadSample(MISSING_IMAGE, f"{_where(raw)}: conversation has {markers} <image> but no image file")
-    if image is not None and markers == 0:
-        # LLaVA rows sometimes omit the marker; the image then goes before the first user question.
-        first_user = next((i for i, turn in enumerate(conversation) if turn["role"] == "user"), None)
-        if first_user is None:
-            raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: an image but no user turn to show it in")
-        turn = conversation[first_user]
-        conversation[first_user] = {**turn, "content": f"{IMAGE_MARKER}\n{turn['content']}"}
-    elif image is not None and markers > 1:
-        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {markers} <image> markers but one image file")
+        return _video_chat(raw, info, conversation, video, image)
+    conversation = _checked_image(raw, conversation, image)
     meta = _base_meta(raw)
     meta.update({k: v for k, v in info.items() if k not in ("conversations", "messages")})
     images = [image] if image is not None else []
     return Sample(key=raw["__key__"], kind="chat", conversation=conversation, images=images, meta=meta)
 
 
-def _video_chat(raw: dict[str, Any], info: dict, conversation: list[dict], video: bytes, image: bytes | None,
-                markers: int) -> Sample:
+def _checked_image(raw: dict[str, Any], conversation: list[dict], image: bytes | None) -> list[dict]:
+    """The turns checked against the sample's one image (or none): markers without an image are a bad sample, and
+    an image without a marker gets one in front of the first user turn (LLaVA rows sometimes omit it)."""
+    markers = count_image_markers(conversation)
+    if markers and image is None:
+        raise BadSample(MISSING_IMAGE, f"{_where(raw)}: conversation has {markers} <image> but no image file")
+    if image is not None and markers > 1:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {markers} <image> markers but one image file")
+    return _marked(raw, conversation, IMAGE_MARKER) if image is not None and markers == 0 else conversation
+
+
+def _marked(raw: dict[str, Any], conversation: list[dict], marker: str) -> list[dict]:
+    """The turns with `marker` (an image's or a clip's) in front of the first user turn."""
+    first_user = next((i for i, turn in enumerate(conversation) if turn["role"] == "user"), None)
+    if first_user is None:
+        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {marker} but no user turn to show it in")
+    turn = conversation[first_user]
+    return [*conversation[:first_user], {**turn, "content": f"{marker}\n{turn['content']}"},
+            *conversation[first_user + 1:]]
+
+
+def _video_chat(raw: dict[str, Any], info: dict, conversation: list[dict], video: bytes, image: bytes | None) -> Sample:
     """A chat about a clip (KEY.mp4 / .webm / .gif): `<video>` marks it, in front of the first user turn when no turn
     does; its frames are drawn when the sample is decoded (decode_sample)."""
     videos = sum(turn["content"].count(VIDEO_MARKER) for turn in conversation)
-    if image is not None or markers:
+    if image is not None or count_image_markers(conversation):
         raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: a video and an image: one medium per sample")
     if videos > 1:
         raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {videos} <video> markers but one clip")
     if videos == 0:
-        first_user = next((i for i, turn in enumerate(conversation) if turn["role"] == "user"), None)
-        if first_user is None:
-            raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: a clip but no user turn to show it in")
-        turn = conversation[first_user]
-        conversation[first_user] = {**turn, "content": f"{VIDEO_MARKER}\n{turn['content']}"}
+        conversation = _marked(raw, conversation, VIDEO_MARKER)
     meta = _base_meta(raw)
     meta.update({k: v for k, v in info.items() if k not in ("conversations", "messages")})
     return Sample(key=raw["__key__"], kind="chat", conversation=conversation, meta=meta, video=video)
@@ -405,15 +410,7 @@ def parse_preference(raw: dict[str, Any]) -> Sample:
             raise BadSample(MISSING_ANSWER, f"{_where(raw)}: '{name}' is not a non-empty answer")
         answers[name] = answer.strip()
     image = _image_bytes(raw)
-    markers = count_image_markers(conversation)
-    if markers and image is None:
-        raise BadSample(MISSING_IMAGE, f"{_where(raw)}: prompt has {markers} <image> but no image file")
-    if image is not None and markers == 0:
-        conversation[0] = {**conversation[0], "content": f"{IMAGE_MARKER}\n{conversation[0]['content']}"}
-        if conversation[0]["role"] != "user":
-            raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: an image but no <image> in the prompt")
-    elif image is not None and markers > 1:
-        raise BadSample(INVALID_CONVERSATION, f"{_where(raw)}: {markers} <image> markers but one image file")
+    conversation = _checked_image(raw, conversation, image)  # as a chat's: before the first user turn if unmarked
     meta = _base_meta(raw)
     meta.update({k: v for k, v in info.items() if k not in ("prompt", "chosen", "rejected", "images")})
     meta.update(answers)

@@ -126,3 +126,13 @@ def test_the_command_writes_shards_and_says_a_missing_file_in_one_line(shards, t
     assert main(["data", "from-preferences", str(tmp_path / "nothing.jsonl"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
+
+
+def test_an_unmarked_image_goes_before_the_first_user_turn_as_in_a_chat():
+    from data_pipelines.read.shards import parse_sample
+
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is it?"}]
+    raw = {"__key__": "k", "png": _png((0, 0, 255)),
+           "json": json.dumps({"prompt": prompt, "chosen": "a star", "rejected": "a square"}).encode()}
+    sample = parse_sample("preference", raw)
+    assert [turn["content"] for turn in sample.conversation] == ["Be brief.", "<image>\nWhat is it?"]
